@@ -1,0 +1,20 @@
+{
+  "targets": [
+    {
+      "target_name": "mempool",
+      "sources": [
+        "native/addon/addon.cc",
+        "native/core/heap.cc",
+        "native/core/tlsf.cc",
+        "native/core/buddy.cc",
+        "native/core/bitmap.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++14"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-O2", "-Wall", "-Wextra"],
+      "libraries": ["-lrt", "-lpthread"]
+    }
+  ]
+}

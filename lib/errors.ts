@@ -1,0 +1,67 @@
+// Every error mempool throws is an Error with a string `code`. Argument errors use Node's own codes and
+// classes (TypeError ERR_INVALID_ARG_TYPE, RangeError ERR_OUT_OF_RANGE); everything about the memory
+// itself is a PoolError.
+
+export type PoolErrorCode =
+  | 'ERR_POOL_OUT_OF_MEMORY'
+  | 'ERR_POOL_FOREIGN_BUFFER'
+  | 'ERR_POOL_DOUBLE_FREE'
+  | 'ERR_POOL_SIZE_MISMATCH'
+  | 'ERR_POOL_CLOSED'
+  | 'ERR_POOL_CORRUPTED';
+
+export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
+
+/** An error about pool memory: out of memory, a foreign or double free, a closed or corrupted pool. */
+export class PoolError extends Error {
+  readonly code: PoolErrorCode;
+  constructor(code: PoolErrorCode, message: string) {
+    super(message);
+    this.name = 'PoolError';
+    this.code = code;
+  }
+}
+
+export interface CodedTypeError extends TypeError {
+  code: 'ERR_INVALID_ARG_TYPE';
+}
+export interface CodedRangeError extends RangeError {
+  code: 'ERR_OUT_OF_RANGE';
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return `'${value.length > 40 ? value.slice(0, 40) + '...' : value}'`;
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return `${typeof value} ${String(value)}`;
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'object') return `an instance of ${(value as object).constructor?.name ?? 'Object'}`;
+  return typeof value;
+}
+
+/** "Expected <what> for <name> but received <value>": the one template for argument errors. */
+export function invalidArgType(name: string, expected: string, value: unknown): CodedTypeError {
+  const e = new TypeError(`Expected ${expected} for ${name} but received ${describe(value)}`) as CodedTypeError;
+  e.code = 'ERR_INVALID_ARG_TYPE';
+  return e;
+}
+
+export function outOfRange(name: string, expected: string, value: unknown): CodedRangeError {
+  const e = new RangeError(`Expected ${expected} for ${name} but received ${describe(value)}`) as CodedRangeError;
+  e.code = 'ERR_OUT_OF_RANGE';
+  return e;
+}
+
+/** Made for the addon, so errors thrown from C++ carry the same classes and codes. */
+export function makeError(kind: string, code: string, message: string): Error {
+  if (kind === 'TypeError') {
+    const e = new TypeError(message) as CodedTypeError;
+    e.code = 'ERR_INVALID_ARG_TYPE';
+    return e;
+  }
+  if (kind === 'RangeError') {
+    const e = new RangeError(message) as CodedRangeError;
+    e.code = 'ERR_OUT_OF_RANGE';
+    return e;
+  }
+  return new PoolError(code as PoolErrorCode, message);
+}

@@ -1,0 +1,712 @@
+// Two-level segregated fit over a region, with every link stored as an offset from the region's base.
+//
+// Region layout (all offsets from base):
+//   [0, sizeof(TlsfHeader))        header: RegionHeader, geometry, free-list heads and their bitmaps
+//   [live_map, +map_words*8)       one bit per 16-byte granule of the area: set where a live payload starts
+//   [freed_map, +map_words*8)      one bit per granule: set where a payload was freed and no allocation has
+//                                  covered it since (tells a double free from a foreign offset)
+//   [area_start, area_end)         the blocks, ending with a zero-size sentinel block marked used
+//
+// A block at offset b (b % 16 == 0):
+//   b + 0   prev_phys   offset of the previous physical block; only valid when that block is free,
+//                       and stored in the last 8 bytes of that block's payload (tlsf.c's trick)
+//   b + 8   size_flags  payload size | kFree | kPrevFree; payload sizes are 16k + 8 so payloads stay
+//                       16-aligned: next block = b + 8 + size, payload = b + 16
+//   b + 16  payload; when the block is free it starts with next_free, prev_free (offsets, 0 = none)
+//
+// Invariants (check() verifies them):
+//   - the blocks tile [area_start, area_end - 16) exactly, then the sentinel;
+//   - no two free blocks are physical neighbours (coalescing is immediate);
+//   - kPrevFree of a block equals kFree of its physical predecessor, and prev_phys is right when set;
+//   - every free block is on exactly the list mapping_insert(size) names; a list is non-empty iff its
+//     bits in fl_bitmap / sl_bitmap are set;
+//   - a live_map bit is set exactly at the payload of every used block.
+// Nothing read from the region is followed before it is bounds-checked (see the class comment in heap.h).
+#include "tlsf.h"
+
+#include <cstring>
+#include <string>
+
+namespace mempool {
+namespace {
+
+constexpr uint32_t kTlsfVersion = 1;
+constexpr uint32_t kSlLog2 = 5;
+constexpr uint32_t kSlCount = 1u << kSlLog2;
+// Footprints up to 2^48 bytes = 2^44 granules map to first levels up to 40.
+constexpr uint32_t kFlCount = 41;
+constexpr uint64_t kGranule = 16;
+constexpr uint64_t kMinPayload = 24;    // next_free + prev_free + the next block's prev_phys
+constexpr uint64_t kMinFootprint = 32;  // kMinPayload + the size word
+constexpr uint64_t kFree = 1;
+constexpr uint64_t kPrevFree = 2;
+constexpr uint64_t kFlagMask = 7;
+// Bounded searches: how many list entries a hinted or exact-fit search may look at.
+constexpr int kSearchBudget = 64;
+
+struct TlsfHeader {
+  RegionHeader region;
+  uint64_t area_start;  // offset of the first block
+  uint64_t area_end;    // end of the area; the sentinel block sits at area_end - 16
+  uint64_t live_map;    // offset of the live-payload bitmap
+  uint64_t freed_map;   // offset of the freed-payload bitmap
+  uint64_t map_words;   // 64-bit words in each bitmap
+  uint64_t free_bytes;  // sum of payload sizes of free blocks
+  uint64_t free_blocks;
+  uint64_t fl_bitmap;
+  uint32_t sl_bitmap[kFlCount];
+  uint32_t damaged;  // set when an operation met a list it could not trust and dropped it
+  uint64_t heads[kFlCount][kSlCount];
+};
+static_assert(sizeof(TlsfHeader) == 80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * kSlCount * 8,
+              "TlsfHeader is part of the shared layout");
+static_assert(offsetof(TlsfHeader, area_start) == 80, "TlsfHeader is part of the shared layout");
+static_assert(offsetof(TlsfHeader, heads) % 8 == 0, "heads must be 8-aligned");
+
+struct Geometry {
+  uint64_t live_map, freed_map, map_words, area_start, area_end;
+};
+
+// The layout is a pure function of the region size, so attach can recompute it and compare.
+bool compute_geometry(uint64_t size, Geometry* g) {
+  uint64_t header_end = round_up(sizeof(TlsfHeader), 64);
+  if (size < header_end + 4096) return false;
+  uint64_t granules = (size - header_end) / kGranule;
+  g->map_words = (granules + 63) / 64;
+  g->live_map = header_end;
+  g->freed_map = g->live_map + g->map_words * 8;
+  g->area_start = round_up(g->freed_map + g->map_words * 8, kGranule);
+  g->area_end = round_down(size, kGranule);
+  return g->area_end > g->area_start && g->area_end - g->area_start >= kMinFootprint + 16;
+}
+
+// Payload size for a request: the smallest 16k + 8 that holds it, at least kMinPayload.
+inline uint64_t adjust_request(uint64_t size) {
+  uint64_t s = round_up(size + 8, kGranule) - 8;
+  return s < kMinPayload ? kMinPayload : s;
+}
+
+// mapping(size) -> (fl, sl) on the footprint in granules, g = (size + 8) / 16 >= 2.
+// Below 32 granules each granule count has its own list (fl 0); above, fl is the power of two and sl
+// splits it linearly into 32.
+inline void mapping_insert(uint64_t size, uint32_t* fl, uint32_t* sl) {
+  uint64_t g = (size + 8) / kGranule;
+  if (g < kSlCount) {
+    *fl = 0;
+    *sl = static_cast<uint32_t>(g);
+  } else {
+    uint32_t t = floor_log2(g);
+    *fl = t - (kSlLog2 - 1);
+    *sl = static_cast<uint32_t>((g >> (t - kSlLog2)) - kSlCount);
+  }
+}
+
+// The list to search for `size`: rounded up to the next list boundary, so that any block of that list
+// (or above) fits.
+inline void mapping_search(uint64_t size, uint32_t* fl, uint32_t* sl) {
+  uint64_t g = (size + 8) / kGranule;
+  if (g >= kSlCount) {
+    uint32_t t = floor_log2(g);
+    uint64_t rounded = g + (uint64_t(1) << (t - kSlLog2)) - 1;
+    mapping_insert(rounded * kGranule - 8, fl, sl);
+  } else {
+    *fl = 0;
+    *sl = static_cast<uint32_t>(g);
+  }
+}
+
+class TlsfHeap final : public Heap {
+ public:
+  TlsfHeap(uint8_t* base, uint64_t size, const Geometry& g) : Heap(base, size), g_(g) {
+    sentinel_ = g_.area_end - 16;
+  }
+
+  Algorithm algorithm() const override { return Algorithm::tlsf; }
+
+  void format() {
+    std::memset(base_, 0, g_.area_start);
+    TlsfHeader* h = header();
+    h->region.magic = kRegionMagic;
+    h->region.algorithm = static_cast<uint32_t>(Algorithm::tlsf);
+    h->region.version = kTlsfVersion;
+    h->region.size = size_;
+    h->region.header_size = g_.area_start;
+    h->area_start = g_.area_start;
+    h->area_end = g_.area_end;
+    h->live_map = g_.live_map;
+    h->freed_map = g_.freed_map;
+    h->map_words = g_.map_words;
+    // The sentinel: size 0, used, so coalescing never runs past the end.
+    store(sentinel_, 0);
+    store(sentinel_ + 8, 8 | kPrevFree);  // size field 8 would be invalid; sentinel is told by position
+    uint64_t first = g_.area_start;
+    uint64_t first_size = sentinel_ - first - 8;
+    set_size_flags(first, first_size, kFree);
+    store(sentinel_, first);
+    insert_free(first, first_size);
+  }
+
+  Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* offset) override {
+    if (size == 0 || size > kMaxRequest || !valid_align(align) || align < kDefaultAlign) {
+      return Status::invalid_argument;
+    }
+    uint64_t need = adjust_request(size);
+    uint64_t block = 0, payload = 0;
+    Status s = Status::ok;
+    if (align == kDefaultAlign && hint == kNoHint) {
+      s = find_fit(need, &block);
+      if (s == Status::ok) payload = block + 16;
+    } else {
+      s = find_placed(need, align, hint, &block, &payload);
+      if (s == Status::out_of_memory && hint != kNoHint) s = find_placed(need, align, kNoHint, &block, &payload);
+    }
+    if (s == Status::out_of_memory) count_failure();
+    if (s != Status::ok) return s;
+    s = take(block, payload, need);
+    if (s != Status::ok) return s;
+    *offset = payload;
+    return Status::ok;
+  }
+
+  Status free(uint64_t offset) override {
+    Status s = check_live_payload(offset);
+    if (s != Status::ok) return s;
+    uint64_t b = offset - 16;
+    uint64_t size = 0, flags = 0;
+    if (!read_block(b, &size, &flags) || (flags & kFree)) return Status::corrupted;
+    uint64_t next = b + 8 + size;
+    uint64_t next_size = 0, next_flags = 0;
+    bool next_free = false;
+    if (next != sentinel_) {
+      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
+      next_free = (next_flags & kFree) != 0;
+      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
+    }
+    uint64_t prev = 0, prev_size = 0;
+    bool prev_free = (flags & kPrevFree) != 0;
+    if (prev_free) {
+      uint64_t prev_flags = 0;
+      prev = load(b);
+      if (prev >= b || !read_block(prev, &prev_size, &prev_flags) || !(prev_flags & kFree) ||
+          prev + 8 + prev_size != b || !can_unlink(prev, prev_size)) {
+        return Status::corrupted;
+      }
+    }
+    // Everything this free touches has been checked; from here on it only writes.
+    clear_bit(g_.live_map, offset);
+    set_bit(g_.freed_map, offset);
+    count_free(size);
+    uint64_t start = b;
+    uint64_t end = next;  // one past the merged block: the offset of the block after it
+    if (prev_free) {
+      unlink(prev, prev_size);
+      start = prev;
+    }
+    if (next_free) {
+      unlink(next, next_size);
+      end = next + 8 + next_size;
+    }
+    uint64_t merged = end - start - 8;
+    set_size_flags(start, merged, kFree);
+    insert_free(start, merged);
+    mark_prev(end, start, true);
+    return Status::ok;
+  }
+
+  Status resize_in_place(uint64_t offset, uint64_t size) override {
+    if (size == 0 || size > kMaxRequest) return Status::invalid_argument;
+    Status s = check_live_payload(offset);
+    if (s != Status::ok) return s;
+    uint64_t b = offset - 16;
+    uint64_t cur = 0, flags = 0;
+    if (!read_block(b, &cur, &flags) || (flags & kFree)) return Status::corrupted;
+    uint64_t need = adjust_request(size);
+    uint64_t next = b + 8 + cur;
+    uint64_t next_size = 0, next_flags = 0;
+    bool next_free = false;
+    if (next != sentinel_) {
+      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
+      next_free = (next_flags & kFree) != 0;
+      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
+    }
+    if (need > cur) {
+      if (!next_free || cur + 8 + next_size < need) return Status::out_of_memory;
+      unlink(next, next_size);
+      uint64_t grown = cur + 8 + next_size;
+      set_size_flags(b, grown, flags & kPrevFree);
+      clear_bits(g_.freed_map, offset + cur, offset + grown);
+      uint64_t after = b + 8 + grown;
+      mark_prev(after, b, false);
+      split_tail(b, grown, need, flags & kPrevFree);
+    } else {
+      if (next_free) unlink(next, next_size);
+      uint64_t span = next_free ? cur + 8 + next_size : cur;
+      set_size_flags(b, span, flags & kPrevFree);
+      if (next_free) mark_prev(b + 8 + span, b, false);
+      split_tail(b, span, need, flags & kPrevFree);
+    }
+    uint64_t now = 0, now_flags = 0;
+    read_block(b, &now, &now_flags);
+    count_resize(cur, now);
+    return Status::ok;
+  }
+
+  Status usable_size(uint64_t offset, uint64_t* size) const override {
+    Status s = check_live_payload(offset);
+    if (s != Status::ok) return s;
+    uint64_t flags = 0;
+    if (!read_block(offset - 16, size, &flags) || (flags & kFree)) return Status::corrupted;
+    return Status::ok;
+  }
+
+  void stats(HeapStats* out) const override {
+    fill_counter_stats(out);
+    const TlsfHeader* h = header();
+    out->free = h->free_bytes;
+    uint64_t accounted = out->used + out->free;
+    out->overhead = accounted <= size_ ? size_ - accounted : 0;
+    out->largest_free_block = largest_free();
+  }
+
+  void check(CheckResult* r) const override {
+    const TlsfHeader* h = header();
+    if (h->region.magic != kRegionMagic) r->report("tlsf: region magic overwritten");
+    if (h->region.algorithm != static_cast<uint32_t>(Algorithm::tlsf)) r->report("tlsf: algorithm overwritten");
+    if (h->region.version != kTlsfVersion) r->report("tlsf: version overwritten");
+    if (h->region.size != size_) r->report("tlsf: region size overwritten");
+    if (h->area_start != g_.area_start || h->area_end != g_.area_end || h->live_map != g_.live_map ||
+        h->freed_map != g_.freed_map || h->map_words != g_.map_words) {
+      r->report("tlsf: geometry in the header overwritten");
+    }
+    if (h->damaged) r->report("tlsf: a damaged free list was dropped earlier");
+    // 1. The physical chain.
+    uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
+    uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0;
+    bool prev_was_free = false;
+    uint64_t prev_block = 0;
+    while (b != sentinel_) {
+      uint64_t size = 0, flags = 0;
+      if (++steps > max_steps || !read_block(b, &size, &flags)) {
+        r->report("tlsf: block at offset " + std::to_string(b) + " has an impossible header");
+        return;
+      }
+      bool is_free = flags & kFree;
+      if (((flags & kPrevFree) != 0) != prev_was_free) {
+        r->report("tlsf: block at offset " + std::to_string(b) + " disagrees with its predecessor about being free");
+      }
+      if (prev_was_free && load(b) != prev_block) {
+        r->report("tlsf: block at offset " + std::to_string(b) + " has a wrong prev_phys link");
+      }
+      if (is_free && prev_was_free) r->report("tlsf: two free blocks next to each other at offset " + std::to_string(b));
+      if (is_free) {
+        free_bytes += size;
+        ++free_blocks;
+        if (test_bit(g_.live_map, b + 16)) r->report("tlsf: free block at offset " + std::to_string(b) + " marked live");
+      } else {
+        used_bytes += size;
+        ++live;
+        if (!test_bit(g_.live_map, b + 16)) r->report("tlsf: used block at offset " + std::to_string(b) + " not marked live");
+      }
+      prev_was_free = is_free;
+      prev_block = b;
+      b = b + 8 + size;
+    }
+    uint64_t sentinel_flags = load(sentinel_ + 8);
+    if (((sentinel_flags & kPrevFree) != 0) != prev_was_free) r->report("tlsf: sentinel disagrees with the last block");
+    if (prev_was_free && load(sentinel_) != prev_block) r->report("tlsf: sentinel has a wrong prev_phys link");
+    // 2. The live map has no bits but those of used blocks.
+    uint64_t live_bits = 0;
+    for (uint64_t w = 0; w < g_.map_words; ++w) {
+      live_bits += static_cast<uint64_t>(__builtin_popcountll(load(g_.live_map + w * 8)));
+    }
+    if (live_bits != live) r->report("tlsf: live map has " + std::to_string(live_bits) + " bits for " + std::to_string(live) + " used blocks");
+    // 3. The free lists: every entry free, on its own list, linked both ways; bitmaps agree.
+    uint64_t listed = 0;
+    for (uint32_t fl = 0; fl < kFlCount; ++fl) {
+      bool fl_bit = (h->fl_bitmap >> fl) & 1;
+      bool any = false;
+      for (uint32_t sl = 0; sl < kSlCount; ++sl) {
+        uint64_t e = h->heads[fl][sl];
+        bool sl_bit = (h->sl_bitmap[fl] >> sl) & 1;
+        if ((e != 0) != sl_bit) r->report("tlsf: list bitmap disagrees with list " + std::to_string(fl) + "/" + std::to_string(sl));
+        if (e != 0) any = true;
+        uint64_t prev = 0, n = 0;
+        while (e != 0) {
+          uint64_t size = 0, flags = 0;
+          if (++n > free_blocks + 1 || !read_block(e, &size, &flags)) {
+            r->report("tlsf: list " + std::to_string(fl) + "/" + std::to_string(sl) + " is broken or cyclic");
+            break;
+          }
+          uint32_t efl = 0, esl = 0;
+          mapping_insert(size, &efl, &esl);
+          if (!(flags & kFree)) r->report("tlsf: used block at offset " + std::to_string(e) + " on a free list");
+          if (efl != fl || esl != sl) r->report("tlsf: block at offset " + std::to_string(e) + " on the wrong list");
+          if (load(e + 24) != prev) r->report("tlsf: block at offset " + std::to_string(e) + " has a wrong prev_free link");
+          ++listed;
+          prev = e;
+          e = load(e + 16);
+        }
+      }
+      if (fl_bit != any) r->report("tlsf: first-level bitmap disagrees at " + std::to_string(fl));
+    }
+    if (listed != free_blocks) r->report("tlsf: " + std::to_string(listed) + " blocks listed, " + std::to_string(free_blocks) + " free");
+    // 4. Counters.
+    const HeapCounters& c = h->region.counters;
+    if (c.used != used_bytes) r->report("tlsf: used counter " + std::to_string(c.used) + " but blocks hold " + std::to_string(used_bytes));
+    if (c.live != live) r->report("tlsf: live counter " + std::to_string(c.live) + " but " + std::to_string(live) + " used blocks");
+    if (h->free_bytes != free_bytes) r->report("tlsf: free counter disagrees with the blocks");
+    if (h->free_blocks != free_blocks) r->report("tlsf: free block count disagrees with the blocks");
+  }
+
+  Status walk(const std::function<bool(const BlockInfo&)>& visit) const override {
+    uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
+    while (b != sentinel_) {
+      uint64_t size = 0, flags = 0;
+      if (++steps > max_steps || !read_block(b, &size, &flags)) return Status::corrupted;
+      if (!visit(BlockInfo{b + 16, size, (flags & kFree) == 0})) break;
+      b = b + 8 + size;
+    }
+    return Status::ok;
+  }
+
+ private:
+  TlsfHeader* header() const { return reinterpret_cast<TlsfHeader*>(base_); }
+
+  // Word access through memcpy: the region is raw bytes, and this compiles to one move.
+  uint64_t load(uint64_t off) const {
+    uint64_t v;
+    std::memcpy(&v, base_ + off, 8);
+    return v;
+  }
+  void store(uint64_t off, uint64_t v) { std::memcpy(base_ + off, &v, 8); }
+
+  // A block offset that could hold a block header and a minimal payload before the sentinel.
+  bool valid_block_offset(uint64_t b) const {
+    return b >= g_.area_start && b + kMinFootprint <= sentinel_ && (b & (kGranule - 1)) == 0;
+  }
+
+  // Reads a block header and checks it can be true: returns false on anything impossible.
+  bool read_block(uint64_t b, uint64_t* size, uint64_t* flags) const {
+    if (!valid_block_offset(b)) return false;
+    uint64_t sf = load(b + 8);
+    uint64_t s = sf & ~kFlagMask;
+    *flags = sf & kFlagMask;
+    *size = s;
+    return (s & (kGranule - 1)) == 8 && s >= kMinPayload && s <= sentinel_ - b - 8 && (sf & 4) == 0;
+  }
+
+  void set_size_flags(uint64_t b, uint64_t size, uint64_t flags) { store(b + 8, size | flags); }
+
+  // Tells the block at `b` whether its physical predecessor (at `prev`) is free.
+  void mark_prev(uint64_t b, uint64_t prev, bool prev_free) {
+    uint64_t sf = load(b + 8);
+    if (prev_free) {
+      store(b, prev);
+      store(b + 8, sf | kPrevFree);
+    } else {
+      store(b + 8, sf & ~kPrevFree);
+    }
+  }
+
+  bool test_bit(uint64_t map, uint64_t payload) const {
+    uint64_t i = (payload - g_.area_start) / kGranule;
+    return (load(map + (i / 64) * 8) >> (i % 64)) & 1;
+  }
+  void set_bit(uint64_t map, uint64_t payload) {
+    uint64_t i = (payload - g_.area_start) / kGranule;
+    uint64_t w = map + (i / 64) * 8;
+    store(w, load(w) | (uint64_t(1) << (i % 64)));
+  }
+  void clear_bit(uint64_t map, uint64_t payload) {
+    uint64_t i = (payload - g_.area_start) / kGranule;
+    uint64_t w = map + (i / 64) * 8;
+    store(w, load(w) & ~(uint64_t(1) << (i % 64)));
+  }
+  // Clears the bits of payload granules [from, to).
+  void clear_bits(uint64_t map, uint64_t from, uint64_t to) {
+    if (to <= from) return;
+    uint64_t i = (from - g_.area_start) / kGranule, j = (to - g_.area_start + kGranule - 1) / kGranule;
+    while (i < j) {
+      uint64_t w = map + (i / 64) * 8;
+      uint64_t bit = i % 64;
+      uint64_t n = 64 - bit < j - i ? 64 - bit : j - i;
+      uint64_t mask = (n == 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1)) << bit;
+      store(w, load(w) & ~mask);
+      i += n;
+    }
+  }
+
+  // Is `offset` the payload of a live allocation? Otherwise: double_free or foreign.
+  Status check_live_payload(uint64_t offset) const {
+    if (offset < g_.area_start + 16 || offset >= sentinel_ || ((offset - g_.area_start) & (kGranule - 1)) != 0) {
+      return Status::foreign;
+    }
+    if (test_bit(g_.live_map, offset)) return Status::ok;
+    return test_bit(g_.freed_map, offset) ? Status::double_free : Status::foreign;
+  }
+
+  void insert_free(uint64_t b, uint64_t size) {
+    uint32_t fl = 0, sl = 0;
+    mapping_insert(size, &fl, &sl);
+    TlsfHeader* h = header();
+    uint64_t head = h->heads[fl][sl];
+    if (head != 0 && (!valid_block_offset(head) || load(head + 24) != 0)) {
+      // The list head was overwritten. Linking to it would write where it points: drop the list
+      // instead (its blocks leak, memory stays safe) and remember, so check() reports it.
+      h->damaged = 1;
+      head = 0;
+    }
+    store(b + 16, head);
+    store(b + 24, 0);
+    if (head != 0) store(head + 24, b);
+    h->heads[fl][sl] = b;
+    h->fl_bitmap |= uint64_t(1) << fl;
+    h->sl_bitmap[fl] |= 1u << sl;
+    h->free_bytes += size;
+    h->free_blocks += 1;
+  }
+
+  // Would unlinking this free block be safe? Its links must point at valid blocks that point back
+  // (glibc's safe unlinking), or at the list head.
+  bool can_unlink(uint64_t b, uint64_t size) const {
+    uint32_t fl = 0, sl = 0;
+    mapping_insert(size, &fl, &sl);
+    if (fl >= kFlCount) return false;
+    uint64_t next = load(b + 16), prev = load(b + 24);
+    if (next != 0 && (!valid_block_offset(next) || load(next + 24) != b)) return false;
+    if (prev != 0) return valid_block_offset(prev) && load(prev + 16) == b;
+    return header()->heads[fl][sl] == b;
+  }
+
+  // Caller has established can_unlink(b, size).
+  void unlink(uint64_t b, uint64_t size) {
+    uint32_t fl = 0, sl = 0;
+    mapping_insert(size, &fl, &sl);
+    TlsfHeader* h = header();
+    uint64_t next = load(b + 16), prev = load(b + 24);
+    if (next != 0) store(next + 24, prev);
+    if (prev != 0) {
+      store(prev + 16, next);
+    } else {
+      h->heads[fl][sl] = next;
+      if (next == 0) {
+        h->sl_bitmap[fl] &= ~(1u << sl);
+        if (h->sl_bitmap[fl] == 0) h->fl_bitmap &= ~(uint64_t(1) << fl);
+      }
+    }
+    h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
+    h->free_blocks = h->free_blocks > 0 ? h->free_blocks - 1 : 0;
+  }
+
+  // Head of the first non-empty list at or above (fl, sl), or 0.
+  uint64_t first_list_at_or_above(uint32_t* fl, uint32_t* sl) const {
+    const TlsfHeader* h = header();
+    if (*fl >= kFlCount) return 0;
+    uint32_t sl_map = *sl < kSlCount ? h->sl_bitmap[*fl] & (~0u << *sl) : 0;
+    if (sl_map == 0) {
+      uint64_t fl_map = h->fl_bitmap & (~uint64_t(0) << (*fl + 1)) & ((uint64_t(1) << kFlCount) - 1);
+      if (fl_map == 0) return 0;
+      *fl = static_cast<uint32_t>(__builtin_ctzll(fl_map));
+      sl_map = h->sl_bitmap[*fl];
+      if (sl_map == 0) return UINT64_MAX;  // bitmaps disagree: corrupted
+    }
+    *sl = static_cast<uint32_t>(__builtin_ctz(sl_map));
+    uint64_t head = h->heads[*fl][*sl];
+    return head == 0 ? UINT64_MAX : head;
+  }
+
+  // O(1) good fit: the head of the first list whose every block holds `need`; failing that, a bounded
+  // look at need's own list, where some blocks may still be large enough.
+  Status find_fit(uint64_t need, uint64_t* block) const {
+    uint32_t fl = 0, sl = 0;
+    mapping_search(need, &fl, &sl);
+    uint64_t b = first_list_at_or_above(&fl, &sl);
+    if (b == UINT64_MAX) return Status::corrupted;
+    if (b != 0) {
+      uint64_t size = 0, flags = 0;
+      if (!read_block(b, &size, &flags) || !(flags & kFree) || size < need || !can_unlink(b, size)) {
+        return Status::corrupted;
+      }
+      *block = b;
+      return Status::ok;
+    }
+    mapping_insert(need, &fl, &sl);
+    if (fl >= kFlCount) return Status::out_of_memory;
+    b = header()->heads[fl][sl];
+    for (int n = 0; b != 0 && n < kSearchBudget; ++n) {
+      uint64_t size = 0, flags = 0;
+      if (!read_block(b, &size, &flags) || !(flags & kFree)) return Status::corrupted;
+      if (size >= need) {
+        if (!can_unlink(b, size)) return Status::corrupted;
+        *block = b;
+        return Status::ok;
+      }
+      b = load(b + 16);
+    }
+    return Status::out_of_memory;
+  }
+
+  // Where a payload of `need` bytes aligned to `align`, at or after `min_payload`, would start inside
+  // free block b, or 0 when it does not fit. A leading gap is left only when it can be a free block.
+  uint64_t place(uint64_t b, uint64_t size, uint64_t need, uint64_t align, uint64_t min_payload) const {
+    uint64_t lo = b + 16 > min_payload ? b + 16 : min_payload;
+    if (lo >= sentinel_) return 0;
+    uint64_t p = round_up(lo, align);
+    if (p != b + 16 && p - (b + 16) < kMinFootprint) p = round_up(b + 16 + kMinFootprint, align);
+    uint64_t end = b + 16 + size;  // end of b's payload
+    return p + need <= end ? p : 0;
+  }
+
+  // A block for an aligned and/or hinted request. Without a hint: the O(1) search with room for the
+  // alignment padding, then a bounded search. With a hint: a bounded search, over the lists that can
+  // hold the request, for the lowest placement at or after the hint.
+  Status find_placed(uint64_t need, uint64_t align, uint64_t hint, uint64_t* block, uint64_t* payload) const {
+    uint64_t min_payload = 0;
+    if (hint == kNoHint) {
+      uint64_t padded = need + align + kMinFootprint;
+      uint64_t b = 0;
+      Status s = find_fit(padded, &b);
+      if (s == Status::corrupted) return s;
+      if (s == Status::ok) {
+        uint64_t size = 0, flags = 0;
+        read_block(b, &size, &flags);
+        uint64_t p = place(b, size, need, align, 0);
+        if (p != 0) {
+          *block = b;
+          *payload = p;
+          return Status::ok;
+        }
+      }
+    } else {
+      min_payload = hint;
+    }
+    uint32_t fl = 0, sl = 0;
+    mapping_insert(need, &fl, &sl);
+    uint64_t best_b = 0, best_p = 0;
+    int budget = kSearchBudget;
+    while (budget > 0) {
+      uint64_t b = first_list_at_or_above(&fl, &sl);
+      if (b == UINT64_MAX) return Status::corrupted;
+      if (b == 0) break;
+      for (; b != 0 && budget > 0; --budget) {
+        uint64_t size = 0, flags = 0;
+        if (!read_block(b, &size, &flags) || !(flags & kFree)) return Status::corrupted;
+        uint64_t p = place(b, size, need, align, min_payload);
+        if (p != 0 && (best_p == 0 || p < best_p)) {
+          best_b = b;
+          best_p = p;
+        }
+        b = load(b + 16);
+      }
+      if (++sl == kSlCount) {
+        sl = 0;
+        if (++fl == kFlCount) break;
+      }
+    }
+    if (best_p == 0) return Status::out_of_memory;
+    uint64_t size = 0, flags = 0;
+    read_block(best_b, &size, &flags);
+    if (!can_unlink(best_b, size)) return Status::corrupted;
+    *block = best_b;
+    *payload = best_p;
+    return Status::ok;
+  }
+
+  // Turns free block b into a used block whose payload starts at `payload` and holds `need` bytes,
+  // returning any leading gap and trailing remainder to the free lists.
+  Status take(uint64_t b, uint64_t payload, uint64_t need) {
+    uint64_t size = 0, flags = 0;
+    if (!read_block(b, &size, &flags)) return Status::corrupted;
+    uint64_t end = b + 8 + size;  // the block after b
+    unlink(b, size);
+    uint64_t used = b;
+    uint64_t used_flags = 0;
+    if (payload != b + 16) {
+      // Leading gap: b keeps [b, payload - 16) and stays free.
+      uint64_t gap_size = payload - 16 - b - 8;
+      set_size_flags(b, gap_size, kFree);
+      insert_free(b, gap_size);
+      used = payload - 16;
+      store(used, b);
+      used_flags = kPrevFree;
+    }
+    uint64_t used_size = end - used - 8;
+    set_size_flags(used, used_size, used_flags);
+    mark_prev(end, used, false);
+    split_tail(used, used_size, need, used_flags);
+    uint64_t final_size = 0, final_flags = 0;
+    read_block(used, &final_size, &final_flags);
+    set_bit(g_.live_map, payload);
+    clear_bits(g_.freed_map, payload, payload + final_size);
+    count_alloc(final_size);
+    return Status::ok;
+  }
+
+  // Used block b has `size` payload bytes; keeps `need` and frees the rest when it can be a block.
+  // The block after b must not be free (callers merged it already).
+  void split_tail(uint64_t b, uint64_t size, uint64_t need, uint64_t prev_flag) {
+    if (size < need + kMinFootprint) return;
+    uint64_t rest = b + 8 + need;
+    uint64_t rest_size = size - need - 8;
+    set_size_flags(b, need, prev_flag);
+    set_size_flags(rest, rest_size, kFree);
+    insert_free(rest, rest_size);
+    mark_prev(rest + 8 + rest_size, rest, true);
+  }
+
+  uint64_t largest_free() const {
+    const TlsfHeader* h = header();
+    uint64_t fl_map = h->fl_bitmap & ((uint64_t(1) << kFlCount) - 1);
+    if (fl_map == 0) return 0;
+    uint32_t fl = floor_log2(fl_map);
+    uint32_t sl_map = h->sl_bitmap[fl];
+    if (sl_map == 0) return 0;
+    uint32_t sl = 31u - static_cast<uint32_t>(__builtin_clz(sl_map));
+    uint64_t b = h->heads[fl][sl], best = 0;
+    for (int n = 0; b != 0 && n < kSearchBudget; ++n) {
+      uint64_t size = 0, flags = 0;
+      if (!read_block(b, &size, &flags)) break;
+      if (size > best) best = size;
+      b = load(b + 16);
+    }
+    return best;
+  }
+
+  const Geometry g_;
+  uint64_t sentinel_;
+};
+
+}  // namespace
+
+uint64_t tlsf_min_region_size(const HeapOptions&) {
+  return round_up(sizeof(TlsfHeader), 64) + 4096 + 2 * kGranule;
+}
+
+Status tlsf_format(uint8_t* base, uint64_t size, const HeapOptions&, std::unique_ptr<Heap>* out) {
+  Geometry g;
+  if (size > kMaxRequest * 2) return Status::invalid_argument;
+  if (!compute_geometry(size, &g)) return Status::out_of_memory;
+  auto heap = std::make_unique<TlsfHeap>(base, size, g);
+  heap->format();
+  *out = std::move(heap);
+  return Status::ok;
+}
+
+Status tlsf_attach(uint8_t* base, uint64_t size, std::unique_ptr<Heap>* out) {
+  Geometry g;
+  if (size > kMaxRequest * 2 || !compute_geometry(size, &g)) return Status::incompatible;
+  TlsfHeader h;
+  std::memcpy(&h, base, sizeof h);
+  if (h.region.magic != kRegionMagic || h.region.algorithm != static_cast<uint32_t>(Algorithm::tlsf)) {
+    return Status::incompatible;
+  }
+  if (h.region.version != kTlsfVersion || h.region.size != size) return Status::incompatible;
+  if (h.region.header_size != g.area_start || h.area_start != g.area_start || h.area_end != g.area_end ||
+      h.live_map != g.live_map || h.freed_map != g.freed_map || h.map_words != g.map_words) {
+    return Status::corrupted;
+  }
+  *out = std::make_unique<TlsfHeap>(base, size, g);
+  return Status::ok;
+}
+
+}  // namespace mempool
