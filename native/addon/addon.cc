@@ -148,6 +148,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t align = arg_uint(info, 1, "align", mempool::kMaxAlign);
     double hint_d = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
     uint64_t hint = hint_d >= 0 && hint_d <= static_cast<double>(kMaxSafe) ? static_cast<uint64_t>(hint_d) : mempool::kNoHint;
+    // Larger than any heap can represent: for the user that is simply more memory than there is.
+    if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
     uint64_t offset = 0;
     Status s = heap_->alloc(size, align, hint, &offset);
     if (s != Status::ok) return status_number(env, s);
@@ -169,6 +171,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
     uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
     uint64_t align = arg_uint(info, 2, "align", mempool::kMaxAlign);
+    if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
     uint64_t moved = 0;
     Status s = mempool::heap_realloc(*heap_, offset, size, align, &moved);
     if (s != Status::ok) return status_number(env, s);
