@@ -7,7 +7,8 @@
         "native/core/heap.cc",
         "native/core/tlsf.cc",
         "native/core/buddy.cc",
-        "native/core/bitmap.cc"
+        "native/core/bitmap.cc",
+        "native/core/segment.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "../core/heap.h"
+#include "../core/segment.h"
 
 namespace mempool_addon {
 
@@ -28,8 +29,12 @@ struct ExternalMemory {
   void* data = nullptr;
   uint64_t size = 0;
   bool released = false;
+  std::unique_ptr<mempool::Segment> segment;  // set for a shared segment: released by unmapping
   void release() {
-    if (!released) std::free(data);
+    if (!released) {
+      if (segment) segment->unmap();
+      else std::free(data);
+    }
     released = true;
   }
   ~ExternalMemory() { release(); }
@@ -91,27 +96,67 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                            InstanceMethod<&NativePool::Check>("check"),
                            InstanceMethod<&NativePool::Blocks>("blocks"),
                            InstanceMethod<&NativePool::Close>("close"),
+                           InstanceMethod<&NativePool::SetKey>("setKey"),
+                           InstanceMethod<&NativePool::GetKey>("getKey"),
+                           InstanceMethod<&NativePool::DeleteKey>("deleteKey"),
+                           InstanceMethod<&NativePool::Keys>("keys"),
+                           InstanceMethod<&NativePool::SegmentInfo>("segmentInfo"),
                            InstanceAccessor<&NativePool::GetBuffer>("buffer"),
                            InstanceAccessor<&NativePool::GetAddress>("address"),
                        });
   }
 
-  // new NativePool(size, algorithm, blockSize, minBlock, maxBlock)
+  // new NativePool('malloc', size, algorithm, blockSize, minBlock, maxBlock)
+  // new NativePool('create', name, size, algorithm, blockSize, minBlock, maxBlock, mode, exclusive,
+  //                directoryCapacity, lockTimeoutMs)
+  // new NativePool('open', name, lockTimeoutMs)
   explicit NativePool(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativePool>(info) {
     Napi::Env env = info.Env();
-    uint64_t size = arg_uint(info, 0, "size", kMaxSafe);
-    if (!info[1].IsString()) throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for algorithm");
-    Algorithm algorithm;
-    std::string name = info[1].As<Napi::String>().Utf8Value();
-    if (!mempool::algorithm_from_name(name, &algorithm)) {
-      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "Expected 'tlsf', 'buddy' or 'bitmap' for algorithm but received '" + name + "'");
+    std::string kind = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (kind == "malloc") {
+      InitMalloc(info);
+    } else if (kind == "create" || kind == "open") {
+      InitShared(info, kind == "create");
+    } else {
+      throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected 'malloc', 'create' or 'open' for kind");
     }
+    auto* owner = new std::shared_ptr<ExternalMemory>(memory_);
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+        env, memory_->data, memory_->size, [](Napi::Env, void*, std::shared_ptr<ExternalMemory>* hint) { delete hint; }, owner);
+    buffer_ = Napi::Persistent(ab);
+  }
+
+ private:
+  static Algorithm arg_algorithm(const Napi::CallbackInfo& info, size_t i) {
+    if (!info[i].IsString()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for algorithm");
+    Algorithm algorithm;
+    std::string name = info[i].As<Napi::String>().Utf8Value();
+    if (!mempool::algorithm_from_name(name, &algorithm)) {
+      throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE", "Expected 'tlsf', 'buddy' or 'bitmap' for algorithm but received '" + name + "'");
+    }
+    return algorithm;
+  }
+
+  static HeapOptions arg_heap_options(const Napi::CallbackInfo& info, size_t i, Algorithm algorithm) {
     HeapOptions options;
-    options.block_size = arg_uint(info, 2, "blockSize", kMaxSafe);
-    options.min_block = arg_uint(info, 3, "minBlock", kMaxSafe);
-    options.max_block = arg_uint(info, 4, "maxBlock", kMaxSafe);
+    options.block_size = arg_uint(info, i, "blockSize", kMaxSafe);
+    options.min_block = arg_uint(info, i + 1, "minBlock", kMaxSafe);
+    options.max_block = arg_uint(info, i + 2, "maxBlock", kMaxSafe);
+    if (mempool::heap_min_region_size(algorithm, options) == 0) {
+      throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE",
+                  std::string("Invalid heap options for ") + mempool::algorithm_name(algorithm) +
+                      " (blockSize and minBlock: powers of two >= 16; maxBlock: a power of two >= minBlock, or 0)");
+    }
+    return options;
+  }
+
+  void InitMalloc(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
+    Algorithm algorithm = arg_algorithm(info, 2);
+    HeapOptions options = arg_heap_options(info, 3, algorithm);
+    const char* name = mempool::algorithm_name(algorithm);
     uint64_t min = mempool::heap_min_region_size(algorithm, options);
-    if (min == 0) throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "Invalid heap options for " + name);
     if (size < min) {
       throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
                   "Expected a size of at least " + std::to_string(min) + " bytes for a " + name + " pool but received " + std::to_string(size));
@@ -131,69 +176,173 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
                   std::string("Cannot format a ") + name + " heap of " + std::to_string(size) + " bytes with these options (" + mempool::status_name(s) + ")");
     }
-    auto* owner = new std::shared_ptr<ExternalMemory>(memory_);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-        env, mem, size, [](Napi::Env, void*, std::shared_ptr<ExternalMemory>* hint) { delete hint; }, owner);
-    buffer_ = Napi::Persistent(ab);
+    heap_ptr_ = heap_.get();
+  }
+
+  void InitShared(const Napi::CallbackInfo& info, bool create) {
+    Napi::Env env = info.Env();
+    if (!info[1].IsString()) throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for name");
+    std::string name = info[1].As<Napi::String>().Utf8Value();
+    std::unique_ptr<mempool::Segment> segment;
+    Status s;
+    int err = 0;
+    if (create) {
+      mempool::SegmentOptions options;
+      uint64_t size = arg_uint(info, 2, "size", kMaxSafe);
+      options.algorithm = arg_algorithm(info, 3);
+      options.heap = arg_heap_options(info, 4, options.algorithm);
+      options.mode = static_cast<uint32_t>(arg_uint(info, 7, "mode", 0777));
+      options.exclusive = info[8].ToBoolean();
+      options.directory_capacity = static_cast<uint32_t>(arg_uint(info, 9, "maxKeys", mempool::kMaxDirectoryCapacity));
+      options.lock_timeout_ms = static_cast<uint32_t>(arg_uint(info, 10, "lockTimeoutMs", 86400000));
+      bool created = false;
+      s = mempool::Segment::create(name, size, options, &segment, &err, &created);
+      if (s == Status::invalid_argument) {
+        throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
+                    "Expected a size that holds the segment header, the directory and a " +
+                        std::string(mempool::algorithm_name(options.algorithm)) + " heap but received " + std::to_string(size));
+      }
+    } else {
+      uint32_t timeout = static_cast<uint32_t>(arg_uint(info, 2, "lockTimeoutMs", 86400000));
+      s = mempool::Segment::open(name, timeout, &segment, &err);
+    }
+    if (s != Status::ok) throw_shm(env, s, name, err);
+    memory_ = std::make_shared<ExternalMemory>();
+    memory_->data = segment->base();
+    memory_->size = segment->size();
+    segment_ = segment.get();
+    heap_ptr_ = &segment->heap();
+    bias_ = segment->heap_offset();
+    memory_->segment = std::move(segment);
+  }
+
+ public:
+  [[noreturn]] static void throw_shm(Napi::Env env, Status s, const std::string& name, int err) {
+    std::string sys = err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string();
+    switch (s) {
+      case Status::invalid_name:
+        throw_coded(env, "PoolError", "ERR_SHM_INVALID_NAME",
+                    "Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name");
+      case Status::exists: throw_coded(env, "PoolError", "ERR_SHM_EXISTS", "Shared memory '" + name + "' already exists");
+      case Status::not_found: throw_coded(env, "PoolError", "ERR_SHM_NOT_FOUND", "No shared memory named '" + name + "'");
+      case Status::permission:
+        throw_coded(env, "PoolError", "ERR_SHM_PERMISSION", "Not permitted to use shared memory '" + name + "'" + sys);
+      case Status::incompatible:
+        throw_coded(env, "PoolError", "ERR_SHM_INCOMPATIBLE", "Shared memory '" + name + "' is not a mempool segment of a known version");
+      case Status::corrupted:
+        throw_coded(env, "PoolError", "ERR_POOL_CORRUPTED", "Shared memory '" + name + "' has a damaged header or heap");
+      case Status::lock_timeout:
+        throw_coded(env, "PoolError", "ERR_SHM_LOCK_TIMEOUT", "Timed out waiting for the lock of '" + name + "'");
+      default:
+        if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
+          throw_coded(env, "PoolError", "ERR_POOL_OUT_OF_MEMORY", "The system could not provide shared memory '" + name + "'" + sys);
+        }
+        throw_coded(env, "PoolError", "ERR_SHM_SYSTEM", "Shared memory '" + name + "': " + mempool::status_name(s) + sys);
+    }
   }
 
  private:
-  bool closed() const { return heap_ == nullptr; }
+  // Holds a shared segment's lock for one operation; a no-op for malloc'd pools.
+  struct Guard {
+    mempool::Segment* segment;
+    Status status = Status::ok;
+    explicit Guard(mempool::Segment* s) : segment(s) {
+      if (segment != nullptr) {
+        bool recovered = false;
+        status = segment->lock(&recovered);
+      }
+    }
+    ~Guard() {
+      if (segment != nullptr && status == Status::ok) segment->unlock();
+    }
+  };
+
+  bool closed() const { return heap_ptr_ == nullptr; }
+
+  // Offsets crossing the boundary are region offsets (segment offsets for shared pools); the heap
+  // works on offsets from its own start, bias_ bytes into the region.
+  bool in_heap(uint64_t offset) const { return offset >= bias_; }
 
   // alloc(size, align, hint (-1 = none), zero) -> offset or -status
   Napi::Value Alloc(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return Napi::Number::New(env, -100);
+    if (closed()) return status_number(env, kClosed);
     uint64_t size = arg_uint(info, 0, "size", kMaxSafe);
     uint64_t align = arg_uint(info, 1, "align", mempool::kMaxAlign);
     double hint_d = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
-    uint64_t hint = hint_d >= 0 && hint_d <= static_cast<double>(kMaxSafe) ? static_cast<uint64_t>(hint_d) : mempool::kNoHint;
+    uint64_t hint = hint_d >= static_cast<double>(bias_) && hint_d <= static_cast<double>(kMaxSafe)
+                        ? static_cast<uint64_t>(hint_d) - bias_
+                        : mempool::kNoHint;
     // Larger than any heap can represent: for the user that is simply more memory than there is.
     if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
     uint64_t offset = 0;
-    Status s = heap_->alloc(size, align, hint, &offset);
-    if (s != Status::ok) return status_number(env, s);
-    if (info[3].ToBoolean()) std::memset(heap_->base() + offset, 0, size);
-    return Napi::Number::New(env, static_cast<double>(offset));
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      Status s = heap_ptr_->alloc(size, align, hint, &offset);
+      if (s != Status::ok) return status_number(env, s);
+    }
+    if (info[3].ToBoolean()) std::memset(heap_ptr_->base() + offset, 0, size);
+    return Napi::Number::New(env, static_cast<double>(offset + bias_));
   }
 
   Napi::Value Free(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return Napi::Number::New(env, -100);
+    if (closed()) return status_number(env, kClosed);
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
-    return status_number(env, heap_->free(offset));
+    if (!in_heap(offset)) return status_number(env, Status::foreign);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    Status s = heap_ptr_->free(offset - bias_);
+    if (s == Status::ok && segment_ != nullptr) segment_->dir_forget_offset(offset);
+    return status_number(env, s);
   }
 
   // realloc(offset, size, align) -> new offset or -status
   Napi::Value Realloc(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return Napi::Number::New(env, -100);
+    if (closed()) return status_number(env, kClosed);
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
     uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
     uint64_t align = arg_uint(info, 2, "align", mempool::kMaxAlign);
+    if (!in_heap(offset)) return status_number(env, Status::foreign);
     if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t moved = 0;
-    Status s = mempool::heap_realloc(*heap_, offset, size, align, &moved);
+    Status s = mempool::heap_realloc(*heap_ptr_, offset - bias_, size, align, &moved);
     if (s != Status::ok) return status_number(env, s);
-    return Napi::Number::New(env, static_cast<double>(moved));
+    // A moved block's old names would point at freed memory: they go with it.
+    if (segment_ != nullptr && moved + bias_ != offset) segment_->dir_forget_offset(offset);
+    return Napi::Number::New(env, static_cast<double>(moved + bias_));
   }
 
   Napi::Value UsableSize(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return Napi::Number::New(env, -100);
+    if (closed()) return status_number(env, kClosed);
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
+    if (!in_heap(offset)) return status_number(env, Status::foreign);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t n = 0;
-    Status s = heap_->usable_size(offset, &n);
+    Status s = heap_ptr_->usable_size(offset - bias_, &n);
     if (s != Status::ok) return status_number(env, s);
     return Napi::Number::New(env, static_cast<double>(n));
   }
 
   // stats() -> [capacity, used, free, overhead, peakUsed, live, allocations, frees, failed, largestFree]
+  // or -status. For a shared pool, capacity is the segment size and overhead includes its header.
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return env.Null();
+    if (closed()) return status_number(env, kClosed);
     HeapStats s;
-    heap_->stats(&s);
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      heap_ptr_->stats(&s);
+    }
+    s.capacity += bias_;
+    s.overhead += bias_;
     const uint64_t fields[] = {s.capacity, s.used, s.free, s.overhead, s.peak_used, s.live_allocations,
                                s.allocations, s.frees, s.failed_allocations, s.largest_free_block};
     Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
@@ -201,38 +350,137 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return out;
   }
 
-  // check() -> [violations, first violation's description]
+  // check() -> [violations, first violation's description] or -status
   Napi::Value Check(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return env.Null();
+    if (closed()) return status_number(env, kClosed);
     mempool::CheckResult r;
-    heap_->check(&r);
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      heap_ptr_->check(&r);
+      if (segment_ != nullptr) segment_->dir_check(&r);
+    }
     Napi::Array out = Napi::Array::New(env, 2);
     out.Set(0u, Napi::Number::New(env, static_cast<double>(r.violations)));
     out.Set(1u, Napi::String::New(env, r.first));
     return out;
   }
 
-  // blocks() -> Float64Array of (offset, size, used) triples in address order, or null when corrupted
+  // blocks() -> Float64Array of (offset, size, used) triples in address order, or -status
   Napi::Value Blocks(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed()) return env.Null();
+    if (closed()) return status_number(env, kClosed);
     std::vector<double> triples;
-    Status s = heap_->walk([&](const mempool::BlockInfo& b) {
-      triples.push_back(static_cast<double>(b.offset));
-      triples.push_back(static_cast<double>(b.size));
-      triples.push_back(b.used ? 1 : 0);
-      return true;
-    });
+    Status s;
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      s = heap_ptr_->walk([&](const mempool::BlockInfo& b) {
+        triples.push_back(static_cast<double>(b.offset + bias_));
+        triples.push_back(static_cast<double>(b.size));
+        triples.push_back(b.used ? 1 : 0);
+        return true;
+      });
+    }
     if (s != Status::ok) return status_number(env, s);
     Napi::Float64Array out = Napi::Float64Array::New(env, triples.size());
     if (!triples.empty()) std::memcpy(out.Data(), triples.data(), triples.size() * sizeof(double));
     return out;
   }
 
-  // Frees the region now and detaches the ArrayBuffer: every view becomes length 0. Idempotent.
+  // setKey(key, offset, length) -> 0 or -status. The offset must start a live allocation holding length.
+  Napi::Value SetKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    uint64_t offset = arg_uint(info, 1, "offset", kMaxSafe);
+    uint64_t length = arg_uint(info, 2, "length", kMaxSafe);
+    if (!in_heap(offset)) return status_number(env, Status::foreign);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    uint64_t usable = 0;
+    Status s = heap_ptr_->usable_size(offset - bias_, &usable);
+    if (s != Status::ok) return status_number(env, s);
+    if (length > usable) return status_number(env, Status::foreign);
+    return status_number(env, segment_->dir_set(key, offset, length));
+  }
+
+  // getKey(key) -> [offset, length], null when absent, or -status
+  Napi::Value GetKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    uint64_t offset = 0, length = 0;
+    Status s = segment_->dir_get(key, &offset, &length);
+    if (s == Status::not_found) return env.Null();
+    if (s != Status::ok) return status_number(env, s);
+    Napi::Array out = Napi::Array::New(env, 2);
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(offset)));
+    out.Set(1u, Napi::Number::New(env, static_cast<double>(length)));
+    return out;
+  }
+
+  // deleteKey(key) -> true / false, or -status
+  Napi::Value DeleteKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    return Napi::Boolean::New(env, segment_->dir_delete(key));
+  }
+
+  // keys() -> string[] or -status
+  Napi::Value Keys(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::vector<std::string> keys;
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      segment_->dir_keys(&keys);
+    }
+    Napi::Array out = Napi::Array::New(env, keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) out.Set(static_cast<uint32_t>(i), Napi::String::New(env, keys[i]));
+    return out;
+  }
+
+  // segmentInfo() -> [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] (read without
+  // the lock: diagnostics only)
+  Napi::Value SegmentInfo(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed() || segment_ == nullptr) return env.Null();
+    const mempool::SegmentHeader* h = segment_->header();
+    const double fields[] = {static_cast<double>(h->recoveries), static_cast<double>(h->creator_pid),
+                             static_cast<double>(h->created_unix_ms), static_cast<double>(h->directory_live),
+                             static_cast<double>(h->directory_capacity), static_cast<double>(bias_)};
+    Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
+    for (size_t i = 0; i < std::size(fields); ++i) out[i] = fields[i];
+    return out;
+  }
+
+  static std::string arg_key(const Napi::CallbackInfo& info, size_t i) {
+    if (!info[i].IsString()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for key");
+    std::string key = info[i].As<Napi::String>().Utf8Value();
+    if (key.empty() || key.size() > mempool::kMaxKeyBytes) {
+      throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE",
+                  "Expected a key of 1 to " + std::to_string(mempool::kMaxKeyBytes) + " UTF-8 bytes");
+    }
+    return key;
+  }
+
+  // Frees (or unmaps) the region now and detaches the ArrayBuffer: every view becomes length 0. Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed()) {
+      heap_ptr_ = nullptr;
+      segment_ = nullptr;
       heap_.reset();
       Napi::ArrayBuffer ab = buffer_.Value();
       if (!ab.IsDetached()) ab.Detach();
@@ -246,8 +494,13 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(memory_->data)));
   }
 
+  static constexpr Status kClosed = static_cast<Status>(100);
+
   std::shared_ptr<ExternalMemory> memory_;
-  std::unique_ptr<Heap> heap_;
+  std::unique_ptr<Heap> heap_;       // malloc'd pools own their heap; a segment owns its own
+  Heap* heap_ptr_ = nullptr;         // the heap either way; null once closed
+  mempool::Segment* segment_ = nullptr;
+  uint64_t bias_ = 0;                // where the heap starts in the region
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
@@ -291,6 +544,36 @@ Napi::Value SystemFree(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, 0);
 }
 
+// shmUnlink(name) -> true when removed, false when there was no such name.
+Napi::Value ShmUnlink(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for name");
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  int err = 0;
+  Status s = mempool::Segment::unlink(name, &err);
+  if (s == Status::not_found) return Napi::Boolean::New(env, false);
+  if (s != Status::ok) NativePool::throw_shm(env, s, name, err);
+  return Napi::Boolean::New(env, true);
+}
+
+// shmList() -> [{ name, size, algorithm, used, liveAllocations }]
+Napi::Value ShmList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<mempool::SegmentInfo> segments;
+  mempool::Segment::list(&segments);
+  Napi::Array out = Napi::Array::New(env, segments.size());
+  for (size_t i = 0; i < segments.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", segments[i].name);
+    o.Set("size", static_cast<double>(segments[i].size));
+    o.Set("algorithm", mempool::algorithm_name(segments[i].algorithm));
+    o.Set("used", static_cast<double>(segments[i].used));
+    o.Set("liveAllocations", static_cast<double>(segments[i].live_allocations));
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
 Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a function");
   data_of(info.Env())->error_factory = Napi::Persistent(info[0].As<Napi::Function>());
@@ -307,6 +590,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("systemAlloc", Napi::Function::New<SystemAlloc>(env, "systemAlloc"));
   exports.Set("systemFree", Napi::Function::New<SystemFree>(env, "systemFree"));
   exports.Set("setErrorFactory", Napi::Function::New<SetErrorFactory>(env, "setErrorFactory"));
+  exports.Set("shmUnlink", Napi::Function::New<ShmUnlink>(env, "shmUnlink"));
+  exports.Set("shmList", Napi::Function::New<ShmList>(env, "shmList"));
   exports.Set("noop", Napi::Function::New<Noop>(env, "noop"));
   return exports;
 }

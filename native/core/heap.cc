@@ -17,6 +17,14 @@ const char* status_name(Status s) {
     case Status::double_free: return "double_free";
     case Status::corrupted: return "corrupted";
     case Status::incompatible: return "incompatible";
+    case Status::exists: return "exists";
+    case Status::not_found: return "not_found";
+    case Status::permission: return "permission";
+    case Status::invalid_name: return "invalid_name";
+    case Status::lock_timeout: return "lock_timeout";
+    case Status::system_error: return "system_error";
+    case Status::too_large: return "too_large";
+    case Status::directory_full: return "directory_full";
   }
   return "unknown";
 }

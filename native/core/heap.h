@@ -36,6 +36,15 @@ enum class Status : int32_t {
   double_free = 4,       // offset was the start of an allocation that is already free
   corrupted = 5,         // metadata failed a consistency check
   incompatible = 6,      // the region does not hold a heap of a known kind, version or size
+  // Shared segments (segment.h):
+  exists = 7,            // create with exclusive of a name that exists
+  not_found = 8,         // no segment of that name
+  permission = 9,        // the system said EACCES or EPERM
+  invalid_name = 10,     // not a plain name of 1..250 bytes without '/' or NUL
+  lock_timeout = 11,     // the segment's lock was not acquired in time
+  system_error = 12,     // another errno from shm_open, ftruncate or mmap (see errno_value)
+  too_large = 13,        // a key or value does not fit the directory
+  directory_full = 14,   // the directory has no free entry
 };
 
 const char* status_name(Status s);
@@ -140,6 +149,12 @@ class Heap {
 
   // Verifies every invariant it can; never aborts, never reads outside the region.
   virtual void check(CheckResult* result) const = 0;
+
+  // Repairs the heap after a writer died in the middle of an operation (a shared segment's lock came
+  // back EOWNERDEAD): recomputes every derived structure (free lists, summaries, counters) from the
+  // heap's primary record, which each heap updates so that it is consistent after every single store.
+  // Returns corrupted when the primary record itself is damaged.
+  virtual Status rebuild() { return Status::corrupted; }
 
   // Visits blocks in address order until visit returns false. Returns corrupted if the walk met
   // metadata it could not follow (blocks visited so far were visited).

@@ -358,6 +358,61 @@ class TlsfHeap final : public Heap {
     if (h->free_blocks != free_blocks) r->report("tlsf: free block count disagrees with the blocks");
   }
 
+  // The physical chain (sizes and kFree flags) is the primary record: every operation changes it with
+  // single stores that each leave it whole. Everything else is recomputed from it here.
+  Status rebuild() override {
+    TlsfHeader* h = header();
+    uint64_t max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1, steps = 0;
+    // First pass: validate the whole chain before changing anything.
+    for (uint64_t b = g_.area_start; b != sentinel_;) {
+      uint64_t size = 0, flags = 0;
+      if (++steps > max_steps || !read_block(b, &size, &flags)) return Status::corrupted;
+      b = b + 8 + size;
+    }
+    std::memset(h->heads, 0, sizeof h->heads);
+    std::memset(h->sl_bitmap, 0, sizeof h->sl_bitmap);
+    h->fl_bitmap = 0;
+    h->free_bytes = 0;
+    h->free_blocks = 0;
+    h->damaged = 0;
+    std::memset(base_ + g_.live_map, 0, g_.map_words * 8);
+    uint64_t used = 0, live = 0;
+    uint64_t run = 0;  // start of the free run being gathered, 0 = none
+    uint64_t b = g_.area_start;
+    for (;;) {
+      bool at_end = b == sentinel_;
+      uint64_t size = 0, flags = 0;
+      if (!at_end) read_block(b, &size, &flags);
+      bool is_free = !at_end && (flags & kFree);
+      if (is_free) {
+        if (run == 0) {
+          run = b;
+        } else {
+          set_size_flags(run, b + 8 + size - run - 8, kFree);  // coalesce what a crash left apart
+        }
+      } else {
+        uint64_t pf = 0;
+        if (run != 0) {
+          uint64_t run_size = b - run - 8;
+          set_size_flags(run, run_size, kFree);
+          insert_free(run, run_size);
+          pf = kPrevFree;
+          store(b, run);
+        }
+        store(b + 8, (load(b + 8) & ~kPrevFree) | pf);
+        run = 0;
+        if (at_end) break;
+        set_bit(g_.live_map, b + 16);
+        used += size;
+        ++live;
+      }
+      b = b + 8 + size;
+    }
+    h->region.counters.used = used;
+    h->region.counters.live = live;
+    return Status::ok;
+  }
+
   Status walk(const std::function<bool(const BlockInfo&)>& visit) const override {
     uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
     while (b != sentinel_) {
@@ -622,16 +677,18 @@ class TlsfHeap final : public Heap {
     uint64_t used = b;
     uint64_t used_flags = 0;
     if (payload != b + 16) {
-      // Leading gap: b keeps [b, payload - 16) and stays free.
-      uint64_t gap_size = payload - 16 - b - 8;
+      // Leading gap: b keeps [b, payload - 16) and stays free. The new block's header is written first
+      // (inside b, invisible to a walk of the chain), then one store to b's size publishes the split.
+      used = payload - 16;
+      uint64_t gap_size = used - b - 8;
+      store(used, b);
+      set_size_flags(used, end - used - 8, kPrevFree | kFree);
       set_size_flags(b, gap_size, kFree);
       insert_free(b, gap_size);
-      used = payload - 16;
-      store(used, b);
       used_flags = kPrevFree;
     }
     uint64_t used_size = end - used - 8;
-    set_size_flags(used, used_size, used_flags);
+    set_size_flags(used, used_size, used_flags);  // one store: the block is used
     mark_prev(end, used, false);
     split_tail(used, used_size, need, used_flags);
     uint64_t final_size = 0, final_flags = 0;
@@ -648,8 +705,10 @@ class TlsfHeap final : public Heap {
     if (size < need + kMinFootprint) return;
     uint64_t rest = b + 8 + need;
     uint64_t rest_size = size - need - 8;
-    set_size_flags(b, need, prev_flag);
+    // The remainder's header first (inside b's payload), then one store to b's size publishes it, so
+    // the physical chain is whole after every store (rebuild() relies on it).
     set_size_flags(rest, rest_size, kFree);
+    set_size_flags(b, need, prev_flag);
     insert_free(rest, rest_size);
     mark_prev(rest + 8 + rest_size, rest, true);
   }

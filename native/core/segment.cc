@@ -1,0 +1,516 @@
+#include "segment.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace mempool {
+namespace {
+
+constexpr uint32_t kSlotEmpty = 0;
+constexpr uint32_t kSlotDeleted = UINT32_MAX;
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64 finaliser: spreads offsets (multiples of 16) over the slots
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+uint64_t now_unix_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+Status errno_status(int e) {
+  switch (e) {
+    case EEXIST: return Status::exists;
+    case ENOENT: return Status::not_found;
+    case EACCES:
+    case EPERM: return Status::permission;
+    case ENAMETOOLONG:
+    case EINVAL: return Status::invalid_name;
+    default: return Status::system_error;
+  }
+}
+
+uint64_t directory_bytes(uint32_t capacity) {
+  return uint64_t(capacity) * sizeof(DirEntry) + uint64_t(capacity) * 2 * sizeof(uint32_t);
+}
+
+bool header_consistent(const SegmentHeader& h, uint64_t real_size, uint64_t* heap_offset) {
+  if (h.version != kSegmentVersion || h.header_size != kSegmentHeaderSize || h.size != real_size) return false;
+  if (h.algorithm < 1 || h.algorithm > 3) return false;
+  if (h.directory_offset != kSegmentHeaderSize) return false;
+  if (h.directory_capacity < 1 || h.directory_capacity > kMaxDirectoryCapacity) return false;
+  if (!Segment::layout(real_size, static_cast<uint32_t>(h.directory_capacity), heap_offset)) return false;
+  return h.heap_offset == *heap_offset && h.heap_size == real_size - *heap_offset;
+}
+
+}  // namespace
+
+bool Segment::valid_name(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameBytes || name == "." || name == "..") return false;
+  for (char c : name) {
+    if (c == '/' || c == '\0') return false;
+  }
+  return true;
+}
+
+bool Segment::layout(uint64_t size, uint32_t capacity, uint64_t* heap_offset) {
+  if (capacity < 1 || capacity > kMaxDirectoryCapacity) return false;
+  uint64_t off = round_up(kSegmentHeaderSize + directory_bytes(capacity), kMaxAlign);
+  if (size < off + kMaxAlign || size > (uint64_t(1) << 48)) return false;
+  *heap_offset = off;
+  return true;
+}
+
+Segment::Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
+                 Algorithm algorithm, uint32_t lock_timeout_ms)
+    : name_(std::move(name)),
+      base_(base),
+      size_(size),
+      heap_offset_(heap_offset),
+      capacity_(capacity),
+      algorithm_(algorithm),
+      lock_timeout_ms_(lock_timeout_ms) {}
+
+Segment::~Segment() { unmap(); }
+
+void Segment::unmap() {
+  if (base_ == nullptr) return;
+  heap_.reset();
+  munmap(base_, size_);
+  base_ = nullptr;
+}
+
+Status Segment::create(const std::string& name, uint64_t size, const SegmentOptions& options,
+                       std::unique_ptr<Segment>* out, int* err, bool* created) {
+  *err = 0;
+  *created = false;
+  if (!valid_name(name)) return Status::invalid_name;
+  uint64_t heap_offset = 0;
+  if (!layout(size, options.directory_capacity, &heap_offset)) return Status::invalid_argument;
+  uint64_t min_heap = heap_min_region_size(options.algorithm, options.heap);
+  if (min_heap == 0) return Status::invalid_argument;
+  if (size - heap_offset < min_heap) return Status::invalid_argument;
+  std::string path = "/" + name;
+  int fd = shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, options.mode & 0777);
+  if (fd < 0) {
+    *err = errno;
+    if (errno == EEXIST && !options.exclusive) return open(name, options.lock_timeout_ms, out, err);
+    return errno_status(errno);
+  }
+  // From here the name is ours: any failure removes it again.
+  auto fail = [&](int e) {
+    *err = e;
+    close(fd);
+    shm_unlink(path.c_str());
+    return errno_status(e);
+  };
+  if (fchmod(fd, options.mode & 0777) != 0) return fail(errno);  // the umask must not change the mode
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) return fail(errno);
+  // tmpfs allocates pages lazily: reserve them now so a full /dev/shm fails here, not with SIGBUS later.
+  int pe = posix_fallocate(fd, 0, static_cast<off_t>(size));
+  if (pe != 0 && pe != EOPNOTSUPP && pe != EINVAL) return fail(pe);
+  void* mem = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (mem == MAP_FAILED) return fail(errno);
+  close(fd);
+  uint8_t* base = static_cast<uint8_t*>(mem);
+
+  std::memset(base, 0, heap_offset);
+  SegmentHeader* h = reinterpret_cast<SegmentHeader*>(base);
+  h->magic = kSegmentMagic;
+  h->version = kSegmentVersion;
+  h->header_size = kSegmentHeaderSize;
+  h->size = size;
+  h->algorithm = static_cast<uint32_t>(options.algorithm);
+  h->state = kStateFormatting;
+  h->block_size = options.heap.block_size;
+  h->min_block = options.heap.min_block;
+  h->max_block = options.heap.max_block;
+  h->directory_offset = kSegmentHeaderSize;
+  h->directory_capacity = options.directory_capacity;
+  h->heap_offset = heap_offset;
+  h->heap_size = size - heap_offset;
+  h->creator_pid = static_cast<uint64_t>(getpid());
+  h->created_unix_ms = now_unix_ms();
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  int me = pthread_mutex_init(&h->lock, &attr);
+  pthread_mutexattr_destroy(&attr);
+  std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, options.directory_capacity,
+                                           options.algorithm, options.lock_timeout_ms));
+  Status s = me == 0 ? heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_)
+                     : Status::system_error;
+  if (s != Status::ok) {
+    seg->unmap();
+    shm_unlink(path.c_str());
+    *err = me;
+    return s;
+  }
+  // Readers wait for this: everything above is visible before the state says ready.
+  __atomic_store_n(&h->state, static_cast<uint32_t>(kStateReady), __ATOMIC_RELEASE);
+  *created = true;
+  *out = std::move(seg);
+  return Status::ok;
+}
+
+Status Segment::open(const std::string& name, uint32_t lock_timeout_ms, std::unique_ptr<Segment>* out, int* err) {
+  *err = 0;
+  if (!valid_name(name)) return Status::invalid_name;
+  std::string path = "/" + name;
+  int fd = shm_open(path.c_str(), O_RDWR, 0);
+  if (fd < 0) {
+    *err = errno;
+    return errno_status(errno);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    *err = errno;
+    close(fd);
+    return Status::system_error;
+  }
+  uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (!S_ISREG(st.st_mode) || size < kSegmentHeaderSize + kMaxAlign) {
+    close(fd);
+    return Status::incompatible;  // empty, truncated or not a file
+  }
+  void* mem = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int map_errno = errno;
+  close(fd);
+  if (mem == MAP_FAILED) {
+    *err = map_errno;
+    return errno_status(map_errno);
+  }
+  uint8_t* base = static_cast<uint8_t*>(mem);
+  auto refuse = [&](Status s) {
+    munmap(base, size);
+    return s;
+  };
+  SegmentHeader* live = reinterpret_cast<SegmentHeader*>(base);
+  if (__atomic_load_n(&live->magic, __ATOMIC_ACQUIRE) != kSegmentMagic) return refuse(Status::incompatible);
+  // A creator may still be formatting: wait for it, within the lock timeout.
+  for (uint32_t waited = 0; __atomic_load_n(&live->state, __ATOMIC_ACQUIRE) != kStateReady; ++waited) {
+    if (waited >= lock_timeout_ms) return refuse(Status::incompatible);
+    usleep(1000);
+  }
+  SegmentHeader h;
+  std::memcpy(&h, base, sizeof h);  // validate one snapshot, then keep the validated values locally
+  uint64_t heap_offset = 0;
+  if (h.magic != kSegmentMagic) return refuse(Status::incompatible);
+  if (h.version != kSegmentVersion) return refuse(Status::incompatible);
+  if (!header_consistent(h, size, &heap_offset)) return refuse(Status::corrupted);
+  std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, static_cast<uint32_t>(h.directory_capacity),
+                                           static_cast<Algorithm>(h.algorithm), lock_timeout_ms));
+  Status s = heap_attach(base + heap_offset, size - heap_offset, &seg->heap_);
+  if (s != Status::ok) {
+    seg->unmap();
+    return s == Status::incompatible ? Status::corrupted : s;
+  }
+  if (seg->heap_->algorithm() != seg->algorithm_) {
+    seg->unmap();
+    return Status::corrupted;
+  }
+  *out = std::move(seg);
+  return Status::ok;
+}
+
+Status Segment::unlink(const std::string& name, int* err) {
+  *err = 0;
+  if (!valid_name(name)) return Status::invalid_name;
+  std::string path = "/" + name;
+  if (shm_unlink(path.c_str()) != 0) {
+    *err = errno;
+    return errno_status(errno);
+  }
+  return Status::ok;
+}
+
+void Segment::list(std::vector<SegmentInfo>* out) {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return;
+  while (struct dirent* d = readdir(dir)) {
+    std::string name = d->d_name;
+    if (!valid_name(name)) continue;
+    int fd = shm_open(("/" + name).c_str(), O_RDONLY, 0);
+    if (fd < 0) continue;
+    struct stat st;
+    SegmentHeader h;
+    uint64_t heap_offset = 0;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) >= kSegmentHeaderSize + kMaxAlign &&
+        pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) && h.magic == kSegmentMagic &&
+        h.state == kStateReady && header_consistent(h, static_cast<uint64_t>(st.st_size), &heap_offset)) {
+      SegmentInfo info;
+      info.name = name;
+      info.size = h.size;
+      info.algorithm = static_cast<Algorithm>(h.algorithm);
+      RegionHeader rh;
+      if (pread(fd, &rh, sizeof rh, static_cast<off_t>(heap_offset)) == static_cast<ssize_t>(sizeof rh) &&
+          rh.magic == kRegionMagic) {
+        info.used = rh.counters.used;
+        info.live_allocations = rh.counters.live;
+      }
+      out->push_back(info);
+    }
+    close(fd);
+  }
+  closedir(dir);
+}
+
+Status Segment::lock(bool* recovered) {
+  *recovered = false;
+  pthread_mutex_t* m = &header()->lock;
+  int rc = pthread_mutex_trylock(m);  // the uncontended case costs no clock read
+  if (rc == EBUSY) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += lock_timeout_ms_ / 1000;
+    deadline.tv_nsec += static_cast<long>(lock_timeout_ms_ % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      deadline.tv_sec += 1;
+      deadline.tv_nsec -= 1000000000L;
+    }
+    rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &deadline);
+  }
+  if (rc == 0) {
+    header()->lock_holder_pid = static_cast<uint64_t>(getpid());
+    return Status::ok;
+  }
+  if (rc == ETIMEDOUT) return Status::lock_timeout;
+  if (rc == EOWNERDEAD) {
+    // The holder died inside an operation: repair what it may have left half-done, then go on.
+    header()->lock_holder_pid = static_cast<uint64_t>(getpid());
+    Status s = repair();
+    pthread_mutex_consistent(m);
+    header()->recoveries += 1;
+    if (s != Status::ok) {
+      unlock();
+      return Status::corrupted;
+    }
+    *recovered = true;
+    return Status::ok;
+  }
+  return Status::corrupted;  // EINVAL, ENOTRECOVERABLE, EDEADLK: the lock word is not a lock any more
+}
+
+void Segment::unlock() {
+  header()->lock_holder_pid = 0;
+  pthread_mutex_unlock(&header()->lock);
+}
+
+Status Segment::repair() {
+  Status s = heap_->rebuild();
+  if (s != Status::ok) return s;
+  // Directory entries become live with one store of their state, so a half-written entry is simply
+  // not live; names of allocations that no longer exist are dropped, and the index is rebuilt.
+  uint64_t live = 0;
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    DirEntry* e = entry(i);
+    if (e->state != kDirLive) {
+      if (e->state != kDirEmpty) e->state = kDirDeleted;
+      continue;
+    }
+    uint64_t usable = 0;
+    if (!entry_valid(*e) || heap_->usable_size(e->offset - heap_offset_, &usable) != Status::ok || e->length > usable) {
+      e->state = kDirDeleted;
+      continue;
+    }
+    ++live;
+  }
+  header()->directory_live = live;
+  index_rebuild();
+  CheckResult r;
+  heap_->check(&r);
+  dir_check(&r);
+  return r.violations == 0 ? Status::ok : Status::corrupted;
+}
+
+DirEntry* Segment::entry(uint32_t i) const {
+  return reinterpret_cast<DirEntry*>(base_ + kSegmentHeaderSize + uint64_t(i) * sizeof(DirEntry));
+}
+
+uint32_t* Segment::offset_slots() const {
+  return reinterpret_cast<uint32_t*>(base_ + kSegmentHeaderSize + uint64_t(capacity_) * sizeof(DirEntry));
+}
+
+bool Segment::entry_valid(const DirEntry& e) const {
+  return e.key_len >= 1 && e.key_len <= kMaxKeyBytes && e.offset >= heap_offset_ && e.offset < size_ &&
+         e.length <= size_ - e.offset;
+}
+
+int64_t Segment::dir_find(const std::string& key, uint64_t hash) const {
+  for (uint32_t n = 0, i = static_cast<uint32_t>(hash % capacity_); n < capacity_; ++n, i = (i + 1) % capacity_) {
+    const DirEntry* e = entry(i);
+    uint32_t state = e->state;
+    if (state == kDirEmpty) return -1;
+    if (state == kDirLive && e->hash == hash && e->key_len == key.size() && e->key_len <= kMaxKeyBytes &&
+        std::memcmp(e->key, key.data(), key.size()) == 0) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+void Segment::index_add(uint32_t entry_index, uint64_t offset) {
+  uint32_t slots = capacity_ * 2;
+  uint32_t* s = offset_slots();
+  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
+    if (s[i] == kSlotEmpty || s[i] == kSlotDeleted) {
+      s[i] = entry_index + 1;
+      return;
+    }
+  }
+}
+
+void Segment::index_remove(uint32_t entry_index, uint64_t offset) {
+  uint32_t slots = capacity_ * 2;
+  uint32_t* s = offset_slots();
+  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
+    if (s[i] == kSlotEmpty) return;
+    if (s[i] == entry_index + 1) {
+      s[i] = kSlotDeleted;
+      return;
+    }
+  }
+}
+
+void Segment::index_rebuild() {
+  std::memset(offset_slots(), 0, uint64_t(capacity_) * 2 * sizeof(uint32_t));
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    const DirEntry* e = entry(i);
+    if (e->state == kDirLive && entry_valid(*e)) index_add(i, e->offset);
+  }
+}
+
+Status Segment::dir_set(const std::string& key, uint64_t offset, uint64_t length) {
+  if (key.empty() || key.size() > kMaxKeyBytes) return Status::too_large;
+  uint64_t hash = fnv1a(key);
+  int64_t found = dir_find(key, hash);
+  if (found >= 0) {
+    DirEntry* e = entry(static_cast<uint32_t>(found));
+    index_remove(static_cast<uint32_t>(found), e->offset);
+    e->offset = offset;
+    e->length = length;
+    index_add(static_cast<uint32_t>(found), offset);
+    return Status::ok;
+  }
+  for (uint32_t n = 0, i = static_cast<uint32_t>(hash % capacity_); n < capacity_; ++n, i = (i + 1) % capacity_) {
+    DirEntry* e = entry(i);
+    if (e->state == kDirLive) continue;
+    e->key_len = static_cast<uint32_t>(key.size());
+    e->offset = offset;
+    e->length = length;
+    e->hash = hash;
+    std::memcpy(e->key, key.data(), key.size());
+    __atomic_store_n(&e->state, static_cast<uint32_t>(kDirLive), __ATOMIC_RELEASE);  // the entry is whole now
+    index_add(i, offset);
+    header()->directory_live += 1;
+    return Status::ok;
+  }
+  return Status::directory_full;
+}
+
+Status Segment::dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const {
+  if (key.empty() || key.size() > kMaxKeyBytes) return Status::not_found;
+  int64_t found = dir_find(key, fnv1a(key));
+  if (found < 0) return Status::not_found;
+  DirEntry e;
+  std::memcpy(&e, entry(static_cast<uint32_t>(found)), sizeof e);
+  if (!entry_valid(e)) return Status::corrupted;
+  *offset = e.offset;
+  *length = e.length;
+  return Status::ok;
+}
+
+bool Segment::dir_delete(const std::string& key) {
+  if (key.empty() || key.size() > kMaxKeyBytes) return false;
+  int64_t found = dir_find(key, fnv1a(key));
+  if (found < 0) return false;
+  DirEntry* e = entry(static_cast<uint32_t>(found));
+  index_remove(static_cast<uint32_t>(found), e->offset);
+  e->state = kDirDeleted;
+  if (header()->directory_live > 0) header()->directory_live -= 1;
+  return true;
+}
+
+void Segment::dir_keys(std::vector<std::string>* out) const {
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    const DirEntry* e = entry(i);
+    if (e->state == kDirLive && e->key_len >= 1 && e->key_len <= kMaxKeyBytes) out->emplace_back(e->key, e->key_len);
+  }
+}
+
+void Segment::dir_forget_offset(uint64_t offset) {
+  if (header()->directory_live == 0) return;
+  uint32_t slots = capacity_ * 2;
+  uint32_t* s = offset_slots();
+  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
+    uint32_t v = s[i];
+    if (v == kSlotEmpty) return;
+    if (v == kSlotDeleted || v > capacity_) continue;
+    DirEntry* e = entry(v - 1);
+    if (e->state == kDirLive && e->offset == offset) {
+      e->state = kDirDeleted;
+      s[i] = kSlotDeleted;
+      if (header()->directory_live > 0) header()->directory_live -= 1;
+    }
+  }
+}
+
+void Segment::dir_check(CheckResult* r) const {
+  uint64_t live = 0;
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    DirEntry e;
+    std::memcpy(&e, entry(i), sizeof e);
+    if (e.state == kDirEmpty || e.state == kDirDeleted) continue;
+    if (e.state != kDirLive) {
+      r->report("directory: entry " + std::to_string(i) + " has an impossible state");
+      continue;
+    }
+    ++live;
+    if (!entry_valid(e)) {
+      r->report("directory: entry " + std::to_string(i) + " points outside the heap");
+      continue;
+    }
+    uint64_t usable = 0;
+    if (heap_->usable_size(e.offset - heap_offset_, &usable) != Status::ok || e.length > usable) {
+      r->report("directory: key '" + std::string(e.key, e.key_len) + "' names no live allocation");
+    }
+    if (fnv1a(std::string(e.key, e.key_len)) != e.hash) r->report("directory: entry " + std::to_string(i) + " has a wrong hash");
+    // The offset index must lead to this entry.
+    bool indexed = false;
+    uint32_t slots = capacity_ * 2;
+    const uint32_t* s = offset_slots();
+    for (uint32_t n = 0, j = static_cast<uint32_t>(mix(e.offset) % slots); n < slots; ++n, j = (j + 1) % slots) {
+      if (s[j] == kSlotEmpty) break;
+      if (s[j] == i + 1) {
+        indexed = true;
+        break;
+      }
+    }
+    if (!indexed) r->report("directory: entry " + std::to_string(i) + " is missing from the offset index");
+  }
+  if (live != header()->directory_live) r->report("directory: live count disagrees with the entries");
+}
+
+}  // namespace mempool

@@ -1,0 +1,169 @@
+// A named POSIX shared-memory segment holding a heap, its lock and a directory of named allocations.
+// docs/segment-format.md documents the layout for readers in other languages.
+//
+// Layout (offsets from the segment start; every field little-endian):
+//   [0, 4096)                          SegmentHeader: magic, version, geometry, heap options, the
+//                                      process-shared robust mutex, bookkeeping
+//   [4096, 4096 + capacity * 256)      directory entries (DirEntry)
+//   [.., + 2 * capacity * 4)           offset index: entry index + 1 by hash of the named offset
+//   [heap_offset, size)                the heap's region (heap.h), heap_offset a multiple of 4096
+//
+// Every offset the segment hands out (alloc, directory) is an offset from the segment start, so it is
+// the same number in every process and in the file under /dev/shm.
+//
+// Trust: another process may write anything anywhere in the segment. open() validates every header
+// field against a layout recomputed from the segment's real size; geometry is then kept in
+// process-local members and never re-read. Directory entries are bounds-checked on every read.
+#pragma once
+
+#include <pthread.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "heap.h"
+
+namespace mempool {
+
+constexpr uint64_t kSegmentMagic = 0x3147455350504d4dULL;  // "MMPPSEG1" little-endian
+constexpr uint32_t kSegmentVersion = 1;
+constexpr uint64_t kSegmentHeaderSize = 4096;
+constexpr size_t kMaxNameBytes = 250;
+constexpr size_t kMaxKeyBytes = 224;
+constexpr uint32_t kDefaultDirectoryCapacity = 256;
+constexpr uint32_t kMaxDirectoryCapacity = 1u << 20;
+
+enum SegmentState : uint32_t { kStateFormatting = 0, kStateReady = 1 };
+
+struct SegmentHeader {
+  uint64_t magic;               // 0   kSegmentMagic
+  uint32_t version;             // 8   kSegmentVersion
+  uint32_t header_size;         // 12  kSegmentHeaderSize
+  uint64_t size;                // 16  bytes of the segment (the shm object's size)
+  uint32_t algorithm;           // 24  Algorithm
+  uint32_t state;               // 28  SegmentState: readers wait until kStateReady
+  uint64_t block_size;          // 32  heap options as formatted
+  uint64_t min_block;           // 40
+  uint64_t max_block;           // 48
+  uint64_t directory_offset;    // 56  kSegmentHeaderSize
+  uint64_t directory_capacity;  // 64  entries
+  uint64_t heap_offset;         // 72
+  uint64_t heap_size;           // 80  size - heap_offset
+  uint64_t creator_pid;         // 88
+  uint64_t created_unix_ms;     // 96
+  uint64_t directory_live;      // 104 live entries
+  uint64_t recoveries;          // 112 times a dead lock holder's work was repaired
+  uint64_t lock_holder_pid;     // 120 diagnostics: who holds the lock now (0 = nobody)
+  uint8_t reserved[128];        // 128
+  pthread_mutex_t lock;         // 256 PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
+};
+static_assert(sizeof(pthread_mutex_t) <= 64, "the lock slot is 64 bytes");
+static_assert(offsetof(SegmentHeader, size) == 16, "segment layout");
+static_assert(offsetof(SegmentHeader, algorithm) == 24, "segment layout");
+static_assert(offsetof(SegmentHeader, heap_offset) == 72, "segment layout");
+static_assert(offsetof(SegmentHeader, lock_holder_pid) == 120, "segment layout");
+static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
+static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
+
+enum DirState : uint32_t { kDirEmpty = 0, kDirLive = 1, kDirDeleted = 2 };
+
+struct DirEntry {
+  uint32_t state;    // DirState; written last when an entry is filled
+  uint32_t key_len;  // 1..kMaxKeyBytes
+  uint64_t offset;   // segment offset of the named allocation's start
+  uint64_t length;   // bytes the name covers (<= the allocation's usable size)
+  uint64_t hash;     // FNV-1a of the key
+  char key[kMaxKeyBytes];
+};
+static_assert(sizeof(DirEntry) == 256, "directory entries are 256 bytes");
+static_assert(offsetof(DirEntry, offset) == 8 && offsetof(DirEntry, key) == 32, "directory layout");
+
+struct SegmentOptions {
+  Algorithm algorithm = Algorithm::tlsf;
+  HeapOptions heap;
+  uint32_t mode = 0600;
+  bool exclusive = true;
+  uint32_t directory_capacity = kDefaultDirectoryCapacity;
+  uint32_t lock_timeout_ms = 5000;
+};
+
+struct SegmentInfo {
+  std::string name;
+  uint64_t size = 0;
+  Algorithm algorithm = Algorithm::tlsf;
+  uint64_t used = 0;
+  uint64_t live_allocations = 0;
+};
+
+class Segment {
+ public:
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  // A plain name: 1..250 bytes, no '/', no NUL, not "." or "..".
+  static bool valid_name(const std::string& name);
+  // The geometry a segment of `size` bytes would have; false when the heap would not fit.
+  static bool layout(uint64_t size, uint32_t directory_capacity, uint64_t* heap_offset);
+
+  // `err` receives errno for system_error. create with exclusive=false opens the segment when it exists.
+  static Status create(const std::string& name, uint64_t size, const SegmentOptions& options,
+                       std::unique_ptr<Segment>* out, int* err, bool* created);
+  static Status open(const std::string& name, uint32_t lock_timeout_ms, std::unique_ptr<Segment>* out, int* err);
+  static Status unlink(const std::string& name, int* err);
+  // mempool segments under /dev/shm that this process can read.
+  static void list(std::vector<SegmentInfo>* out);
+
+  const std::string& name() const { return name_; }
+  uint8_t* base() const { return base_; }
+  uint64_t size() const { return size_; }
+  uint64_t heap_offset() const { return heap_offset_; }
+  Algorithm algorithm() const { return algorithm_; }
+  Heap& heap() { return *heap_; }
+  const Heap& heap() const { return *heap_; }
+  SegmentHeader* header() const { return reinterpret_cast<SegmentHeader*>(base_); }
+  bool mapped() const { return base_ != nullptr; }
+
+  // Takes the segment's lock within the timeout. When the last holder died holding it, repairs the
+  // heap and the directory first (Status::ok with *recovered = true), or returns corrupted if the
+  // damage cannot be repaired (the lock is released in that case).
+  Status lock(bool* recovered);
+  void unlock();
+
+  // Directory, under the lock. Offsets are segment offsets.
+  Status dir_set(const std::string& key, uint64_t offset, uint64_t length);
+  Status dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const;
+  bool dir_delete(const std::string& key);
+  void dir_keys(std::vector<std::string>* out) const;
+  // Removes every name of the allocation at `offset` (called when it is freed).
+  void dir_forget_offset(uint64_t offset);
+  void dir_check(CheckResult* r) const;
+
+  // Unmaps now; the object stays (base() becomes null). Idempotent.
+  void unmap();
+
+ private:
+  Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
+          Algorithm algorithm, uint32_t lock_timeout_ms);
+  Status repair();
+  DirEntry* entry(uint32_t i) const;
+  uint32_t* offset_slots() const;
+  bool entry_valid(const DirEntry& e) const;
+  int64_t dir_find(const std::string& key, uint64_t hash) const;
+  void index_add(uint32_t entry_index, uint64_t offset);
+  void index_remove(uint32_t entry_index, uint64_t offset);
+  void index_rebuild();
+
+  std::string name_;
+  uint8_t* base_;
+  uint64_t size_;
+  uint64_t heap_offset_;
+  uint32_t capacity_;
+  Algorithm algorithm_;
+  uint32_t lock_timeout_ms_;
+  std::unique_ptr<Heap> heap_;
+};
+
+}  // namespace mempool
