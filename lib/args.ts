@@ -1,5 +1,6 @@
 // Argument checks shared by every public call, with one message template (see errors.ts).
 import { invalidArgType, outOfRange } from './errors';
+import { Algorithm, ALGORITHMS, HeapOptions } from './types';
 
 export const MAX_ALIGN = 4096;
 
@@ -40,4 +41,22 @@ export function checkObject<T extends object>(value: unknown, name: string): Par
   if (value === undefined) return {};
   if (typeof value !== 'object' || value === null) throw invalidArgType(name, 'an object', value);
   return value as Partial<T>;
+}
+
+export function checkAlgorithm(value: unknown): Algorithm {
+  const algorithm = value ?? 'tlsf';
+  if (typeof algorithm !== 'string') throw invalidArgType('options.algorithm', 'a string', algorithm);
+  if (!(ALGORITHMS as readonly string[]).includes(algorithm)) {
+    throw outOfRange('options.algorithm', "'tlsf', 'buddy' or 'bitmap'", algorithm);
+  }
+  return algorithm as Algorithm;
+}
+
+/** [blockSize, minBlock, maxBlock] as the addon takes them; the addon checks the powers of two. */
+export function checkHeapOptions(options: HeapOptions): [number, number, number] {
+  return [
+    options.blockSize === undefined ? 16 : checkSize(options.blockSize, 'options.blockSize'),
+    options.minBlock === undefined ? 16 : checkSize(options.minBlock, 'options.minBlock'),
+    options.maxBlock === undefined ? 0 : checkSize(options.maxBlock, 'options.maxBlock'),
+  ];
 }

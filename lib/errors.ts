@@ -8,11 +8,21 @@ export type PoolErrorCode =
   | 'ERR_POOL_DOUBLE_FREE'
   | 'ERR_POOL_SIZE_MISMATCH'
   | 'ERR_POOL_CLOSED'
-  | 'ERR_POOL_CORRUPTED';
+  | 'ERR_POOL_CORRUPTED'
+  | 'ERR_SHM_EXISTS'
+  | 'ERR_SHM_NOT_FOUND'
+  | 'ERR_SHM_PERMISSION'
+  | 'ERR_SHM_INVALID_NAME'
+  | 'ERR_SHM_INCOMPATIBLE'
+  | 'ERR_SHM_LOCK_TIMEOUT'
+  | 'ERR_SHM_SYSTEM';
 
 export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
 
-/** An error about pool memory: out of memory, a foreign or double free, a closed or corrupted pool. */
+/**
+ * An error about pool memory (out of memory, a foreign or double free, a closed or corrupted pool) or
+ * about a shared segment (its name, existence, permissions, format or lock).
+ */
 export class PoolError extends Error {
   readonly code: PoolErrorCode;
   constructor(code: PoolErrorCode, message: string) {

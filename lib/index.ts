@@ -1,6 +1,10 @@
 // mempool: malloc-backed and named shared-memory pools for Node.js.
-export { Pool, ALGORITHMS } from './pool';
-export type { Algorithm, AllocOptions, BlockInfo, GrowOptions, HeapOptions, PoolOptions, PoolStats } from './pool';
+export { Pool } from './pool';
+export type { GrowOptions, PoolOptions } from './pool';
+export { SharedPool } from './shared-pool';
+export type { SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
+export { ALGORITHMS } from './types';
+export type { Algorithm, AllocOptions, BlockInfo, HeapOptions, PoolStats } from './types';
 export { memoryType } from './memory-type';
 export type { MemoryType } from './memory-type';
 export { PoolError } from './errors';

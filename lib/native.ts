@@ -10,27 +10,64 @@ export const enum Status {
   DoubleFree = -4,
   Corrupted = -5,
   Incompatible = -6,
+  LockTimeout = -11,
+  TooLarge = -13,
+  DirectoryFull = -14,
   Closed = -100,
 }
 
 export interface NativePool {
   readonly buffer: ArrayBuffer;
   readonly address: bigint;
+  readonly algorithm: string;
   /** offset, or a negative Status */
   alloc(size: number, align: number, hint: number, zero: boolean): number;
   free(offset: number): number;
   realloc(offset: number, size: number, align: number): number;
   usableSize(offset: number): number;
-  /** [capacity, used, free, overhead, peakUsed, live, allocations, frees, failed, largestFree] */
-  stats(): Float64Array;
-  check(): [number, string];
+  /** [capacity, used, free, overhead, peakUsed, live, allocations, frees, failed, largestFree], or a negative Status */
+  stats(): Float64Array | number;
+  check(): [number, string] | number;
   /** (offset, size, used) triples, or a negative Status */
   blocks(): Float64Array | number;
   close(): void;
+  // Shared segments only:
+  setKey(key: string, offset: number, length: number): number;
+  getKey(key: string): [number, number] | null | number;
+  deleteKey(key: string): boolean | number;
+  keys(): string[] | number;
+  /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] */
+  segmentInfo(): Float64Array | null;
+}
+
+export interface SegmentListing {
+  name: string;
+  size: number;
+  algorithm: string;
+  used: number;
+  liveAllocations: number;
 }
 
 export interface Addon {
-  NativePool: new (size: number, algorithm: string, blockSize: number, minBlock: number, maxBlock: number) => NativePool;
+  NativePool: {
+    new (kind: 'malloc', size: number, algorithm: string, blockSize: number, minBlock: number, maxBlock: number): NativePool;
+    new (
+      kind: 'create',
+      name: string,
+      size: number,
+      algorithm: string,
+      blockSize: number,
+      minBlock: number,
+      maxBlock: number,
+      mode: number,
+      exclusive: boolean,
+      maxKeys: number,
+      lockTimeoutMs: number,
+    ): NativePool;
+    new (kind: 'open', name: string, lockTimeoutMs: number): NativePool;
+  };
+  shmUnlink(name: string): boolean;
+  shmList(): SegmentListing[];
   systemAlloc(size: number): ArrayBuffer | null;
   systemFree(buffer: ArrayBuffer): number;
   setErrorFactory(factory: (kind: string, code: string, message: string) => Error): void;

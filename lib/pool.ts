@@ -1,12 +1,11 @@
-// Pool: a malloc'd region (or, with grow, several) managed by one of the core's heaps, handed out to
-// JavaScript as Buffer views into one ArrayBuffer per region.
-import { checkAlign, checkBoolean, checkBuffer, checkObject, checkOffset, checkSize } from './args';
-import { invalidArgType, outOfRange, PoolError } from './errors';
+// Pool: memory from the system allocator, one malloc per region, managed by one of the core's heaps.
+// With grow it takes more regions when full; with fallback it serves what it cannot from malloc.
+import { checkAlgorithm, checkBoolean, checkHeapOptions, checkObject, checkSize } from './args';
+import { invalidArgType, outOfRange } from './errors';
+import { Chunk, closedError, HeapPool } from './heap-pool';
 import { registerRegion } from './memory-type';
-import { addon, NativePool, Status } from './native';
-
-export type Algorithm = 'tlsf' | 'buddy' | 'bitmap';
-export const ALGORITHMS: readonly Algorithm[] = ['tlsf', 'buddy', 'bitmap'];
+import { addon } from './native';
+import type { HeapOptions } from './types';
 
 export interface GrowOptions {
   /** Bytes of each extra region (default: the pool's size). */
@@ -15,334 +14,43 @@ export interface GrowOptions {
   maxSize?: number;
 }
 
-export interface HeapOptions {
-  /** bitmap: bytes per block, a power of two >= 16 (default 16). */
-  blockSize?: number;
-  /** buddy: smallest block, a power of two >= 16 (default 16). */
-  minBlock?: number;
-  /** buddy: largest block, a power of two (default: the largest that fits). */
-  maxBlock?: number;
-}
-
 export interface PoolOptions extends HeapOptions {
   /** Bytes of the region, taken from the system with one malloc. */
   size: number;
-  algorithm?: Algorithm;
+  algorithm?: import('./types').Algorithm;
   /** When full, take another region from the system instead of failing. */
   grow?: boolean | GrowOptions;
   /** When the pool cannot serve a request, serve it from the system allocator (memoryType 'other'). */
   fallback?: boolean;
 }
 
-export interface AllocOptions {
-  /** A power of two up to 4096 (default 16). */
-  align?: number;
-  /** Where the block should go (the seeds' prefix_address): placed at or after it when a free block there fits. */
-  near?: Uint8Array | number;
-  /** Fill the block with zeros (pool memory is otherwise not cleared). */
-  zero?: boolean;
-}
-
-export interface PoolStats {
-  algorithm: Algorithm;
-  /** Bytes of all regions. */
-  capacity: number;
-  /** Usable bytes of live allocations (what the heap handed out, rounded up by the algorithm). */
-  used: number;
-  /** Bytes still available to allocations. */
-  free: number;
-  /** Highest `used` seen (with several regions: the sum of each region's peak). */
-  peakUsed: number;
-  liveAllocations: number;
-  allocations: number;
-  frees: number;
-  /** Requests the pool's heaps could not serve (including those then served by the fallback). */
-  failedAllocations: number;
-  /** The largest request that would succeed now with default alignment. */
-  largestFreeBlock: number;
-  /** 1 - largestFreeBlock / free: 0 when the free memory is one block. */
-  fragmentation: number;
-  /** Bookkeeping bytes: capacity - used - free. */
-  overhead: number;
-  /** Regions the pool holds (1 unless it grew). */
-  chunks: number;
-  /** Live allocations served by the system allocator (fallback). */
-  fallbackAllocations: number;
-}
-
-export interface BlockInfo {
-  offset: number;
-  size: number;
-  used: boolean;
-}
-
-interface Chunk {
-  native: NativePool;
-  buffer: ArrayBuffer;
-  /** Offset of the region's first byte in the pool's offset space. */
-  base: number;
-  size: number;
-}
-
+/** Regions start at multiples of this in a pool's offset space, so offset alignment is address alignment. */
 const REGION_ALIGN = 4096;
 
-export function statusError(status: number, what: string): Error {
-  switch (status) {
-    case Status.OutOfMemory:
-      return new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: ${what}`);
-    case Status.Foreign:
-      return new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of a live allocation of this pool: ${what}`);
-    case Status.DoubleFree:
-      return new PoolError('ERR_POOL_DOUBLE_FREE', `Already freed: ${what}`);
-    case Status.Corrupted:
-      return new PoolError('ERR_POOL_CORRUPTED', `The pool's bookkeeping is damaged (found while ${what}); run check() for details`);
-    case Status.Closed:
-      return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
-    case Status.InvalidArgument:
-      return outOfRange('size or align', 'a size the heap can represent', what);
-    default:
-      return new PoolError('ERR_POOL_CORRUPTED', `Unexpected status ${status} while ${what}`);
-  }
-}
-
-function closedError(): PoolError {
-  return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
-}
-
-export class Pool {
-  readonly algorithm: Algorithm;
-  /** The size asked for: the first region's bytes. */
-  readonly size: number;
-
-  private chunks: Chunk[] = [];
-  /** The chunk that served the last allocation: tried first. */
-  private current: Chunk;
-  private nextBase = 0;
+export class Pool extends HeapPool {
+  private readonly heapOptions: [number, number, number];
+  private readonly canGrow: boolean;
   private readonly growChunkSize: number;
   private readonly growMaxSize: number;
-  private readonly canGrow: boolean;
-  private readonly fallback: boolean;
-  private readonly heapOptions: [number, number, number];
-  private readonly fallbackBlocks = new Set<ArrayBuffer>();
-  private readonly freedFallback = new WeakSet<ArrayBuffer>();
-  private failed = 0;
-  private closed = false;
+  private nextBase = 0;
 
   constructor(options: PoolOptions) {
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
-    this.size = checkSize(options.size, 'options.size');
-    const algorithm = options.algorithm ?? 'tlsf';
-    if (typeof algorithm !== 'string') throw invalidArgType('options.algorithm', 'a string', algorithm);
-    if (!ALGORITHMS.includes(algorithm)) throw outOfRange('options.algorithm', "'tlsf', 'buddy' or 'bitmap'", algorithm);
-    this.algorithm = algorithm;
-    this.heapOptions = [
-      options.blockSize === undefined ? 16 : checkSize(options.blockSize, 'options.blockSize'),
-      options.minBlock === undefined ? 16 : checkSize(options.minBlock, 'options.minBlock'),
-      options.maxBlock === undefined ? 0 : checkSize(options.maxBlock, 'options.maxBlock'),
-    ];
+    const size = checkSize(options.size, 'options.size');
+    super(checkAlgorithm(options.algorithm), size);
+    this.heapOptions = checkHeapOptions(options);
     const grow = options.grow;
     if (grow !== undefined && typeof grow !== 'boolean' && (typeof grow !== 'object' || grow === null)) {
       throw invalidArgType('options.grow', 'a boolean or an object', grow);
     }
     this.canGrow = grow !== undefined && grow !== false;
     const growOptions = checkObject<GrowOptions>(typeof grow === 'object' ? grow : undefined, 'options.grow');
-    this.growChunkSize = growOptions.chunkSize === undefined ? this.size : checkSize(growOptions.chunkSize, 'options.grow.chunkSize');
+    this.growChunkSize = growOptions.chunkSize === undefined ? size : checkSize(growOptions.chunkSize, 'options.grow.chunkSize');
     this.growMaxSize =
       growOptions.maxSize === undefined ? Number.MAX_SAFE_INTEGER : checkSize(growOptions.maxSize, 'options.grow.maxSize');
-    if (this.growMaxSize < this.size) throw outOfRange('options.grow.maxSize', `at least options.size (${this.size})`, this.growMaxSize);
+    if (this.growMaxSize < size) throw outOfRange('options.grow.maxSize', `at least options.size (${size})`, this.growMaxSize);
     this.fallback = checkBoolean(options.fallback, 'options.fallback');
-    this.current = this.addChunk(this.size);
-  }
-
-  /** A Buffer view of at least `size` bytes of the pool's memory. Throws ERR_POOL_OUT_OF_MEMORY when full. */
-  alloc(size: number, options?: AllocOptions): Buffer {
-    if (this.closed) throw closedError();
-    checkSize(size, 'size');
-    const offset = this.allocate(size, options, true);
-    if (offset < 0) return this.allocFallback(size, options);
-    const chunk = this.current;
-    return Buffer.from(chunk.buffer, offset - chunk.base, size);
-  }
-
-  /** The same block as alloc(), as an offset: no JavaScript object is made. The fallback never serves it. */
-  allocOffset(size: number, options?: AllocOptions): number {
-    if (this.closed) throw closedError();
-    checkSize(size, 'size');
-    const offset = this.allocate(size, options, false);
-    if (offset < 0) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes`);
-    return offset;
-  }
-
-  /**
-   * Frees an allocation, given its Buffer (as alloc returned it) or its offset. `size`, when given, is
-   * checked: for a Buffer it must equal buffer.length; for an offset it must fit the allocation.
-   */
-  free(bufferOrOffset: Uint8Array | number, size?: number): void {
-    if (this.closed) throw closedError();
-    if (typeof bufferOrOffset === 'number') {
-      checkOffset(bufferOrOffset);
-      const chunk = this.chunkAt(bufferOrOffset);
-      if (chunk === undefined) throw statusError(Status.Foreign, `offset ${bufferOrOffset}`);
-      const local = bufferOrOffset - chunk.base;
-      if (size !== undefined) {
-        checkSize(size, 'size');
-        const usable = chunk.native.usableSize(local);
-        if (usable < 0) throw statusError(usable, `offset ${bufferOrOffset}`);
-        if (size > usable) {
-          throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} does not fit the allocation at offset ${bufferOrOffset} (${usable} usable bytes)`);
-        }
-      }
-      const status = chunk.native.free(local);
-      if (status !== 0) throw statusError(status, `offset ${bufferOrOffset}`);
-      return;
-    }
-    const buffer = checkBuffer(bufferOrOffset);
-    if (size !== undefined && checkSize(size, 'size') !== buffer.length) {
-      throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} is not the buffer's length ${buffer.length}`);
-    }
-    const ab = buffer.buffer as ArrayBuffer;
-    const chunk = this.chunkOf(ab);
-    if (chunk !== undefined) {
-      const status = chunk.native.free(buffer.byteOffset);
-      if (status !== 0) throw statusError(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
-      return;
-    }
-    this.freeFallback(buffer);
-  }
-
-  /**
-   * Resizes an allocation: in place when the memory after it is free, else into a new block with the
-   * bytes copied. The old Buffer must not be used afterwards (it may view freed memory).
-   */
-  realloc(buffer: Uint8Array, size: number, options?: { align?: number }): Buffer {
-    if (this.closed) throw closedError();
-    checkBuffer(buffer);
-    checkSize(size, 'size');
-    const align = checkAlign(checkObject<{ align: number }>(options, 'options').align);
-    const chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
-    if (chunk !== undefined) {
-      const moved = chunk.native.realloc(buffer.byteOffset, size, align);
-      if (moved >= 0) return Buffer.from(chunk.buffer, moved, size);
-      if (moved !== Status.OutOfMemory || (!this.canGrow && !this.fallback)) {
-        throw statusError(moved, `reallocating ${size} bytes`);
-      }
-    } else if (!this.fallbackBlocks.has(buffer.buffer as ArrayBuffer) || buffer.byteOffset !== 0) {
-      throw this.foreignOrFreed(buffer);
-    }
-    // Elsewhere: another region or the system allocator. The old block is freed only once the new one exists.
-    const fresh = this.alloc(size, { align });
-    fresh.set(buffer.subarray(0, Math.min(size, buffer.length)));
-    this.free(buffer);
-    return fresh;
-  }
-
-  /** A Buffer over [offset, offset + length) of the pool, whatever is there. */
-  view(offset: number, length: number): Buffer {
-    if (this.closed) throw closedError();
-    checkOffset(offset);
-    checkSize(length, 'length', 0);
-    const chunk = this.chunkAt(offset);
-    if (chunk === undefined || offset - chunk.base + length > chunk.size) {
-      throw outOfRange('offset and length', 'a range inside the pool', `${offset}+${length}`);
-    }
-    return Buffer.from(chunk.buffer, offset - chunk.base, length);
-  }
-
-  /** The offset of a Buffer's first byte in this pool. */
-  offsetOf(buffer: Uint8Array): number {
-    if (this.closed) throw closedError();
-    checkBuffer(buffer);
-    const chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
-    if (chunk === undefined) throw new PoolError('ERR_POOL_FOREIGN_BUFFER', 'The buffer is not a view of this pool');
-    return chunk.base + buffer.byteOffset;
-  }
-
-  /** Whether the Buffer views this pool's memory (fallback allocations are not the pool's memory). */
-  owns(buffer: Uint8Array): boolean {
-    if (this.closed) throw closedError();
-    checkBuffer(buffer);
-    return this.chunkOf(buffer.buffer as ArrayBuffer) !== undefined;
-  }
-
-  /** Bytes the allocation may use: at least what was asked, rounded up by the algorithm. */
-  usableSize(bufferOrOffset: Uint8Array | number): number {
-    if (this.closed) throw closedError();
-    let chunk: Chunk | undefined;
-    let local: number;
-    if (typeof bufferOrOffset === 'number') {
-      checkOffset(bufferOrOffset);
-      chunk = this.chunkAt(bufferOrOffset);
-      local = chunk === undefined ? 0 : bufferOrOffset - chunk.base;
-    } else {
-      const buffer = checkBuffer(bufferOrOffset);
-      chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
-      if (chunk === undefined) {
-        if (this.fallbackBlocks.has(buffer.buffer as ArrayBuffer) && buffer.byteOffset === 0) return buffer.buffer.byteLength;
-        throw this.foreignOrFreed(buffer);
-      }
-      local = buffer.byteOffset;
-    }
-    if (chunk === undefined) throw statusError(Status.Foreign, `offset ${String(bufferOrOffset)}`);
-    const n = chunk.native.usableSize(local);
-    if (n < 0) throw statusError(n, `offset ${chunk.base + local}`);
-    return n;
-  }
-
-  stats(): PoolStats {
-    if (this.closed) throw closedError();
-    const s: PoolStats = {
-      algorithm: this.algorithm,
-      capacity: 0,
-      used: 0,
-      free: 0,
-      peakUsed: 0,
-      liveAllocations: 0,
-      allocations: 0,
-      frees: 0,
-      failedAllocations: this.failed,
-      largestFreeBlock: 0,
-      fragmentation: 0,
-      overhead: 0,
-      chunks: this.chunks.length,
-      fallbackAllocations: this.fallbackBlocks.size,
-    };
-    for (const chunk of this.chunks) {
-      const [capacity, used, free, overhead, peak, live, allocations, frees, , largest] = chunk.native.stats();
-      s.capacity += capacity;
-      s.used += used;
-      s.free += free;
-      s.overhead += overhead;
-      s.peakUsed += peak;
-      s.liveAllocations += live;
-      s.allocations += allocations;
-      s.frees += frees;
-      s.largestFreeBlock = Math.max(s.largestFreeBlock, largest);
-    }
-    s.fragmentation = s.free > 0 ? 1 - s.largestFreeBlock / s.free : 0;
-    return s;
-  }
-
-  /** Verifies the heap's invariants; throws ERR_POOL_CORRUPTED naming the first violation. */
-  check(): void {
-    if (this.closed) throw closedError();
-    for (const chunk of this.chunks) {
-      const [violations, first] = chunk.native.check();
-      if (violations > 0) {
-        throw new PoolError('ERR_POOL_CORRUPTED', `Pool check failed with ${violations} violation(s); the first: ${first}`);
-      }
-    }
-  }
-
-  /** Every block in address order: used allocations and free runs. */
-  *blocks(): IterableIterator<BlockInfo> {
-    if (this.closed) throw closedError();
-    for (const chunk of [...this.chunks]) {
-      const triples = chunk.native.blocks();
-      if (typeof triples === 'number') throw statusError(triples, 'walking the heap');
-      for (let i = 0; i < triples.length; i += 3) {
-        yield { offset: chunk.base + triples[i], size: triples[i + 1], used: triples[i + 2] === 1 };
-      }
-    }
+    this.current = this.addChunk(size);
   }
 
   /** Gives regions added by grow that hold no live allocation back to the system; returns the bytes released. */
@@ -350,7 +58,8 @@ export class Pool {
     if (this.closed) throw closedError();
     let released = 0;
     this.chunks = this.chunks.filter((chunk, i) => {
-      if (i === 0 || chunk.native.stats()[5] !== 0) return true;
+      const stats = chunk.native.stats();
+      if (i === 0 || typeof stats === 'number' || stats[5] !== 0) return true;
       chunk.native.close();
       released += chunk.size;
       return false;
@@ -359,99 +68,8 @@ export class Pool {
     return released;
   }
 
-  /**
-   * Releases all memory (fallback blocks included) and detaches the regions' ArrayBuffers: every Buffer
-   * the pool handed out becomes length 0. Idempotent; any other call afterwards throws ERR_POOL_CLOSED.
-   */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    for (const chunk of this.chunks) chunk.native.close();
-    for (const ab of this.fallbackBlocks) addon.systemFree(ab);
-    this.fallbackBlocks.clear();
-    this.chunks = [];
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-
-  // Allocates from the regions (growing if allowed); returns the pool offset and leaves this.current on
-  // the chunk that served, or -1 when nothing could serve and the caller may fall back.
-  private allocate(size: number, options: AllocOptions | undefined, mayFallBack: boolean): number {
-    let align = 16;
-    let hint = -1;
-    let zero = false;
-    if (options !== undefined) {
-      const o = checkObject<AllocOptions>(options, 'options');
-      align = checkAlign(o.align);
-      zero = checkBoolean(o.zero, 'options.zero');
-      if (o.near !== undefined) hint = this.hintOffset(o.near);
-    }
-    const first = hint >= 0 ? (this.chunkAt(hint) ?? this.current) : this.current;
-    let r = first.native.alloc(size, align, hint >= 0 ? hint - first.base : -1, zero);
-    if (r >= 0) {
-      this.current = first;
-      return first.base + r;
-    }
-    if (r !== Status.OutOfMemory) throw statusError(r, `allocating ${size} bytes`);
-    for (const chunk of this.chunks) {
-      if (chunk === first) continue;
-      r = chunk.native.alloc(size, align, -1, zero);
-      if (r >= 0) {
-        this.current = chunk;
-        return chunk.base + r;
-      }
-      if (r !== Status.OutOfMemory) throw statusError(r, `allocating ${size} bytes`);
-    }
-    if (this.canGrow) {
-      const chunk = this.tryGrow(size + align);
-      if (chunk !== undefined) {
-        r = chunk.native.alloc(size, align, -1, zero);
-        if (r >= 0) {
-          this.current = chunk;
-          return chunk.base + r;
-        }
-      }
-    }
-    this.failed++;
-    if (mayFallBack && this.fallback) return -1;
-    throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes (largest free block ${this.stats().largestFreeBlock})`);
-  }
-
-  private allocFallback(size: number, options: AllocOptions | undefined): Buffer {
-    const ab = addon.systemAlloc(size);
-    if (ab === null) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: the system allocator refused ${size} bytes`);
-    this.fallbackBlocks.add(ab);
-    const buffer = Buffer.from(ab, 0, size);
-    if (options?.zero) buffer.fill(0);
-    return buffer;
-  }
-
-  private freeFallback(buffer: Uint8Array): void {
-    const ab = buffer.buffer as ArrayBuffer;
-    if (!this.fallbackBlocks.has(ab) || buffer.byteOffset !== 0) throw this.foreignOrFreed(buffer);
-    this.fallbackBlocks.delete(ab);
-    this.freedFallback.add(ab);
-    addon.systemFree(ab);
-  }
-
-  private foreignOrFreed(buffer: Uint8Array): PoolError {
-    if (this.freedFallback.has(buffer.buffer as ArrayBuffer)) {
-      return new PoolError('ERR_POOL_DOUBLE_FREE', 'Already freed: a fallback allocation');
-    }
-    return new PoolError('ERR_POOL_FOREIGN_BUFFER', 'The buffer is not a live allocation of this pool');
-  }
-
-  private hintOffset(near: unknown): number {
-    if (typeof near === 'number') return checkOffset(near, 'options.near');
-    const buffer = checkBuffer(near, 'options.near');
-    const chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
-    if (chunk === undefined) throw new PoolError('ERR_POOL_FOREIGN_BUFFER', 'options.near is not a view of this pool');
-    return chunk.base + buffer.byteOffset;
-  }
-
-  private tryGrow(atLeast: number): Chunk | undefined {
+  protected override grow(atLeast: number): Chunk | undefined {
+    if (!this.canGrow) return undefined;
     let held = 0;
     for (const chunk of this.chunks) held += chunk.size;
     // Room for the heap's own metadata and, for buddy, rounding up to a power of two.
@@ -461,37 +79,17 @@ export class Pool {
     try {
       return this.addChunk(size);
     } catch {
-      return undefined;  // the system or the heap refused: out of memory, reported by the caller
+      return undefined; // the system or the heap refused: out of memory, reported by the caller
     }
   }
 
   private addChunk(size: number): Chunk {
-    const native = new addon.NativePool(size, this.algorithm, ...this.heapOptions);
+    const native = new addon.NativePool('malloc', size, this.algorithm, ...this.heapOptions);
     const buffer = native.buffer;
     registerRegion(buffer, 'normal');
     const chunk: Chunk = { native, buffer, base: this.nextBase, size };
     this.nextBase += Math.ceil(size / REGION_ALIGN) * REGION_ALIGN;
     this.chunks.push(chunk);
     return chunk;
-  }
-
-  private chunkOf(ab: ArrayBuffer): Chunk | undefined {
-    const chunks = this.chunks;
-    for (let i = 0; i < chunks.length; i++) if (chunks[i].buffer === ab) return chunks[i];
-    return undefined;
-  }
-
-  private chunkAt(offset: number): Chunk | undefined {
-    const chunks = this.chunks;
-    let lo = 0;
-    let hi = chunks.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const c = chunks[mid];
-      if (offset < c.base) hi = mid - 1;
-      else if (offset >= c.base + c.size) lo = mid + 1;
-      else return c;
-    }
-    return undefined;
   }
 }

@@ -103,6 +103,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                            InstanceMethod<&NativePool::SegmentInfo>("segmentInfo"),
                            InstanceAccessor<&NativePool::GetBuffer>("buffer"),
                            InstanceAccessor<&NativePool::GetAddress>("address"),
+                           InstanceAccessor<&NativePool::GetAlgorithm>("algorithm"),
                        });
   }
 
@@ -177,6 +178,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                   std::string("Cannot format a ") + name + " heap of " + std::to_string(size) + " bytes with these options (" + mempool::status_name(s) + ")");
     }
     heap_ptr_ = heap_.get();
+    algorithm_ = algorithm;
   }
 
   void InitShared(const Napi::CallbackInfo& info, bool create) {
@@ -213,6 +215,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     segment_ = segment.get();
     heap_ptr_ = &segment->heap();
     bias_ = segment->heap_offset();
+    algorithm_ = segment->algorithm();
     memory_->segment = std::move(segment);
   }
 
@@ -494,6 +497,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(memory_->data)));
   }
 
+  Napi::Value GetAlgorithm(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), mempool::algorithm_name(algorithm_));
+  }
+
   static constexpr Status kClosed = static_cast<Status>(100);
 
   std::shared_ptr<ExternalMemory> memory_;
@@ -501,6 +508,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Heap* heap_ptr_ = nullptr;         // the heap either way; null once closed
   mempool::Segment* segment_ = nullptr;
   uint64_t bias_ = 0;                // where the heap starts in the region
+  Algorithm algorithm_ = Algorithm::tlsf;
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
