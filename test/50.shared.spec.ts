@@ -1,0 +1,381 @@
+// SharedPool across processes, worker threads and Python: real segments under /dev/shm, real children.
+import { expect } from 'chai';
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { ALGORITHMS, memoryType, PoolError, SharedPool } from '../lib';
+import { expectCode, hasPattern, pattern } from './helpers';
+
+const root = path.join(__dirname, '..');
+const child = path.join(__dirname, 'fixtures', 'shared-child.js');
+const MiB = 1 << 20;
+let counter = 0;
+const created: string[] = [];
+
+function uniqueName(tag: string): string {
+  const name = `mempool-test-${process.pid}-${tag}-${counter++}`;
+  created.push(name);
+  return name;
+}
+
+function runChild(args: string[]): string {
+  return execFileSync(process.execPath, [child, ...args], { encoding: 'utf8' });
+}
+
+function startChild(args: string[]): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, [child, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    c.once('error', reject);
+    c.stdout!.once('data', () => resolve(c));
+  });
+}
+
+function killed(c: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (c.exitCode !== null || c.signalCode !== null) return resolve();
+    c.once('exit', () => resolve());
+    c.kill('SIGKILL');
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+after(() => {
+  for (const name of created) {
+    try {
+      SharedPool.unlink(name);
+    } catch {
+      // already gone
+    }
+  }
+});
+
+describe('SharedPool basics', () => {
+  it('creates a genuine POSIX segment under /dev/shm, mode 0600 by default, and lists it', () => {
+    const name = uniqueName('basic');
+    const pool = SharedPool.create(name, { size: 2 * MiB });
+    const st = fs.statSync(`/dev/shm/${name}`);
+    expect(st.size).to.equal(2 * MiB);
+    expect(st.mode & 0o777).to.equal(0o600);
+    expect(pool.name).to.equal(name);
+    expect(pool.size).to.equal(2 * MiB);
+    expect(pool.algorithm).to.equal('tlsf');
+    expect(typeof pool.startAddress).to.equal('bigint');
+    const b = pool.alloc(64);
+    expect(memoryType(b)).to.equal('shared');
+    const listed = SharedPool.list().find((s) => s.name === name);
+    expect(listed).to.deep.equal({ name, size: 2 * MiB, algorithm: 'tlsf', used: pool.usableSize(b), liveAllocations: 1 });
+    pool.close();
+    expect(b.length).to.equal(0);
+    // Segments persist until unlinked: closing does not remove the name.
+    expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(true);
+    expect(SharedPool.unlink(name)).to.equal(true);
+    expect(SharedPool.unlink(name)).to.equal(false);
+    expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(false);
+  });
+
+  it('honours mode, and exclusive: false opens an existing segment', () => {
+    const name = uniqueName('mode');
+    const a = SharedPool.create(name, { size: MiB, mode: 0o640 });
+    expect(fs.statSync(`/dev/shm/${name}`).mode & 0o777).to.equal(0o640);
+    const x = a.alloc(32);
+    pattern(x, 8);
+    a.set('x', x);
+    expectCode(() => SharedPool.create(name, { size: MiB }), 'ERR_SHM_EXISTS', PoolError);
+    const b = SharedPool.create(name, { size: 4 * MiB, exclusive: false });
+    expect(b.size).to.equal(MiB); // the existing segment, not a new one
+    expect(hasPattern(b.get('x')!, 8)).to.equal(true);
+    a.close();
+    b.close();
+  });
+
+  for (const algorithm of ALGORITHMS) {
+    it(`works with ${algorithm}: offsets are segment offsets, the same in another mapping`, () => {
+      const name = uniqueName(algorithm);
+      const a = SharedPool.create(name, { size: 4 * MiB, algorithm });
+      const b = SharedPool.open(name);
+      expect(b.algorithm).to.equal(algorithm);
+      expect(b.startAddress).to.not.equal(a.startAddress);
+      const blocks = Array.from({ length: 50 }, (_, i) => {
+        const buf = a.alloc(10 + i * 13);
+        pattern(buf, i);
+        return buf;
+      });
+      for (const [i, buf] of blocks.entries()) {
+        const off = a.offsetOf(buf);
+        expect(hasPattern(b.view(off, buf.length), i)).to.equal(true);
+        // and in the file itself
+        if (i === 7) {
+          const fd = fs.openSync(`/dev/shm/${name}`, 'r');
+          const bytes = Buffer.alloc(buf.length);
+          fs.readSync(fd, bytes, 0, buf.length, off);
+          fs.closeSync(fd);
+          expect(bytes.equals(buf)).to.equal(true);
+        }
+      }
+      // frees from either side
+      for (const [i, buf] of blocks.entries()) (i % 2 ? a : b).free(a.offsetOf(buf));
+      expect(a.stats().used).to.equal(0);
+      a.check();
+      b.check();
+      a.close();
+      b.close();
+    });
+  }
+
+  it('set/get/delete/keys: a directory of named allocations; freeing a block removes its names', () => {
+    const name = uniqueName('dir');
+    const pool = SharedPool.create(name, { size: MiB, maxKeys: 8 });
+    const a = pool.alloc(100);
+    a.write('alpha');
+    pool.set('a', a.subarray(0, 5));
+    pool.set('ä-unicode ключ', a);
+    expect(pool.get('a')!.toString()).to.equal('alpha');
+    expect(pool.get('a')!.byteOffset).to.equal(a.byteOffset);
+    expect(pool.keys().sort()).to.deep.equal(['a', 'ä-unicode ключ'].sort());
+    expect(pool.get('missing')).to.equal(undefined);
+    expect(pool.delete('a')).to.equal(true);
+    expect(pool.delete('a')).to.equal(false);
+    pool.set('a', a);
+    const b = pool.alloc(10);
+    pool.set('a', b); // set replaces
+    expect(pool.get('a')!.byteOffset).to.equal(b.byteOffset);
+    pool.free(a); // removes 'ä-unicode ключ'
+    expect(pool.keys()).to.deep.equal(['a']);
+    pool.free(b);
+    expect(pool.keys()).to.deep.equal([]);
+    // the directory has a capacity
+    const blocks = Array.from({ length: 8 }, (_, i) => {
+      const x = pool.alloc(8);
+      pool.set(`k${i}`, x);
+      return x;
+    });
+    expectCode(() => pool.set('one-too-many', blocks[0]), 'ERR_POOL_OUT_OF_MEMORY', PoolError);
+    expect(pool.stats()).to.include({ keys: 8, maxKeys: 8 });
+    // names must start a live allocation of this pool
+    expectCode(() => pool.set('sub', blocks[0].subarray(2)), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
+    expectCode(() => pool.set('other', Buffer.alloc(4)), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
+    expectCode(() => pool.set('', blocks[0]), 'ERR_OUT_OF_RANGE', RangeError);
+    expectCode(() => pool.set('x'.repeat(225), blocks[0]), 'ERR_OUT_OF_RANGE', RangeError);
+    expectCode(() => pool.get(5 as never), 'ERR_INVALID_ARG_TYPE', TypeError);
+    pool.check();
+    pool.close();
+    expectCode(() => pool.get('a'), 'ERR_POOL_CLOSED', PoolError);
+  });
+
+  it('rejects hostile names with ERR_SHM_INVALID_NAME and missing ones with ERR_SHM_NOT_FOUND', () => {
+    for (const bad of ['', 'a/b', '../etc/passwd', '/abs', 'nul\0byte', '.', '..', 'x'.repeat(251)]) {
+      expectCode(() => SharedPool.create(bad, { size: MiB }), 'ERR_SHM_INVALID_NAME', PoolError);
+      expectCode(() => SharedPool.open(bad), 'ERR_SHM_INVALID_NAME', PoolError);
+      expectCode(() => SharedPool.unlink(bad), 'ERR_SHM_INVALID_NAME', PoolError);
+    }
+    expectCode(() => SharedPool.create(5 as never, { size: MiB }), 'ERR_INVALID_ARG_TYPE', TypeError);
+    expectCode(() => SharedPool.open(uniqueName('absent')), 'ERR_SHM_NOT_FOUND', PoolError);
+    expectCode(() => SharedPool.create(uniqueName('tiny'), { size: 100 }), 'ERR_OUT_OF_RANGE', RangeError);
+    expectCode(() => SharedPool.create(uniqueName('mode'), { size: MiB, mode: 0o1777 }), 'ERR_OUT_OF_RANGE', RangeError);
+    // a 250-byte name is fine
+    const long = `mempool-test-${process.pid}-`.padEnd(250, 'x');
+    created.push(long);
+    SharedPool.create(long, { size: MiB }).close();
+    expect(SharedPool.unlink(long)).to.equal(true);
+  });
+
+  it('refuses junk, empty, truncated and damaged segments without crashing', () => {
+    const write = (bytes: Buffer) => {
+      const name = uniqueName('junk');
+      fs.writeFileSync(`/dev/shm/${name}`, bytes, { mode: 0o600 });
+      return name;
+    };
+    expectCode(() => SharedPool.open(write(Buffer.alloc(0))), 'ERR_SHM_INCOMPATIBLE', PoolError);
+    expectCode(() => SharedPool.open(write(Buffer.alloc(100, 7))), 'ERR_SHM_INCOMPATIBLE', PoolError);
+    const junk = Buffer.alloc(MiB);
+    for (let i = 0; i < junk.length; i++) junk[i] = (i * 2654435761) >>> 24;
+    expectCode(() => SharedPool.open(write(junk)), 'ERR_SHM_INCOMPATIBLE', PoolError);
+    // a real segment, then damaged field by field
+    const name = uniqueName('damaged');
+    SharedPool.create(name, { size: MiB }).close();
+    const good = fs.readFileSync(`/dev/shm/${name}`);
+    const cases: Array<[string, (b: Buffer) => void, string]> = [
+      ['magic', (b) => b.writeUInt32LE(0xdeadbeef, 0), 'ERR_SHM_INCOMPATIBLE'],
+      ['version', (b) => b.writeUInt32LE(99, 8), 'ERR_SHM_INCOMPATIBLE'],
+      ['size', (b) => b.writeBigUInt64LE(BigInt(64 * MiB), 16), 'ERR_POOL_CORRUPTED'],
+      ['algorithm', (b) => b.writeUInt32LE(9, 24), 'ERR_POOL_CORRUPTED'],
+      ['heap offset', (b) => b.writeBigUInt64LE(BigInt(512), 72), 'ERR_POOL_CORRUPTED'],
+      ['directory capacity', (b) => b.writeBigUInt64LE(BigInt(2 ** 40), 64), 'ERR_POOL_CORRUPTED'],
+      // the segment header is fine but the heap inside it is not
+      ['heap header', (b) => b.fill(0xff, b.readUInt32LE(72), b.readUInt32LE(72) + 64), 'ERR_POOL_CORRUPTED'],
+    ];
+    for (const [what, damage, code] of cases) {
+      const copy = Buffer.from(good);
+      damage(copy);
+      const e = expectCode(() => SharedPool.open(write(copy)), code, PoolError);
+      expect(e.message, what).to.be.a('string');
+    }
+    // truncated: a valid header whose file is shorter than it says
+    expectCode(() => SharedPool.open(write(good.subarray(0, 64 * 1024))), 'ERR_POOL_CORRUPTED', PoolError);
+  });
+
+  it('ERR_SHM_PERMISSION for a segment of another user', function () {
+    if (process.getuid?.() !== 0 || spawnSync('runuser', ['--help']).error) {
+      this.skip(); // needs root and runuser to act as another user
+    }
+    const name = uniqueName('perm');
+    SharedPool.create(name, { size: MiB }).close();
+    const script = `const { SharedPool } = require(${JSON.stringify(root)});
+      try { SharedPool.open(${JSON.stringify(name)}); console.log('opened'); } catch (e) { console.log(e.code); }`;
+    const out = execFileSync('runuser', ['-u', 'nobody', '--', process.execPath, '-e', script], { encoding: 'utf8' });
+    expect(out.trim()).to.equal('ERR_SHM_PERMISSION');
+  });
+});
+
+describe('SharedPool across processes and threads', () => {
+  it('a child process opens by name, reads what the parent wrote, and replies under a key', () => {
+    const name = uniqueName('child');
+    const pool = SharedPool.create(name, { size: MiB });
+    const q = pool.alloc(20);
+    q.write('what is 6*7?');
+    pool.set('question', q.subarray(0, 12));
+    const out = JSON.parse(runChild(['reply', name]));
+    expect(out.pid).to.not.equal(process.pid);
+    const answer = pool.get('answer')!;
+    expect(answer.toString()).to.equal('reply:what is 6*7?');
+    expect(pool.offsetOf(answer)).to.equal(out.offset);
+    pool.check();
+    pool.close();
+  });
+
+  it('a worker thread opens by name and writes; the main thread sees it', async () => {
+    const name = uniqueName('worker');
+    const pool = SharedPool.create(name, { size: MiB });
+    const code = `
+      const { workerData } = require('node:worker_threads');
+      const { SharedPool } = require(workerData.root);
+      const pool = SharedPool.open(workerData.name);
+      for (let i = 0; i < 10; i++) {
+        const message = 'from worker ' + i;
+        const b = pool.alloc(message.length);
+        b.write(message);
+        pool.set('w' + i, b);
+      }
+      pool.close();
+    `;
+    await new Promise<void>((resolve, reject) => {
+      const w = new Worker(code, { eval: true, workerData: { root, name } });
+      w.on('error', reject);
+      w.on('exit', (c) => (c === 0 ? resolve() : reject(new Error(`worker exit ${c}`))));
+    });
+    for (let i = 0; i < 10; i++) expect(pool.get('w' + i)!.toString()).to.equal('from worker ' + i);
+    expect(pool.stats().liveAllocations).to.equal(10);
+    pool.close();
+  });
+
+  for (const algorithm of ALGORITHMS) {
+    it(`two processes allocate and free concurrently (${algorithm}); used is what the survivors hold`, async () => {
+      const name = uniqueName('concurrent');
+      const pool = SharedPool.create(name, { size: 8 * MiB, algorithm });
+      const run = (seed: number) =>
+        new Promise<{ held: number; bytes: number }>((resolve, reject) => {
+          const c = spawn(process.execPath, [child, 'work', name, '20000', String(seed)], { stdio: ['ignore', 'pipe', 'inherit'] });
+          let out = '';
+          c.stdout.on('data', (d) => (out += d));
+          c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`child exited ${code}`))));
+        });
+      const [x, y] = await Promise.all([run(1), run(2)]);
+      pool.check();
+      const s = pool.stats();
+      expect(s.liveAllocations).to.equal(x.held + y.held);
+      expect(s.used).to.equal(x.bytes + y.bytes);
+      pool.close();
+    });
+  }
+
+  it('Python multiprocessing.shared_memory reads the bytes at offsetOf(buffer)', function () {
+    const probe = spawnSync('python3', ['-c', 'from multiprocessing import shared_memory'], { encoding: 'utf8' });
+    if (probe.error || probe.status !== 0) this.skip(); // python3 with multiprocessing.shared_memory is not installed here
+    const name = uniqueName('python');
+    const pool = SharedPool.create(name, { size: MiB });
+    const b = pool.alloc(32);
+    b.write('hello from node');
+    const script = [
+      'import sys',
+      'from multiprocessing import shared_memory, resource_tracker',
+      'shm = shared_memory.SharedMemory(name=sys.argv[1])',
+      // Python would unlink the segment at exit when it thinks it owns it: tell its tracker it does not.
+      'resource_tracker.unregister(shm._name, "shared_memory")',
+      'off, n = int(sys.argv[2]), int(sys.argv[3])',
+      'print(bytes(shm.buf[off:off + n]).decode())',
+      'shm.buf[off:off + 5] = b"HELLO"',
+      'shm.close()',
+    ].join('\n');
+    const out = execFileSync('python3', ['-c', script, name, String(pool.offsetOf(b)), '15'], { encoding: 'utf8' });
+    expect(out.trim()).to.equal('hello from node');
+    expect(b.toString('utf8', 0, 15)).to.equal('HELLO from node');
+    expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(true);
+    pool.close();
+  });
+});
+
+describe('SharedPool locks and crashes', () => {
+  for (const algorithm of ALGORITHMS) {
+    it(`kill -9 during alloc/free, many times (${algorithm}): the survivor never waits, check() holds, nothing lost`, async function () {
+      this.timeout(120000);
+      const name = uniqueName('kill');
+      const pool = SharedPool.create(name, { size: 8 * MiB, algorithm, lockTimeoutMs: 2000 });
+      const mine = Array.from({ length: 40 }, (_, i) => {
+        const b = pool.alloc(50 + i * 10);
+        pattern(b, i);
+        return b;
+      });
+      const kills = 30;
+      for (let k = 0; k < kills; k++) {
+        const c = await startChild(['churn', name, String(k + 1)]);
+        await sleep(5 + (k * 7) % 40);
+        await killed(c);
+        const started = Date.now();
+        pool.check(); // takes the lock: repairs first if the child died holding it
+        expect(Date.now() - started, 'the survivor waited on a dead lock holder').to.be.lessThan(1000);
+        mine.forEach((b, i) => expect(hasPattern(b, i)).to.equal(true));
+        const extra = pool.alloc(100);
+        pool.free(extra);
+      }
+      const s = pool.stats();
+      // Some kills land while the child holds the lock: those are the recoveries.
+      expect(s.recoveries).to.be.greaterThan(0);
+      pool.close();
+    });
+  }
+
+  it('a lock held by a stopped process, or a lock word damaged by a stray write, times out with ERR_SHM_LOCK_TIMEOUT', async () => {
+    const name = uniqueName('lock');
+    const pool = SharedPool.create(name, { size: MiB, lockTimeoutMs: 100 });
+    // Damage: the futex word now claims a live owner (this process's own pid is a live thread id).
+    const lockWord = pool.view(256, 4);
+    const saved = Buffer.from(lockWord);
+    lockWord.writeUInt32LE(process.pid);
+    const started = Date.now();
+    expectCode(() => pool.alloc(8), 'ERR_SHM_LOCK_TIMEOUT', PoolError);
+    expect(Date.now() - started).to.be.within(90, 2000);
+    lockWord.set(saved);
+    pool.free(pool.alloc(8)); // usable again once the word is restored
+    // A holder stopped with SIGSTOP: retry until a stop lands while it holds the lock.
+    const c = await startChild(['churn', name, '5']);
+    let timedOut = false;
+    for (let i = 0; i < 200 && !timedOut; i++) {
+      c.kill('SIGSTOP');
+      await sleep(2);
+      try {
+        pool.free(pool.alloc(8));
+      } catch (e) {
+        expect((e as PoolError).code).to.equal('ERR_SHM_LOCK_TIMEOUT');
+        timedOut = true;
+      }
+      c.kill('SIGCONT');
+      await sleep(1);
+    }
+    await killed(c);
+    expect(timedOut).to.equal(true);
+    pool.check();
+    pool.close();
+  });
+});
