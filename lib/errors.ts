@@ -15,7 +15,9 @@ export type PoolErrorCode =
   | 'ERR_SHM_INVALID_NAME'
   | 'ERR_SHM_INCOMPATIBLE'
   | 'ERR_SHM_LOCK_TIMEOUT'
-  | 'ERR_SHM_SYSTEM';
+  | 'ERR_SHM_SYSTEM'
+  | 'ERR_MM_NOT_INITIALIZED'
+  | 'ERR_MM_ALREADY_INITIALIZED';
 
 export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
 

@@ -3,7 +3,8 @@
 // Pool (malloc'd regions, grow, fallback) and SharedPool (a named segment) build on it.
 import { checkAlign, checkBoolean, checkBuffer, checkObject, checkOffset, checkSize } from './args';
 import { outOfRange, PoolError } from './errors';
-import { addon, NativePool, Status } from './native';
+import { NativePool, Status } from './native';
+import { SystemBlocks } from './system-blocks';
 import type { Algorithm, AllocOptions, BlockInfo, PoolStats } from './types';
 
 export interface Chunk {
@@ -51,8 +52,7 @@ export abstract class HeapPool {
   /** Serve what the heaps cannot from the system allocator (Pool's fallback option). */
   protected fallback = false;
   protected closed = false;
-  private readonly fallbackBlocks = new Set<ArrayBuffer>();
-  private readonly freedFallback = new WeakSet<ArrayBuffer>();
+  private readonly fallbackBlocks = new SystemBlocks();
   private failed = 0;
 
   protected constructor(algorithm: Algorithm, size: number) {
@@ -70,7 +70,7 @@ export abstract class HeapPool {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
     const offset = this.allocate(size, options, true);
-    if (offset < 0) return this.allocFallback(size, options);
+    if (offset < 0) return this.fallbackBlocks.alloc(size, options?.zero === true);
     const chunk = this.current;
     return Buffer.from(chunk.buffer, offset - chunk.base, size);
   }
@@ -118,7 +118,7 @@ export abstract class HeapPool {
       if (status !== 0) throw statusError(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
       return;
     }
-    this.freeFallback(buffer);
+    this.fallbackBlocks.free(buffer);
   }
 
   /**
@@ -137,8 +137,8 @@ export abstract class HeapPool {
       if (moved !== Status.OutOfMemory) {
         throw statusError(moved, `reallocating ${size} bytes`);
       }
-    } else if (!this.fallbackBlocks.has(buffer.buffer as ArrayBuffer) || buffer.byteOffset !== 0) {
-      throw this.foreignOrFreed(buffer);
+    } else if (!this.fallbackBlocks.owns(buffer)) {
+      throw this.fallbackBlocks.refusal(buffer);
     }
     // Elsewhere: another region or the system allocator. The old block is freed only once the new one exists.
     const fresh = this.alloc(size, { align });
@@ -175,6 +175,11 @@ export abstract class HeapPool {
     return this.chunkOf(buffer.buffer as ArrayBuffer) !== undefined;
   }
 
+  /** Whether the Buffer is a live fallback allocation of this pool (system memory, memoryType 'other'). */
+  ownsFallback(buffer: Uint8Array): boolean {
+    return this.fallbackBlocks.owns(buffer);
+  }
+
   /** Bytes the allocation may use: at least what was asked, rounded up by the algorithm. */
   usableSize(bufferOrOffset: Uint8Array | number): number {
     if (this.closed) throw closedError();
@@ -188,8 +193,8 @@ export abstract class HeapPool {
       const buffer = checkBuffer(bufferOrOffset);
       chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
       if (chunk === undefined) {
-        if (this.fallbackBlocks.has(buffer.buffer as ArrayBuffer) && buffer.byteOffset === 0) return buffer.buffer.byteLength;
-        throw this.foreignOrFreed(buffer);
+        if (this.fallbackBlocks.owns(buffer)) return buffer.buffer.byteLength;
+        throw this.fallbackBlocks.refusal(buffer);
       }
       local = buffer.byteOffset;
     }
@@ -215,7 +220,7 @@ export abstract class HeapPool {
       fragmentation: 0,
       overhead: 0,
       chunks: this.chunks.length,
-      fallbackAllocations: this.fallbackBlocks.size,
+      fallbackAllocations: this.fallbackBlocks.count,
     };
     for (const chunk of this.chunks) {
       const raw = chunk.native.stats();
@@ -268,8 +273,7 @@ export abstract class HeapPool {
     if (this.closed) return;
     this.closed = true;
     for (const chunk of this.chunks) chunk.native.close();
-    for (const ab of this.fallbackBlocks) addon.systemFree(ab);
-    this.fallbackBlocks.clear();
+    this.fallbackBlocks.releaseAll();
     this.chunks = [];
   }
 
@@ -318,30 +322,6 @@ export abstract class HeapPool {
     this.failed++;
     if (mayFallBack && this.fallback) return -1;
     throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes (largest free block ${this.stats().largestFreeBlock})`);
-  }
-
-  private allocFallback(size: number, options: AllocOptions | undefined): Buffer {
-    const ab = addon.systemAlloc(size);
-    if (ab === null) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: the system allocator refused ${size} bytes`);
-    this.fallbackBlocks.add(ab);
-    const buffer = Buffer.from(ab, 0, size);
-    if (options?.zero) buffer.fill(0);
-    return buffer;
-  }
-
-  private freeFallback(buffer: Uint8Array): void {
-    const ab = buffer.buffer as ArrayBuffer;
-    if (!this.fallbackBlocks.has(ab) || buffer.byteOffset !== 0) throw this.foreignOrFreed(buffer);
-    this.fallbackBlocks.delete(ab);
-    this.freedFallback.add(ab);
-    addon.systemFree(ab);
-  }
-
-  private foreignOrFreed(buffer: Uint8Array): PoolError {
-    if (this.freedFallback.has(buffer.buffer as ArrayBuffer)) {
-      return new PoolError('ERR_POOL_DOUBLE_FREE', 'Already freed: a fallback allocation');
-    }
-    return new PoolError('ERR_POOL_FOREIGN_BUFFER', 'The buffer is not a live allocation of this pool');
   }
 
   private hintOffset(near: unknown): number {

@@ -3,6 +3,8 @@ export { Pool } from './pool';
 export type { GrowOptions, PoolOptions } from './pool';
 export { SharedPool } from './shared-pool';
 export type { SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
+export { MemoryManager } from './memory-manager';
+export type { InitNormalOptions, InitSharedOptions } from './memory-manager';
 export { ALGORITHMS } from './types';
 export type { Algorithm, AllocOptions, BlockInfo, HeapOptions, PoolStats } from './types';
 export { memoryType } from './memory-type';
