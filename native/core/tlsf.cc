@@ -40,7 +40,15 @@ constexpr uint64_t kMinPayload = 24;    // next_free + prev_free + the next bloc
 constexpr uint64_t kMinFootprint = 32;  // kMinPayload + the size word
 constexpr uint64_t kFree = 1;
 constexpr uint64_t kPrevFree = 2;
+constexpr uint64_t kQuick = 4;  // on a quick list: free for users, still "used" for coalescing
 constexpr uint64_t kFlagMask = 7;
+// Quick lists (dlmalloc's fastbins, glibc's tcache): a freed small block goes onto a LIFO list of its
+// exact size without coalescing, and the next request of that size takes it back in O(1) with a few
+// loads. Lists are bounded so that little memory stays uncoalesced; when the heap runs out, every quick
+// block is released and coalesced before out_of_memory is reported.
+constexpr uint32_t kQuickClasses = 64;
+constexpr uint64_t kQuickMaxPayload = kMinPayload + (kQuickClasses - 1) * kGranule;  // 1032
+constexpr uint32_t kQuickLimit = 64;
 // Bounded searches: how many list entries a hinted or exact-fit search may look at.
 constexpr int kSearchBudget = 64;
 
@@ -57,8 +65,10 @@ struct TlsfHeader {
   uint32_t sl_bitmap[kFlCount];
   uint32_t damaged;  // set when an operation met a list it could not trust and dropped it
   uint64_t heads[kFlCount][kSlCount];
+  uint64_t quick[kQuickClasses];        // heads of the quick lists, linked through payload + 0
+  uint32_t quick_count[kQuickClasses];  // entries on each
 };
-static_assert(sizeof(TlsfHeader) == 80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * kSlCount * 8,
+static_assert(sizeof(TlsfHeader) == 80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * kSlCount * 8 + kQuickClasses * 12,
               "TlsfHeader is part of the shared layout");
 static_assert(offsetof(TlsfHeader, area_start) == 80, "TlsfHeader is part of the shared layout");
 static_assert(offsetof(TlsfHeader, heads) % 8 == 0, "heads must be 8-aligned");
@@ -151,14 +161,15 @@ class TlsfHeap final : public Heap {
       return Status::invalid_argument;
     }
     uint64_t need = adjust_request(size);
+    if (align == kDefaultAlign && hint == kNoHint && need <= kQuickMaxPayload) {
+      Status q = quick_pop(need, offset);
+      if (q != Status::out_of_memory) return q;
+    }
     uint64_t block = 0, payload = 0;
-    Status s = Status::ok;
-    if (align == kDefaultAlign && hint == kNoHint) {
-      s = find_fit(need, &block);
-      if (s == Status::ok) payload = block + 16;
-    } else {
-      s = find_placed(need, align, hint, &block, &payload);
-      if (s == Status::out_of_memory && hint != kNoHint) s = find_placed(need, align, kNoHint, &block, &payload);
+    Status s = find_any(need, align, hint, &block, &payload);
+    if (s == Status::out_of_memory && any_quick()) {
+      s = flush_quick();
+      if (s == Status::ok) s = find_any(need, align, hint, &block, &payload);
     }
     if (s == Status::out_of_memory) count_failure();
     if (s != Status::ok) return s;
@@ -173,43 +184,29 @@ class TlsfHeap final : public Heap {
     if (s != Status::ok) return s;
     uint64_t b = offset - 16;
     uint64_t size = 0, flags = 0;
-    if (!read_block(b, &size, &flags) || (flags & kFree)) return Status::corrupted;
-    uint64_t next = b + 8 + size;
-    uint64_t next_size = 0, next_flags = 0;
-    bool next_free = false;
-    if (next != sentinel_) {
-      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
-      next_free = (next_flags & kFree) != 0;
-      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
-    }
-    uint64_t prev = 0, prev_size = 0;
-    bool prev_free = (flags & kPrevFree) != 0;
-    if (prev_free) {
-      uint64_t prev_flags = 0;
-      prev = load(b);
-      if (prev >= b || !read_block(prev, &prev_size, &prev_flags) || !(prev_flags & kFree) ||
-          prev + 8 + prev_size != b || !can_unlink(prev, prev_size)) {
-        return Status::corrupted;
+    if (!read_block(b, &size, &flags) || (flags & (kFree | kQuick))) return Status::corrupted;
+    if (size <= kQuickMaxPayload) {
+      uint32_t q = quick_class(size);
+      TlsfHeader* h = header();
+      if (h->quick_count[q] < kQuickLimit) {
+        clear_bit(g_.live_map, offset);
+        set_bit(g_.freed_map, offset);
+        count_free(size);
+        store(offset, h->quick[q]);               // link first: inside a block nobody uses now
+        set_size_flags(b, size, flags | kQuick);  // one store: the block is free for users
+        h->quick[q] = b;
+        h->quick_count[q] += 1;
+        h->free_bytes += size;
+        // An empty heap is one free block again: nothing stays uncoalesced when nothing is live.
+        if (h->region.counters.live == 0) return flush_quick();
+        return Status::ok;
       }
     }
-    // Everything this free touches has been checked; from here on it only writes.
+    s = release(b, size, flags, false);
+    if (s != Status::ok) return s;
     clear_bit(g_.live_map, offset);
     set_bit(g_.freed_map, offset);
     count_free(size);
-    uint64_t start = b;
-    uint64_t end = next;  // one past the merged block: the offset of the block after it
-    if (prev_free) {
-      unlink(prev, prev_size);
-      start = prev;
-    }
-    if (next_free) {
-      unlink(next, next_size);
-      end = next + 8 + next_size;
-    }
-    uint64_t merged = end - start - 8;
-    set_size_flags(start, merged, kFree);
-    insert_free(start, merged);
-    mark_prev(end, start, true);
     return Status::ok;
   }
 
@@ -281,7 +278,7 @@ class TlsfHeap final : public Heap {
     if (h->damaged) r->report("tlsf: a damaged free list was dropped earlier");
     // 1. The physical chain.
     uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
-    uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0;
+    uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0, quick_blocks = 0, quick_bytes = 0;
     bool prev_was_free = false;
     uint64_t prev_block = 0;
     while (b != sentinel_) {
@@ -302,6 +299,10 @@ class TlsfHeap final : public Heap {
         free_bytes += size;
         ++free_blocks;
         if (test_bit(g_.live_map, b + 16)) r->report("tlsf: free block at offset " + std::to_string(b) + " marked live");
+      } else if (flags & kQuick) {
+        quick_bytes += size;
+        ++quick_blocks;
+        if (test_bit(g_.live_map, b + 16)) r->report("tlsf: quick block at offset " + std::to_string(b) + " marked live");
       } else {
         used_bytes += size;
         ++live;
@@ -354,7 +355,26 @@ class TlsfHeap final : public Heap {
     const HeapCounters& c = h->region.counters;
     if (c.used != used_bytes) r->report("tlsf: used counter " + std::to_string(c.used) + " but blocks hold " + std::to_string(used_bytes));
     if (c.live != live) r->report("tlsf: live counter " + std::to_string(c.live) + " but " + std::to_string(live) + " used blocks");
-    if (h->free_bytes != free_bytes) r->report("tlsf: free counter disagrees with the blocks");
+    if (h->free_bytes != free_bytes + quick_bytes) r->report("tlsf: free counter disagrees with the blocks");
+    // 5. Quick lists: exact sizes, flagged, counted, bounded.
+    uint64_t quick_listed = 0;
+    for (uint32_t q = 0; q < kQuickClasses; ++q) {
+      uint64_t e = h->quick[q], n = 0;
+      while (e != 0) {
+        uint64_t size = 0, flags = 0;
+        if (++n > kQuickLimit + 1 || !read_block(e, &size, &flags)) {
+          r->report("tlsf: quick list " + std::to_string(q) + " is broken or too long");
+          break;
+        }
+        if (!(flags & kQuick) || quick_class(size) != q || size > kQuickMaxPayload) {
+          r->report("tlsf: block at offset " + std::to_string(e) + " does not belong on quick list " + std::to_string(q));
+        }
+        ++quick_listed;
+        e = load(e + 16);
+      }
+      if (n != h->quick_count[q]) r->report("tlsf: quick list " + std::to_string(q) + " count disagrees");
+    }
+    if (quick_listed != quick_blocks) r->report("tlsf: " + std::to_string(quick_blocks) + " quick blocks, " + std::to_string(quick_listed) + " listed");
     if (h->free_blocks != free_blocks) r->report("tlsf: free block count disagrees with the blocks");
   }
 
@@ -370,6 +390,8 @@ class TlsfHeap final : public Heap {
       b = b + 8 + size;
     }
     std::memset(h->heads, 0, sizeof h->heads);
+    std::memset(h->quick, 0, sizeof h->quick);  // quick blocks are free: they join the free runs below
+    std::memset(h->quick_count, 0, sizeof h->quick_count);
     std::memset(h->sl_bitmap, 0, sizeof h->sl_bitmap);
     h->fl_bitmap = 0;
     h->free_bytes = 0;
@@ -383,7 +405,7 @@ class TlsfHeap final : public Heap {
       bool at_end = b == sentinel_;
       uint64_t size = 0, flags = 0;
       if (!at_end) read_block(b, &size, &flags);
-      bool is_free = !at_end && (flags & kFree);
+      bool is_free = !at_end && (flags & (kFree | kQuick));
       if (is_free) {
         if (run == 0) {
           run = b;
@@ -418,7 +440,7 @@ class TlsfHeap final : public Heap {
     while (b != sentinel_) {
       uint64_t size = 0, flags = 0;
       if (++steps > max_steps || !read_block(b, &size, &flags)) return Status::corrupted;
-      if (!visit(BlockInfo{b + 16, size, (flags & kFree) == 0})) break;
+      if (!visit(BlockInfo{b + 16, size, (flags & (kFree | kQuick)) == 0})) break;
       b = b + 8 + size;
     }
     return Status::ok;
@@ -426,6 +448,113 @@ class TlsfHeap final : public Heap {
 
  private:
   TlsfHeader* header() const { return reinterpret_cast<TlsfHeader*>(base_); }
+
+  // Returns block b (used or quick, `size` payload bytes) to the free lists, coalescing with free
+  // physical neighbours. Validates everything it will touch before it writes anything.
+  Status release(uint64_t b, uint64_t size, uint64_t flags, bool was_quick) {
+    uint64_t next = b + 8 + size;
+    uint64_t next_size = 0, next_flags = 0;
+    bool next_free = false;
+    if (next != sentinel_) {
+      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
+      next_free = (next_flags & kFree) != 0;
+      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
+    }
+    uint64_t prev = 0, prev_size = 0;
+    bool prev_free = (flags & kPrevFree) != 0;
+    if (prev_free) {
+      uint64_t prev_flags = 0;
+      prev = load(b);
+      if (prev >= b || !read_block(prev, &prev_size, &prev_flags) || !(prev_flags & kFree) ||
+          prev + 8 + prev_size != b || !can_unlink(prev, prev_size)) {
+        return Status::corrupted;
+      }
+    }
+    // Everything this touches has been checked; from here on it only writes.
+    if (was_quick) {  // counted as free already; insert_free counts it again
+      TlsfHeader* h = header();
+      h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
+    }
+    uint64_t start = b;
+    uint64_t end = next;  // one past the merged block: the offset of the block after it
+    if (prev_free) {
+      unlink(prev, prev_size);
+      start = prev;
+    }
+    if (next_free) {
+      unlink(next, next_size);
+      end = next + 8 + next_size;
+    }
+    uint64_t merged = end - start - 8;
+    set_size_flags(start, merged, kFree);  // one store publishes the merge and the free flag
+    insert_free(start, merged);
+    mark_prev(end, start, true);
+    return Status::ok;
+  }
+
+  static uint32_t quick_class(uint64_t size) { return static_cast<uint32_t>((size - kMinPayload) / kGranule); }
+
+  bool any_quick() const {
+    const TlsfHeader* h = header();
+    for (uint32_t q = 0; q < kQuickClasses; ++q) {
+      if (h->quick[q] != 0) return true;
+    }
+    return false;
+  }
+
+  // Takes a block of exactly `need` bytes from its quick list: ok, out_of_memory when the list is
+  // empty, corrupted when its head cannot be trusted.
+  Status quick_pop(uint64_t need, uint64_t* offset) {
+    TlsfHeader* h = header();
+    uint32_t q = quick_class(need);
+    uint64_t b = h->quick[q];
+    if (b == 0) return Status::out_of_memory;
+    uint64_t size = 0, flags = 0;
+    if (!read_block(b, &size, &flags) || !(flags & kQuick) || size != need) return Status::corrupted;
+    uint64_t next = load(b + 16);
+    if (next != 0 && !valid_block_offset(next)) return Status::corrupted;
+    h->quick[q] = next;
+    h->quick_count[q] = h->quick_count[q] > 0 ? h->quick_count[q] - 1 : 0;
+    set_size_flags(b, size, flags & ~kQuick);  // one store: the block is used again
+    h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
+    set_bit(g_.live_map, b + 16);
+    // Only the start bit can be set: the block's interior was cleared when it was last handed out and
+    // nothing has been freed inside it since.
+    clear_bit(g_.freed_map, b + 16);
+    count_alloc(size);
+    *offset = b + 16;
+    return Status::ok;
+  }
+
+  // Releases every quick block to the free lists (coalescing), so a large request can use the space.
+  Status flush_quick() {
+    TlsfHeader* h = header();
+    for (uint32_t q = 0; q < kQuickClasses; ++q) {
+      for (uint32_t n = 0; h->quick[q] != 0; ++n) {
+        uint64_t b = h->quick[q];
+        uint64_t size = 0, flags = 0;
+        if (n > kQuickLimit || !read_block(b, &size, &flags) || !(flags & kQuick)) return Status::corrupted;
+        uint64_t next = load(b + 16);
+        if (next != 0 && !valid_block_offset(next)) return Status::corrupted;
+        h->quick[q] = next;
+        h->quick_count[q] = h->quick_count[q] > 0 ? h->quick_count[q] - 1 : 0;
+        Status s = release(b, size, flags & ~kQuick, true);
+        if (s != Status::ok) return s;
+      }
+    }
+    return Status::ok;
+  }
+
+  Status find_any(uint64_t need, uint64_t align, uint64_t hint, uint64_t* block, uint64_t* payload) const {
+    if (align == kDefaultAlign && hint == kNoHint) {
+      Status s = find_fit(need, block);
+      if (s == Status::ok) *payload = *block + 16;
+      return s;
+    }
+    Status s = find_placed(need, align, hint, block, payload);
+    if (s == Status::out_of_memory && hint != kNoHint) s = find_placed(need, align, kNoHint, block, payload);
+    return s;
+  }
 
   // Word access through memcpy: the region is raw bytes, and this compiles to one move.
   uint64_t load(uint64_t off) const {
@@ -447,7 +576,8 @@ class TlsfHeap final : public Heap {
     uint64_t s = sf & ~kFlagMask;
     *flags = sf & kFlagMask;
     *size = s;
-    return (s & (kGranule - 1)) == 8 && s >= kMinPayload && s <= sentinel_ - b - 8 && (sf & 4) == 0;
+    return (s & (kGranule - 1)) == 8 && s >= kMinPayload && s <= sentinel_ - b - 8 &&
+           (sf & (kFree | kQuick)) != (kFree | kQuick);
   }
 
   void set_size_flags(uint64_t b, uint64_t size, uint64_t flags) { store(b + 8, size | flags); }
