@@ -37,6 +37,19 @@ export function statusError(status: number, what: string): Error {
   }
 }
 
+// The fast path across the boundary: one argument in, one result out, through the pool's mailbox.
+function fastAlloc(native: NativePool, size: number): number {
+  native.mailbox[0] = size;
+  native.fastAlloc();
+  return native.mailbox[0];
+}
+
+function fastFree(native: NativePool, offset: number): number {
+  native.mailbox[0] = offset;
+  native.fastFree();
+  return native.mailbox[0];
+}
+
 export function closedError(): PoolError {
   return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
 }
@@ -103,7 +116,7 @@ export abstract class HeapPool {
           throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} does not fit the allocation at offset ${bufferOrOffset} (${usable} usable bytes)`);
         }
       }
-      const status = chunk.native.free(local);
+      const status = fastFree(chunk.native, local);
       if (status !== 0) throw statusError(status, `offset ${bufferOrOffset}`);
       return;
     }
@@ -114,7 +127,7 @@ export abstract class HeapPool {
     const ab = buffer.buffer as ArrayBuffer;
     const chunk = this.chunkOf(ab);
     if (chunk !== undefined) {
-      const status = chunk.native.free(buffer.byteOffset);
+      const status = fastFree(chunk.native, buffer.byteOffset);
       if (status !== 0) throw statusError(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
       return;
     }
@@ -294,7 +307,8 @@ export abstract class HeapPool {
       if (o.near !== undefined) hint = this.hintOffset(o.near);
     }
     const first = hint >= 0 ? (this.chunkAt(hint) ?? this.current) : this.current;
-    let r = first.native.alloc(size, align, hint >= 0 ? hint - first.base : -1, zero);
+    let r =
+      options === undefined ? fastAlloc(first.native, size) : first.native.alloc(size, align, hint >= 0 ? hint - first.base : -1, zero);
     if (r >= 0) {
       this.current = first;
       return first.base + r;

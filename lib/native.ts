@@ -20,6 +20,12 @@ export interface NativePool {
   readonly buffer: ArrayBuffer;
   readonly address: bigint;
   readonly algorithm: string;
+  /** Fast path: write the argument to mailbox[0], call, read the result from mailbox[0]. */
+  readonly mailbox: Float64Array;
+  /** mailbox[0] = size -> offset or a negative Status (default alignment, no hint). */
+  readonly fastAlloc: () => void;
+  /** mailbox[0] = offset -> 0 or a negative Status. */
+  readonly fastFree: () => void;
   /** offset, or a negative Status */
   alloc(size: number, align: number, hint: number, zero: boolean): number;
   free(offset: number): number;

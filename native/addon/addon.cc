@@ -125,6 +125,15 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
         env, memory_->data, memory_->size, [](Napi::Env, void*, std::shared_ptr<ExternalMemory>* hint) { delete hint; }, owner);
     buffer_ = Napi::Persistent(ab);
+    // The fast path: a mailbox of doubles that JavaScript and C++ both read and write, and two
+    // functions bound to this pool that take no arguments. A call then costs about one native no-op:
+    // no argument conversion, no unwrap, no result object.
+    Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4);
+    mailbox_ = mailbox.Data();
+    Napi::Object self = info.This().As<Napi::Object>();
+    self.Set("mailbox", mailbox);
+    self.Set("fastAlloc", MakeFast(env, "fastAlloc", FastAlloc));
+    self.Set("fastFree", MakeFast(env, "fastFree", FastFree));
   }
 
  private:
@@ -261,6 +270,75 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   };
 
   bool closed() const { return heap_ptr_ == nullptr; }
+
+  Napi::Function MakeFast(Napi::Env env, const char* name, napi_callback cb) {
+    napi_value fn;
+    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, this, &fn) != napi_ok) {
+      throw Napi::Error::New(env, "cannot create the fast path");
+    }
+    return Napi::Function(env, fn);
+  }
+
+  static NativePool* FastSelf(napi_env env, napi_callback_info info) {
+    void* data = nullptr;
+    napi_get_cb_info(env, info, nullptr, nullptr, nullptr, &data);
+    return static_cast<NativePool*>(data);
+  }
+
+  // mailbox[0] = size (an integer 1..2^53 checked by lib/) -> mailbox[0] = offset or -status.
+  // Default alignment, no hint, no zeroing: the common case.
+  static napi_value FastAlloc(napi_env env, napi_callback_info info) {
+    NativePool* self = FastSelf(env, info);
+    double* m = self->mailbox_;
+    if (self->closed()) {
+      m[0] = -static_cast<double>(kClosed);
+      return nullptr;
+    }
+    double d = m[0];
+    if (!(d >= 1) || d > static_cast<double>(kMaxSafe)) {
+      m[0] = -static_cast<double>(Status::invalid_argument);
+      return nullptr;
+    }
+    uint64_t size = static_cast<uint64_t>(d);
+    if (size > mempool::kMaxRequest) {
+      m[0] = -static_cast<double>(Status::out_of_memory);
+      return nullptr;
+    }
+    Guard g(self->segment_);
+    if (g.status != Status::ok) {
+      m[0] = -static_cast<double>(g.status);
+      return nullptr;
+    }
+    uint64_t offset = 0;
+    Status s = self->heap_ptr_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &offset);
+    m[0] = s == Status::ok ? static_cast<double>(offset + self->bias_) : -static_cast<double>(s);
+    return nullptr;
+  }
+
+  // mailbox[0] = offset -> mailbox[0] = 0 or -status.
+  static napi_value FastFree(napi_env env, napi_callback_info info) {
+    NativePool* self = FastSelf(env, info);
+    double* m = self->mailbox_;
+    if (self->closed()) {
+      m[0] = -static_cast<double>(kClosed);
+      return nullptr;
+    }
+    double d = m[0];
+    if (!(d >= static_cast<double>(self->bias_)) || d > static_cast<double>(kMaxSafe)) {
+      m[0] = -static_cast<double>(Status::foreign);
+      return nullptr;
+    }
+    uint64_t offset = static_cast<uint64_t>(d);
+    Guard g(self->segment_);
+    if (g.status != Status::ok) {
+      m[0] = -static_cast<double>(g.status);
+      return nullptr;
+    }
+    Status s = self->heap_ptr_->free(offset - self->bias_);
+    if (s == Status::ok && self->segment_ != nullptr) self->segment_->dir_forget_offset(offset);
+    m[0] = -static_cast<double>(s);
+    return nullptr;
+  }
 
   // Offsets crossing the boundary are region offsets (segment offsets for shared pools); the heap
   // works on offsets from its own start, bias_ bytes into the region.
@@ -509,6 +587,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   mempool::Segment* segment_ = nullptr;
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
+  double* mailbox_ = nullptr;        // the fast path's arguments and results (kept alive by this object)
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 

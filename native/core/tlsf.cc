@@ -185,9 +185,9 @@ class TlsfHeap final : public Heap {
     uint64_t b = offset - 16;
     uint64_t size = 0, flags = 0;
     if (!read_block(b, &size, &flags) || (flags & (kFree | kQuick))) return Status::corrupted;
+    TlsfHeader* h = header();
     if (size <= kQuickMaxPayload) {
       uint32_t q = quick_class(size);
-      TlsfHeader* h = header();
       if (h->quick_count[q] < kQuickLimit) {
         clear_bit(g_.live_map, offset);
         set_bit(g_.freed_map, offset);
@@ -197,8 +197,6 @@ class TlsfHeap final : public Heap {
         h->quick[q] = b;
         h->quick_count[q] += 1;
         h->free_bytes += size;
-        // An empty heap is one free block again: nothing stays uncoalesced when nothing is live.
-        if (h->region.counters.live == 0) return flush_quick();
         return Status::ok;
       }
     }
