@@ -8,6 +8,7 @@
         "native/core/tlsf.cc",
         "native/core/buddy.cc",
         "native/core/bitmap.cc",
+        "native/core/debug_heap.cc",
         "native/core/segment.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -16,12 +16,13 @@
 //   the top level; max_order caps it otherwise.
 //
 // * Side table. One byte per min_block unit: kStart | (kUsed) | order for the first unit of every block,
-//   0 for every other unit. Merging clears the upper buddy's byte, splitting sets it. So the table tiles
-//   the area exactly, free(offset) knows the block's order without trusting the caller, and a stale or
-//   interior offset is recognised in O(orders): the block containing rel is the first unit
-//   rel & ~(2^k - 1), k = min_order + 1 .. max_order, whose byte is a start of order >= k. An offset
-//   inside a free block is reported as double_free (it is an allocation that was freed and coalesced, or
-//   at least not live); inside a live block but not at its start, as foreign.
+//   0 for every other unit. Merging clears the upper buddy's byte, splitting sets it (in the order that
+//   "Crash consistency" below prescribes). So the table tiles the area exactly, free(offset) knows the
+//   block's order without trusting the caller, and a stale or interior offset is recognised in
+//   O(orders): the block containing rel is the first unit rel & ~(2^k - 1), k = min_order + 1 ..
+//   max_order, whose byte is a start of order >= k. An offset inside a free block is reported as
+//   double_free (it is an allocation that was freed and coalesced, or at least not live); inside a live
+//   block but not at its start, as foreign.
 //
 // * Free lists. One doubly linked list per order, links stored in the free blocks as region offsets
 //   (0 = none), heads in the state block; a 64-bit mask of non-empty orders makes the search for a
@@ -42,6 +43,43 @@
 //   go back to the free lists). Otherwise (no hint, hint at/before the area start or past its end, or no
 //   candidate within the bound) the normal choice is made: the head of the smallest non-empty order that
 //   fits. Cost with a hint: at most kHintScan * (number of orders) validated list reads.
+//
+// * Crash consistency. The side table is the primary record; everything else (free lists and their
+//   links inside free blocks, the non-empty mask, free_bytes, counters.used and counters.live) is derived
+//   from it and rebuilt by rebuild() after a writer died holding a shared segment's lock (EOWNERDEAD).
+//   Invariant, true after EVERY single store of every operation (format excepted):
+//
+//     the walk "pos = 0; read the start byte at pos; pos += its block size" meets only valid start
+//     bytes (order in range, naturally aligned, inside the area) and ends exactly at area_size; the
+//     bytes it skips (block interiors) may hold stale values, which mean nothing; a live block the
+//     operation does not own is never covered by another block or marked free.
+//
+//   Every side-table store is volatile (set_tag), so the compiler keeps them in program order, and a
+//   kill lands between two instructions, so what a dead process leaves in the table is a prefix of its
+//   stores. The stores that change the tiling go through commit_tag() (the same store, named):
+//     - alloc (split an order-j free block at rel down to the order-k block at target): first the start
+//       bytes of the spares (free, orders k..j-1) and of target (used, k), all interior to the order-j
+//       block while rel still says j; then ONE commit of rel (used k, or free of the lowest spare's
+//       order). Killed before it: the whole block is still free; after it: the allocation exists (leaked).
+//     - free (the used order-o block at rel): per merge level, the buddy is unlinked (derived), then the
+//       pair's lower byte is rewritten to free of the merged order (the upper block becomes interior; at
+//       the first level this store is what frees the block), then the upper byte is cleared. Finally
+//       rel's byte is written free (the store that frees the block when nothing merged; a rewrite of the
+//       same value otherwise). Killed between levels: free buddies are left apart (rebuild merges them).
+//     - resize_in_place shrink (order o -> k): first the start bytes of the released upper halves (free,
+//       orders k..o-1), interior while rel says o; then ONE commit of rel = used k.
+//     - resize_in_place grow (order o -> k): the buddies are unlinked (derived); ONE commit of rel =
+//       used k makes them interior; then their start bytes are cleared.
+//   Free-list links, the mask, free_bytes and the counters are written before or after those stores in
+//   whatever order is convenient: rebuild() recomputes them and never follows a link.
+//
+// * Rebuild. Validates the guard words and the header, walks the table (bounded by the unit count) and
+//   returns corrupted without changing anything when it does not tile the area. Otherwise it clears
+//   stale interior bytes, coalesces free buddies of equal order left apart (cascading, with a stack of
+//   pending lower buddies), rebuilds every free list in address order, the mask, free_bytes,
+//   counters.used and counters.live (peak_used raised to used if below; allocations, frees and failed
+//   kept). Its own merges follow the free() rule (lower byte first, then the upper cleared), so a
+//   rebuild that is itself killed can simply be run again. Cost O(table units), no allocation.
 //
 // * Bounds. Split, coalesce, resize and the containing-block search loop at most (max_order - min_order)
 //   times; hint scans are bounded by kHintScan per order; check() bounds every list traversal by the
@@ -183,13 +221,34 @@ class BuddyHeap final : public Heap {
   Status usable_size(uint64_t offset, uint64_t* size) const override;
   void stats(HeapStats* out) const override;
   void check(CheckResult* result) const override;
+  Status rebuild() override;
   Status walk(const std::function<bool(const BlockInfo&)>& visit) const override;
 
   void format();
 
  private:
   bool guards_ok() const { return *guard_lo_ == key_lo_ && *guard_hi_ == key_hi_; }
-  uint8_t& tag(uint64_t rel) const { return table_[rel >> min_order_]; }
+  uint8_t tag(uint64_t rel) const { return table_[rel >> min_order_]; }
+  // Every side-table store goes through set_tag(): a volatile store, so the compiler keeps all of them in
+  // program order among themselves (the crash-consistency argument rests on that order and on nothing
+  // else: list, mask and counter stores may move freely). commit_tag() is the same store, named for the
+  // one that changes the tiling in an operation (see "Crash consistency").
+  void set_tag(uint64_t rel, uint8_t t) const {
+    volatile uint8_t* const table = table_;
+    table[rel >> min_order_] = t;
+  }
+  void commit_tag(uint64_t rel, uint8_t t) const { set_tag(rel, t); }
+  // The header snapshot h still holds what format wrote: region fields / geometry fields.
+  bool region_fields_ok(const BuddyHeader& h) const {
+    return h.region.magic == kRegionMagic && h.region.algorithm == static_cast<uint32_t>(Algorithm::buddy) &&
+           h.region.version == kBuddyVersion && h.region.size == size_ && h.region.header_size == area_off_;
+  }
+  bool geometry_ok(const BuddyHeader& h) const {
+    return h.min_block == layout_.min_block && h.max_block == layout_.max_block && h.min_order == min_order_ &&
+           h.max_order == max_order_ && h.guard_lo_offset == kGuardLoOffset && h.state_offset == kStateOffset &&
+           h.table_offset == kTableOffset && h.table_units == table_units_ && h.guard_hi_offset == area_off_ - 8 &&
+           h.area_offset == area_off_ && h.area_size == area_size_;
+  }
   FreeLinks* links(uint64_t rel) const { return reinterpret_cast<FreeLinks*>(base_ + area_off_ + rel); }
   uint32_t order_for(uint64_t need) const {
     return need <= min_block_ ? min_order_ : ceil_log2(need);
@@ -272,12 +331,12 @@ void BuddyHeap::format() {
     const uint32_t o = ctz64(rest);
     rest &= rest - 1;
     pos -= pow2(o);
-    tag(pos) = free_tag(o);
+    set_tag(pos, free_tag(o));
     push(pos, o);
   }
   while (pos != 0) {
     pos -= max_block;
-    tag(pos) = free_tag(max_order_);
+    set_tag(pos, free_tag(max_order_));
     push(pos, max_order_);
   }
   state_->free_bytes = area_size_;
@@ -338,7 +397,7 @@ Status BuddyHeap::unlink(uint64_t rel, uint32_t o) {
   return Status::ok;
 }
 
-// rel's side-table byte must already say "free, order o".
+// rel's side-table byte must already say "free, order o" (push validates the head, not rel).
 Status BuddyHeap::push(uint64_t rel, uint32_t o) {
   const uint64_t self = area_off_ + rel;
   const uint64_t head = state_->heads[o];
@@ -438,22 +497,33 @@ Status BuddyHeap::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* 
     if (s != Status::ok) return s;
     target = rel;
   }
-  // Split down to order k, keeping the half that contains target and freeing the other one.
-  for (uint32_t o = j; o > k;) {
-    --o;
-    const uint64_t half = pow2(o);
-    uint64_t spare;
-    if (target >= rel + half) {
-      spare = rel;
-      rel += half;
-    } else {
-      spare = rel + half;
+  if (j == k) {
+    commit_tag(target, used_tag(k));  // target == rel: a block of exactly order k, nothing to split
+  } else {
+    // Split [rel, rel + 2^j) down to the order-k block at target. At every order o = j-1 .. k the spare
+    // is the buddy of the order-o block that contains target. The spares' start bytes and target's are
+    // interior to the order-j block until the commit of rel's byte (see "Crash consistency"). The spares
+    // are pushed as they are found: lists are derived, and push validates the head, not the spare.
+    uint8_t rel_tag = used_tag(k);
+    Status pushed = Status::ok;
+    for (uint32_t o = j; o > k;) {
+      --o;
+      const uint64_t spare = (target & ~(pow2(o) - 1)) ^ pow2(o);
+      if (spare == rel) {
+        rel_tag = free_tag(o);
+      } else {
+        set_tag(spare, free_tag(o));
+      }
+      if (pushed == Status::ok) pushed = push(spare, o);
     }
-    tag(spare) = free_tag(o);
-    s = push(spare, o);
-    if (s != Status::ok) return s;
+    if (target != rel) set_tag(target, used_tag(k));
+    commit_tag(rel, rel_tag);
+    if (pushed != Status::ok) {  // the allocation is made (and leaked), but a free list is damaged
+      sub_free_bytes(pow2(k));
+      count_alloc(pow2(k));
+      return pushed;
+    }
   }
-  tag(target) = used_tag(k);
   sub_free_bytes(pow2(k));
   count_alloc(pow2(k));
   *offset = area_off_ + target;
@@ -469,6 +539,9 @@ Status BuddyHeap::free(uint64_t offset) {
   const uint64_t bytes = pow2(o);
   count_free(bytes);
   state_->free_bytes += bytes;
+  // Coalesce level by level (see "Crash consistency"): the pair's lower byte is rewritten to the merged
+  // order first, which makes the upper block interior (at the first level that store is what frees the
+  // block), then the upper byte is cleared.
   Status merged = Status::ok;
   while (o < max_order_) {
     const uint64_t half = pow2(o);
@@ -477,11 +550,13 @@ Status BuddyHeap::free(uint64_t offset) {
     if (tag(buddy) != free_tag(o)) break;
     merged = unlink(buddy, o);
     if (merged != Status::ok) break;  // keep what was merged so far; report below
-    tag(rel | half) = 0;              // the upper one of the pair is no longer a block start
+    commit_tag(rel & ~half, free_tag(o + 1));
+    set_tag(rel | half, 0);  // the upper one of the pair is no longer a block start
     rel &= ~half;
     ++o;
   }
-  tag(rel) = free_tag(o);
+  // Frees the block when it merged with nothing; otherwise rewrites the byte the last merge wrote.
+  commit_tag(rel, free_tag(o));
   s = push(rel, o);
   return merged != Status::ok ? merged : s;
 }
@@ -494,21 +569,18 @@ Status BuddyHeap::resize_in_place(uint64_t offset, uint64_t size) {
   Status s = find_live(offset, &rel, &o);
   if (s != Status::ok) return s;
   const uint32_t k = order_for(size);
-  HeapCounters& c = region_header()->counters;
   if (k == o) return Status::ok;
   if (k < o) {
     // Shrink: give the upper halves back. Their buddies are the lower halves, still ours: no coalescing.
-    for (uint32_t x = o; x > k;) {
-      --x;
-      const uint64_t up = rel + pow2(x);
-      tag(up) = free_tag(x);
-      s = push(up, x);
+    // Their start bytes are interior to the order-o block until the commit of rel's byte.
+    for (uint32_t x = k; x < o; ++x) set_tag(rel + pow2(x), free_tag(x));
+    commit_tag(rel, used_tag(k));
+    state_->free_bytes += pow2(o) - pow2(k);
+    count_resize(pow2(o), pow2(k));
+    for (uint32_t x = k; x < o; ++x) {
+      s = push(rel + pow2(x), x);
       if (s != Status::ok) return s;
     }
-    tag(rel) = used_tag(k);
-    const uint64_t diff = pow2(o) - pow2(k);
-    state_->free_bytes += diff;
-    c.used = c.used >= diff ? c.used - diff : 0;
     return Status::ok;
   }
   if (k > max_order_) return Status::out_of_memory;
@@ -525,16 +597,14 @@ Status BuddyHeap::resize_in_place(uint64_t offset, uint64_t size) {
     if (s != Status::ok) return s;
   }
   for (uint32_t x = o; x < k; ++x) {
-    const uint64_t up = rel + pow2(x);
-    s = unlink(up, x);  // lists of different orders: validated above and unaffected by each other
+    s = unlink(rel + pow2(x), x);  // lists of different orders: validated above and unaffected by each other
     if (s != Status::ok) return s;
-    tag(up) = 0;
   }
-  tag(rel) = used_tag(k);
-  const uint64_t diff = pow2(k) - pow2(o);
-  sub_free_bytes(diff);
-  c.used += diff;
-  if (c.used > c.peak_used) c.peak_used = c.used;
+  // One store absorbs the buddies (they become interior); then their start bytes are cleared.
+  commit_tag(rel, used_tag(k));
+  for (uint32_t x = o; x < k; ++x) set_tag(rel + pow2(x), 0);
+  sub_free_bytes(pow2(k) - pow2(o));
+  count_resize(pow2(o), pow2(k));
   return Status::ok;
 }
 
@@ -566,16 +636,8 @@ void BuddyHeap::check(CheckResult* result) const {
 
   BuddyHeader h;
   std::memcpy(&h, base_, sizeof h);
-  if (h.region.magic != kRegionMagic || h.region.algorithm != static_cast<uint32_t>(Algorithm::buddy) ||
-      h.region.version != kBuddyVersion || h.region.size != size_ || h.region.header_size != area_off_) {
-    result->report("buddy: region header fields changed");
-  }
-  if (h.min_block != layout_.min_block || h.max_block != layout_.max_block || h.min_order != min_order_ ||
-      h.max_order != max_order_ || h.guard_lo_offset != kGuardLoOffset || h.state_offset != kStateOffset ||
-      h.table_offset != kTableOffset || h.table_units != table_units_ || h.guard_hi_offset != area_off_ - 8 ||
-      h.area_offset != area_off_ || h.area_size != area_size_) {
-    result->report("buddy: geometry fields changed");
-  }
+  if (!region_fields_ok(h)) result->report("buddy: region header fields changed");
+  if (!geometry_ok(h)) result->report("buddy: geometry fields changed");
 
   // Tile the area through the side table.
   uint64_t used = 0, live = 0, free_bytes = 0;
@@ -645,6 +707,97 @@ void BuddyHeap::check(CheckResult* result) const {
   if (c.live != live) result->report("buddy: live counter disagrees with the blocks");
   if (c.peak_used < c.used) result->report("buddy: peak_used below used");
   if (state_->free_bytes != free_bytes) result->report("buddy: free byte count disagrees with the blocks");
+}
+
+Status BuddyHeap::rebuild() {
+  if (!guards_ok()) return Status::corrupted;
+  BuddyHeader h;
+  std::memcpy(&h, base_, sizeof h);
+  if (!region_fields_ok(h) || !geometry_ok(h)) return Status::corrupted;
+
+  // 1. The primary record must tile the area; nothing is changed when it does not. At most table_units_
+  //    steps: every block is at least one unit.
+  for (uint64_t pos = 0; pos < area_size_;) {
+    const uint8_t t = tag(pos);
+    uint32_t o = 0;
+    if (!(t & kStart) || !valid_start(pos, t, &o)) return Status::corrupted;
+    pos += pow2(o);
+  }
+
+  // 2. Clear stale interior bytes and coalesce free buddies a crash (or an older writer) left apart.
+  //    pending holds the free lower buddies still waiting for their upper buddy: contiguous, each one
+  //    ending where the next begins, so their orders strictly decrease (fewer than kNumOrders).
+  struct Pending {
+    uint64_t rel;
+    uint32_t order;
+  };
+  Pending pending[kNumOrders];
+  uint32_t depth = 0;
+  for (uint64_t pos = 0; pos < area_size_;) {
+    const uint8_t t = tag(pos);
+    uint32_t o = 0;
+    if (!(t & kStart) || !valid_start(pos, t, &o)) return Status::corrupted;  // cannot happen: validated
+    const uint64_t next = pos + pow2(o);
+    for (uint64_t u = (pos >> min_order_) + 1, end = next >> min_order_; u < end; ++u) {
+      if (table_[u] != 0) table_[u] = 0;  // read first: do not dirty pages that are already clean
+    }
+    if (t & kUsed) {
+      depth = 0;
+      pos = next;
+      continue;
+    }
+    uint64_t r = pos;
+    while (o < max_order_ && (r & pow2(o)) != 0 && depth > 0 && pending[depth - 1].order == o &&
+           pending[depth - 1].rel == r - pow2(o)) {
+      --depth;
+      r -= pow2(o);
+      commit_tag(r, free_tag(o + 1));  // lower byte first: the upper block becomes interior ...
+      set_tag(r + pow2(o), 0);         // ... then its start byte is cleared
+      ++o;
+    }
+    if (o < max_order_ && (r & pow2(o)) == 0 && pow2(o) <= area_size_ - r - pow2(o) && depth < kNumOrders) {
+      pending[depth++] = Pending{r, o};
+    } else {
+      depth = 0;  // nothing before it can merge any more
+    }
+    pos = next;
+  }
+
+  // 3. Derived state: free lists (in address order), mask, free bytes, counters.
+  uint64_t tail[kNumOrders] = {};
+  for (uint32_t o = 0; o < kNumOrders; ++o) state_->heads[o] = 0;
+  state_->nonempty = 0;
+  uint64_t used = 0, live = 0, free_bytes = 0;
+  for (uint64_t pos = 0; pos < area_size_;) {
+    const uint8_t t = tag(pos);
+    uint32_t o = 0;
+    if (!(t & kStart) || !valid_start(pos, t, &o)) return Status::corrupted;  // cannot happen: validated
+    const uint64_t sz = pow2(o);
+    if (t & kUsed) {
+      used += sz;
+      ++live;
+    } else {
+      free_bytes += sz;
+      const uint64_t self = area_off_ + pos;
+      FreeLinks* n = links(pos);
+      n->next = 0;
+      n->prev = tail[o];
+      if (tail[o] != 0) {
+        links(tail[o] - area_off_)->next = self;
+      } else {
+        state_->heads[o] = self;
+        state_->nonempty |= pow2(o);
+      }
+      tail[o] = self;
+    }
+    pos += sz;
+  }
+  state_->free_bytes = free_bytes;
+  HeapCounters& c = region_header()->counters;
+  c.used = used;
+  c.live = live;
+  if (c.peak_used < used) c.peak_used = used;
+  return Status::ok;
 }
 
 Status BuddyHeap::walk(const std::function<bool(const BlockInfo&)>& visit) const {

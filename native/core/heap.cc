@@ -4,6 +4,7 @@
 
 #include "bitmap.h"
 #include "buddy.h"
+#include "debug_heap.h"
 #include "tlsf.h"
 
 namespace mempool {
@@ -85,6 +86,7 @@ void Heap::fill_counter_stats(HeapStats* out) const {
 Status heap_format(Algorithm algorithm, uint8_t* base, uint64_t size, const HeapOptions& options,
                    std::unique_ptr<Heap>* out) {
   if (base == nullptr || reinterpret_cast<uintptr_t>(base) % kMaxAlign != 0) return Status::invalid_argument;
+  if (options.debug) return debug_format(algorithm, base, size, options, out);
   switch (algorithm) {
     case Algorithm::tlsf: return tlsf_format(base, size, options, out);
     case Algorithm::buddy: return buddy_format(base, size, options, out);
@@ -100,6 +102,7 @@ Status heap_attach(uint8_t* base, uint64_t size, std::unique_ptr<Heap>* out) {
   std::memcpy(&header, base, sizeof header);  // one snapshot: the region may change under us
   if (header.magic != kRegionMagic) return Status::incompatible;
   if (header.size != size) return Status::incompatible;
+  if (header.algorithm == kDebugRegionAlgorithm) return debug_attach(base, size, out);
   switch (static_cast<Algorithm>(header.algorithm)) {
     case Algorithm::tlsf: return tlsf_attach(base, size, out);
     case Algorithm::buddy: return buddy_attach(base, size, out);
@@ -109,6 +112,7 @@ Status heap_attach(uint8_t* base, uint64_t size, std::unique_ptr<Heap>* out) {
 }
 
 uint64_t heap_min_region_size(Algorithm algorithm, const HeapOptions& options) {
+  if (options.debug) return debug_min_region_size(algorithm, options);
   switch (algorithm) {
     case Algorithm::tlsf: return tlsf_min_region_size(options);
     case Algorithm::buddy: return buddy_min_region_size(options);

@@ -66,7 +66,10 @@ struct HeapOptions {
   uint64_t block_size = 16;  // bitmap: bytes per block, a power of two >= 16
   uint64_t min_block = 16;   // buddy: smallest block, a power of two >= 16
   uint64_t max_block = 0;    // buddy: largest block, a power of two; 0 = the largest that fits
+  bool debug = false;        // wrap the heap in debug mode (debug_heap.h): guards, poison, owners
 };
+
+class DebugHeapApi;  // debug_heap.h
 
 // Counters every heap keeps in its region header, so that every process sharing a segment sees one set.
 struct HeapCounters {
@@ -155,6 +158,9 @@ class Heap {
   // heap's primary record, which each heap updates so that it is consistent after every single store.
   // Returns corrupted when the primary record itself is damaged.
   virtual Status rebuild() { return Status::corrupted; }
+
+  // The debug-mode calls when this heap is in debug mode (debug_heap.h), else null.
+  virtual DebugHeapApi* debug() { return nullptr; }
 
   // Visits blocks in address order until visit returns false. Returns corrupted if the walk met
   // metadata it could not follow (blocks visited so far were visited).

@@ -4,6 +4,7 @@
 #include <iterator>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -777,4 +778,227 @@ TEST("buddy: scribbled metadata is reported, never followed out of bounds") {
     EXPECT(s.used + s.free + s.overhead == s.capacity);
   }
   EXPECT(reported > 0);
+}
+
+namespace {
+
+// Offsets of the buddy layout the rebuild tests scribble on (buddy.h).
+constexpr uint64_t kFreeBytesAt = 168;
+constexpr uint64_t kMaskAt = 176;
+constexpr uint64_t kHeadsAt = 184;
+constexpr uint64_t kTableAt = 696;
+constexpr uint64_t kUsedAt = 32, kPeakAt = 40, kLiveAt = 48;
+
+void put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+uint64_t get64(const uint8_t* p) {
+  uint64_t v = 0;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+struct Patterned {
+  uint64_t off, n;
+  uint8_t pat;
+};
+
+// A heap with a mix of live and free blocks of several orders, every live block filled with a pattern.
+std::vector<Patterned> populate(Heap& h, uint8_t* base, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<Patterned> live;
+  for (int i = 0; i < 400; ++i) {
+    uint64_t a = 0, n = 1 + rng() % (rng() % 8 == 0 ? 3000 : 200);
+    if (h.alloc(n, 16, kNoHint, &a) == Status::ok) live.push_back({a, n, static_cast<uint8_t>(1 + i % 250)});
+    if (rng() % 2 == 0 && !live.empty()) {
+      size_t k = rng() % live.size();
+      if (h.free(live[k].off) != Status::ok) return {};
+      live.erase(live.begin() + static_cast<long>(k));
+    }
+  }
+  for (auto& b : live) std::memset(base + b.off, b.pat, b.n);
+  return live;
+}
+
+bool intact(const Heap& h, const uint8_t* base, const std::vector<Patterned>& live) {
+  for (auto& b : live) {
+    uint64_t u = 0;
+    if (h.usable_size(b.off, &u) != Status::ok || u < b.n) return false;
+    for (uint64_t i = 0; i < b.n; ++i) {
+      if (base[b.off + i] != b.pat) return false;
+    }
+  }
+  return true;
+}
+
+// After a rebuild the heap must keep working: more allocations, every block freed, back to one state.
+void drains_to_empty(Heap& h, uint8_t* base, std::vector<Patterned> live, const HeapStats& fresh) {
+  std::vector<uint64_t> more;
+  for (int i = 0; i < 50; ++i) {
+    uint64_t a = 0;
+    if (h.alloc(16 + 32 * static_cast<uint64_t>(i), 16, kNoHint, &a) == Status::ok) {
+      std::memset(base + a, 0x77, 16);
+      more.push_back(a);
+    }
+  }
+  EXPECT(intact(h, base, live));
+  for (uint64_t a : more) EXPECT(h.free(a) == Status::ok);
+  for (auto& b : live) EXPECT(h.free(b.off) == Status::ok);
+  EXPECT(violations(h) == 0);
+  HeapStats s = stats_of(h);
+  EXPECT(s.used == 0 && s.live_allocations == 0);
+  EXPECT(s.free == fresh.free && s.largest_free_block == fresh.largest_free_block);
+}
+
+}  // namespace
+
+TEST("buddy: rebuild recomputes lists, mask, free bytes and counters from the side table") {
+  const uint64_t size = 1 << 18;
+  Region fresh_r(size);
+  auto fresh = make(fresh_r);
+  REQUIRE(fresh != nullptr);
+  const HeapStats fresh_stats = stats_of(*fresh);
+  Region good(size);
+  auto g = make(good);
+  REQUIRE(g != nullptr);
+  const std::vector<Patterned> live = populate(*g, good.data, 11);
+  REQUIRE(!live.empty());
+  REQUIRE(violations(*g) == 0);
+  const HeapStats before = stats_of(*g);
+  const uint64_t start = area_offset(*g);
+  // Derived structures only, one kind of damage per case.
+  const std::vector<std::function<void(uint8_t*)>> damage = {
+      [](uint8_t* b) {  // the first non-empty free-list head zeroed (its blocks are lost to alloc)
+        for (uint32_t o = 4; o < 64; ++o) {
+          if (get64(b + kHeadsAt + 8 * o) != 0) {
+            put64(b + kHeadsAt + 8 * o, 0);
+            break;
+          }
+        }
+      },
+      [](uint8_t* b) { put64(b + kMaskAt, 0); },            // the non-empty mask zeroed
+      [](uint8_t* b) { put64(b + kMaskAt, ~uint64_t(0)); },  // every order claims to be non-empty
+      [](uint8_t* b) { std::memset(b + kHeadsAt, 0, 64 * 8); },  // every head zeroed
+      [](uint8_t* b) { put64(b + kFreeBytesAt, 12345); },
+      [](uint8_t* b) {  // counters
+        put64(b + kUsedAt, 3);
+        put64(b + kLiveAt, 999);
+      },
+      [start](uint8_t* b) {  // the first free block's links point at nonsense (a cycle onto itself)
+        for (uint32_t o = 4; o < 64; ++o) {
+          const uint64_t head = get64(b + kHeadsAt + 8 * o);
+          if (head >= start) {
+            put64(b + head, head);
+            put64(b + head + 8, 77);
+            break;
+          }
+        }
+      },
+  };
+  for (size_t i = 0; i < damage.size(); ++i) {
+    Region r(size);
+    std::memcpy(r.data, good.data, size);
+    std::unique_ptr<Heap> h;
+    REQUIRE(buddy_attach(r.data, size, &h) == Status::ok);
+    damage[i](r.data);
+    EXPECT(violations(*h) > 0);
+    EXPECT(h->rebuild() == Status::ok);
+    EXPECT(violations(*h) == 0);
+    EXPECT(intact(*h, r.data, live));
+    const HeapStats after = stats_of(*h);
+    EXPECT(after.used == before.used && after.live_allocations == before.live_allocations);
+    EXPECT(after.free == before.free && after.largest_free_block == before.largest_free_block);
+    // Kept as they were.
+    EXPECT(after.peak_used == before.peak_used && after.allocations == before.allocations);
+    EXPECT(after.frees == before.frees && after.failed_allocations == before.failed_allocations);
+    drains_to_empty(*h, r.data, live, fresh_stats);
+  }
+  // On an undamaged heap rebuild changes nothing that check() or stats() can see.
+  EXPECT(g->rebuild() == Status::ok);
+  EXPECT(violations(*g) == 0);
+  const HeapStats again = stats_of(*g);
+  EXPECT(again.used == before.used && again.free == before.free && again.live_allocations == before.live_allocations);
+  EXPECT(intact(*g, good.data, live));
+}
+
+TEST("buddy: rebuild clears stale interior bytes and merges free buddies left apart") {
+  const uint64_t size = 1 << 18;
+  Region fresh_r(size);
+  auto fresh = make(fresh_r);
+  REQUIRE(fresh != nullptr);
+  const HeapStats fresh_stats = stats_of(*fresh);
+  Region r(size);
+  auto h = make(r);
+  REQUIRE(h != nullptr);
+  const std::vector<Patterned> live = populate(*h, r.data, 12);
+  REQUIRE(!live.empty());
+  const HeapStats before = stats_of(*h);
+  const uint64_t start = area_offset(*h);
+  // What a writer killed half-way could leave (or an older one): free blocks split in the table only
+  // (upper byte written first, then the lower one), lists and counters untouched; and stale start bytes
+  // inside blocks, which the walk skips.
+  uint64_t splits = 0, stale = 0;
+  for (const BlockInfo& b : blocks_of(*h)) {
+    const uint64_t rel = b.offset - start;
+    if (!b.used && b.size >= 64) {
+      uint32_t o = static_cast<uint32_t>(__builtin_ctzll(b.size));
+      r.data[kTableAt + ((rel + b.size / 2) >> 4)] = static_cast<uint8_t>(0x80 | (o - 1));
+      r.data[kTableAt + (rel >> 4)] = static_cast<uint8_t>(0x80 | (o - 1));
+      r.data[kTableAt + ((rel + b.size / 4) >> 4)] = static_cast<uint8_t>(0x80 | (o - 2));  // lower half split
+      r.data[kTableAt + (rel >> 4)] = static_cast<uint8_t>(0x80 | (o - 2));
+      ++splits;
+    } else if (b.used && b.size >= 64) {
+      r.data[kTableAt + ((rel + 16) >> 4)] = 0xC4;  // "used, order 4" inside a live block
+      ++stale;
+    }
+  }
+  REQUIRE(splits > 0 && stale > 0);
+  EXPECT(violations(*h) > 0);
+  EXPECT(h->rebuild() == Status::ok);
+  EXPECT(violations(*h) == 0);
+  EXPECT(intact(*h, r.data, live));
+  const HeapStats after = stats_of(*h);
+  EXPECT(after.free == before.free && after.largest_free_block == before.largest_free_block);
+  EXPECT(after.used == before.used && after.live_allocations == before.live_allocations);
+  // Blocks reported as they were: the merges restored exactly the earlier tiling.
+  drains_to_empty(*h, r.data, live, fresh_stats);
+}
+
+TEST("buddy: rebuild refuses a side table that does not tile the area, and changes nothing") {
+  const uint64_t size = 1 << 16;
+  Region good(size);
+  auto g = make(good);
+  REQUIRE(g != nullptr);
+  const std::vector<Patterned> live = populate(*g, good.data, 13);
+  REQUIRE(!live.empty());
+  const uint64_t start = area_offset(*g);
+  const uint64_t unit = (live[0].off - start) >> 4;  // a live block's start byte
+  uint64_t big = 0, big_order = 0;                   // a block of at least 64 bytes
+  for (const BlockInfo& b : blocks_of(*g)) {
+    if (b.size >= 64) {
+      big = (b.offset - start) >> 4;
+      big_order = static_cast<uint64_t>(__builtin_ctzll(b.size));
+      break;
+    }
+  }
+  REQUIRE(big_order != 0);
+  const std::vector<std::function<void(uint8_t*)>> damage = {
+      [unit](uint8_t* b) { b[kTableAt + unit] = 0; },         // a start byte lost
+      [unit](uint8_t* b) { b[kTableAt + unit] = 0xC0 | 3; },  // order below min_block
+      [unit](uint8_t* b) { b[kTableAt + unit] = 0xC0 | 40; }, // order above max_block
+      [big, big_order](uint8_t* b) {  // a torn split: the lower half written, the upper half's byte never
+        b[kTableAt + big] = static_cast<uint8_t>((b[kTableAt + big] & 0xC0) | (big_order - 1));
+      },
+      [](uint8_t* b) { b[160] ^= 1; },             // low guard word
+      [start](uint8_t* b) { b[start - 1] ^= 1; },  // high guard word
+      [](uint8_t* b) { b[80] ^= 1; },              // geometry (min_block)
+  };
+  for (size_t i = 0; i < damage.size(); ++i) {
+    Region r(size);
+    std::memcpy(r.data, good.data, size);
+    std::unique_ptr<Heap> h;
+    REQUIRE(buddy_attach(r.data, size, &h) == Status::ok);
+    damage[i](r.data);
+    std::vector<uint8_t> snapshot(r.data, r.data + size);
+    EXPECT(h->rebuild() == Status::corrupted);
+    EXPECT(std::memcmp(snapshot.data(), r.data, size) == 0);
+  }
 }

@@ -22,9 +22,14 @@ struct Region {
   ~Region() { std::free(bytes); }
 };
 
+// Debug mode wraps every algorithm; the contract is the same with or without it.
+bool g_debug = false;
+
 std::unique_ptr<Heap> make(Algorithm a, Region& r) {
   std::unique_ptr<Heap> h;
-  Status s = heap_format(a, r.bytes, r.size, HeapOptions{}, &h);
+  HeapOptions options;
+  options.debug = g_debug;
+  Status s = heap_format(a, r.bytes, r.size, options, &h);
   return s == Status::ok ? std::move(h) : nullptr;
 }
 
@@ -159,7 +164,7 @@ void exhaustion(Algorithm a) {
     offs.push_back(off);
   }
   EXPECT(s == Status::out_of_memory);
-  EXPECT(offs.size() > 500);
+  EXPECT(offs.size() > (g_debug ? 200u : 500u));  // debug mode adds 80 bytes of guards and header
   EXPECT(violations(*h) == 0);
   for (size_t i = 0; i < offs.size(); i += 2) EXPECT(h->free(offs[i]) == Status::ok);
   for (size_t i = 1; i < offs.size(); i += 2) EXPECT(intact(r.bytes + offs[i], 200, offs[i]));
@@ -390,9 +395,12 @@ void model_stress(Algorithm a, uint64_t region, int steps, uint64_t max_size) {
 }
 
 #define FOR_EACH_ALGORITHM(label, body)                                                  \
-  TEST("tlsf: " label) { body(Algorithm::tlsf); }                                      \
-  TEST("buddy: " label) { body(Algorithm::buddy); }                                    \
-  TEST("bitmap: " label) { body(Algorithm::bitmap); }
+  TEST("tlsf: " label) { g_debug = false; body(Algorithm::tlsf); }                     \
+  TEST("buddy: " label) { g_debug = false; body(Algorithm::buddy); }                   \
+  TEST("bitmap: " label) { g_debug = false; body(Algorithm::bitmap); }                 \
+  TEST("debug-tlsf: " label) { g_debug = true; body(Algorithm::tlsf); }                \
+  TEST("debug-buddy: " label) { g_debug = true; body(Algorithm::buddy); }              \
+  TEST("debug-bitmap: " label) { g_debug = true; body(Algorithm::bitmap); }
 
 FOR_EACH_ALGORITHM("conformance: basic alloc, stats, free", basic)
 FOR_EACH_ALGORITHM("conformance: bad arguments and huge sizes", bad_arguments)
@@ -405,8 +413,9 @@ FOR_EACH_ALGORITHM("conformance: copied region keeps working", copied_region)
 FOR_EACH_ALGORITHM("conformance: junk regions are refused", junk_attach)
 FOR_EACH_ALGORITHM("conformance: scribbled metadata never crashes", scribbles)
 
-static void small_stress(Algorithm a) { model_stress(a, 1 << 16, 200000, 700); }
-static void large_stress(Algorithm a) { model_stress(a, 1 << 24, 200000, 70000); }
+// Debug mode checks every guard byte on every check(): fewer steps keep the suite quick.
+static void small_stress(Algorithm a) { model_stress(a, 1 << 16, g_debug ? 40000 : 200000, 700); }
+static void large_stress(Algorithm a) { model_stress(a, 1 << 24, g_debug ? 40000 : 200000, 70000); }
 FOR_EACH_ALGORITHM("conformance: model stress, small region, check every step", small_stress)
 FOR_EACH_ALGORITHM("conformance: model stress, mixed sizes", large_stress)
 

@@ -17,13 +17,15 @@ using namespace mempool;
 
 namespace {
 
-void crash_rounds(Algorithm a, int rounds) {
+void crash_rounds(Algorithm a, int rounds, bool debug = false) {
   const uint64_t size = 1 << 20;
   void* mem = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mem != MAP_FAILED);
   uint8_t* base = static_cast<uint8_t*>(mem);
   std::unique_ptr<Heap> heap;
-  REQUIRE(heap_format(a, base, size, HeapOptions{}, &heap) == Status::ok);
+  HeapOptions options;
+  options.debug = debug;
+  REQUIRE(heap_format(a, base, size, options, &heap) == Status::ok);
   // The survivor's blocks, with patterns.
   std::vector<std::pair<uint64_t, uint64_t>> mine;
   for (uint64_t i = 0; i < 50; ++i) {
@@ -79,5 +81,8 @@ void crash_rounds(Algorithm a, int rounds) {
 TEST("tlsf: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::tlsf, 150); }
 TEST("buddy: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::buddy, 150); }
 TEST("bitmap: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::bitmap, 150); }
+TEST("debug-tlsf: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::tlsf, 60, true); }
+TEST("debug-buddy: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::buddy, 60, true); }
+TEST("debug-bitmap: crash: kill -9 mid-operation, rebuild restores the heap") { crash_rounds(Algorithm::bitmap, 60, true); }
 
 }  // namespace
