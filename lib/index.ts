@@ -11,3 +11,4 @@ export { memoryType } from './memory-type';
 export type { MemoryType } from './memory-type';
 export { PoolError } from './errors';
 export type { ErrorCode, PoolErrorCode } from './errors';
+export { formatBytes, renderHeapMapSvg, renderHeapMapText, SIZE_CLASSES, sizeClassOf, type HeapMapSvgOptions, type HeapMapTextOptions, type SizeClass } from './heap-map';
