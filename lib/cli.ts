@@ -260,6 +260,15 @@ function cmdInspect(p: Parsed): void {
     ['created at', s.createdAt.toISOString()],
     ['keys', `${s.keys} of ${s.maxKeys}`],
   ];
+  const others = s.processes.filter((x) => x.pid !== process.pid);
+  lines.splice(lines.length - 1, 0, [
+    'attached',
+    others.length === 0
+      ? 'no other process'
+      : others
+          .map((x) => `pid ${x.pid} since ${x.startedAt.toISOString()}` + (x.allocations !== undefined ? ` holding ${x.allocations} (${formatBytes(x.bytes ?? 0)})` : ''))
+          .join('; '),
+  ]);
   const labelW = Math.max(...lines.map(([k]) => k.length));
   const text: string[] = [`Segment ${snap.name}  (/dev/shm/${snap.name})`];
   for (const [k, v] of lines) text.push(`  ${k.padEnd(labelW)}  ${v}`);

@@ -17,7 +17,9 @@ export type PoolErrorCode =
   | 'ERR_SHM_LOCK_TIMEOUT'
   | 'ERR_SHM_SYSTEM'
   | 'ERR_MM_NOT_INITIALIZED'
-  | 'ERR_MM_ALREADY_INITIALIZED';
+  | 'ERR_MM_ALREADY_INITIALIZED'
+  | 'ERR_POOL_NOT_DEBUG'
+  | 'ERR_PROCESS_ALIVE';
 
 export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
 

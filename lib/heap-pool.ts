@@ -3,9 +3,11 @@
 // Pool (malloc'd regions, grow, fallback) and SharedPool (a named segment) build on it.
 import { checkAlign, checkBoolean, checkBuffer, checkObject, checkOffset, checkSize } from './args';
 import { outOfRange, PoolError } from './errors';
+import { allocChannel, freeChannel, outOfMemoryChannel } from './events';
 import { NativePool, Status } from './native';
+import { SiteTable } from './sites';
 import { SystemBlocks } from './system-blocks';
-import type { Algorithm, AllocOptions, BlockInfo, PoolStats } from './types';
+import type { Algorithm, AllocOptions, BlockInfo, HeapRun, LeakSite, PoolStats, SizeClassCount, StatsOptions } from './types';
 
 export interface Chunk {
   native: NativePool;
@@ -16,7 +18,8 @@ export interface Chunk {
 }
 
 
-export function statusError(status: number, what: string): Error {
+export function statusError(status: number, what: string, detail?: string): Error {
+  if (status === Status.Corrupted && detail) return new PoolError('ERR_POOL_CORRUPTED', `${detail} (found while ${what})`);
   switch (status) {
     case Status.OutOfMemory:
       return new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: ${what}`);
@@ -67,10 +70,27 @@ export abstract class HeapPool {
   protected closed = false;
   private readonly fallbackBlocks = new SystemBlocks();
   private failed = 0;
+  /** Debug mode: guards, poison, owners (in the heap) and call sites (here). */
+  readonly debug: boolean;
+  private readonly sites: SiteTable | undefined;
 
-  protected constructor(algorithm: Algorithm, size: number) {
+  protected constructor(algorithm: Algorithm, size: number, debug: boolean) {
     this.algorithm = algorithm;
     this.size = size;
+    this.debug = debug;
+    this.sites = debug ? new SiteTable() : undefined;
+  }
+
+  /** A coded error for a status; in debug mode a damaged block is named by the heap's own report. */
+  protected error(status: number, what: string): Error {
+    let detail: string | undefined;
+    if (status === Status.Corrupted && this.debug && !this.closed) {
+      for (const chunk of this.chunks) {
+        const report = chunk.native.debugReport();
+        if (typeof report === 'string' && report) detail = report;
+      }
+    }
+    return statusError(status, what, detail);
   }
 
   /** Another region when the existing ones are full (Pool with grow), or undefined. */
@@ -85,6 +105,7 @@ export abstract class HeapPool {
     const offset = this.allocate(size, options, true);
     if (offset < 0) return this.fallbackBlocks.alloc(size, options?.zero === true);
     const chunk = this.current;
+    if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
     return Buffer.from(chunk.buffer, offset - chunk.base, size);
   }
 
@@ -94,6 +115,7 @@ export abstract class HeapPool {
     checkSize(size, 'size');
     const offset = this.allocate(size, options, false);
     if (offset < 0) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes`);
+    if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
     return offset;
   }
 
@@ -106,18 +128,19 @@ export abstract class HeapPool {
     if (typeof bufferOrOffset === 'number') {
       checkOffset(bufferOrOffset);
       const chunk = this.chunkAt(bufferOrOffset);
-      if (chunk === undefined) throw statusError(Status.Foreign, `offset ${bufferOrOffset}`);
+      if (chunk === undefined) throw this.error(Status.Foreign, `offset ${bufferOrOffset}`);
       const local = bufferOrOffset - chunk.base;
       if (size !== undefined) {
         checkSize(size, 'size');
         const usable = chunk.native.usableSize(local);
-        if (usable < 0) throw statusError(usable, `offset ${bufferOrOffset}`);
+        if (usable < 0) throw this.error(usable, `offset ${bufferOrOffset}`);
         if (size > usable) {
           throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} does not fit the allocation at offset ${bufferOrOffset} (${usable} usable bytes)`);
         }
       }
       const status = fastFree(chunk.native, local);
-      if (status !== 0) throw statusError(status, `offset ${bufferOrOffset}`);
+      if (status !== 0) throw this.error(status, `offset ${bufferOrOffset}`);
+      if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: bufferOrOffset });
       return;
     }
     const buffer = checkBuffer(bufferOrOffset);
@@ -128,7 +151,8 @@ export abstract class HeapPool {
     const chunk = this.chunkOf(ab);
     if (chunk !== undefined) {
       const status = fastFree(chunk.native, buffer.byteOffset);
-      if (status !== 0) throw statusError(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
+      if (status !== 0) throw this.error(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
+      if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });
       return;
     }
     this.fallbackBlocks.free(buffer);
@@ -148,7 +172,7 @@ export abstract class HeapPool {
       const moved = chunk.native.realloc(buffer.byteOffset, size, align);
       if (moved >= 0) return Buffer.from(chunk.buffer, moved, size);
       if (moved !== Status.OutOfMemory) {
-        throw statusError(moved, `reallocating ${size} bytes`);
+        throw this.error(moved, `reallocating ${size} bytes`);
       }
     } else if (!this.fallbackBlocks.owns(buffer)) {
       throw this.fallbackBlocks.refusal(buffer);
@@ -211,14 +235,19 @@ export abstract class HeapPool {
       }
       local = buffer.byteOffset;
     }
-    if (chunk === undefined) throw statusError(Status.Foreign, `offset ${String(bufferOrOffset)}`);
+    if (chunk === undefined) throw this.error(Status.Foreign, `offset ${String(bufferOrOffset)}`);
     const n = chunk.native.usableSize(local);
-    if (n < 0) throw statusError(n, `offset ${chunk.base + local}`);
+    if (n < 0) throw this.error(n, `offset ${chunk.base + local}`);
     return n;
   }
 
-  stats(): PoolStats {
+  /**
+   * O(1) counters. With { histogram: true } also the live allocations by size class (a walk of the
+   * heap: O(blocks)).
+   */
+  stats(options?: StatsOptions): PoolStats {
     if (this.closed) throw closedError();
+    const histogram = checkBoolean(checkObject<StatsOptions>(options, 'options').histogram, 'options.histogram');
     const s: PoolStats = {
       algorithm: this.algorithm,
       capacity: 0,
@@ -237,7 +266,7 @@ export abstract class HeapPool {
     };
     for (const chunk of this.chunks) {
       const raw = chunk.native.stats();
-      if (typeof raw === 'number') throw statusError(raw, 'reading stats');
+      if (typeof raw === 'number') throw this.error(raw, 'reading stats');
       const [capacity, used, free, overhead, peak, live, allocations, frees, , largest] = raw;
       s.capacity += capacity;
       s.used += used;
@@ -250,7 +279,60 @@ export abstract class HeapPool {
       s.largestFreeBlock = Math.max(s.largestFreeBlock, largest);
     }
     s.fragmentation = s.free > 0 ? 1 - s.largestFreeBlock / s.free : 0;
+    if (histogram) s.histogram = this.histogram();
     return s;
+  }
+
+  /** Live allocations by size class: powers of two from 16 bytes. */
+  private histogram(): SizeClassCount[] {
+    const classes: SizeClassCount[] = [];
+    for (const block of this.blocks()) {
+      if (!block.used) continue;
+      const i = Math.max(0, Math.ceil(Math.log2(Math.max(block.size, 16))) - 4);
+      while (classes.length <= i) classes.push({ maxSize: 2 ** (classes.length + 4), count: 0, bytes: 0 });
+      classes[i].count++;
+      classes[i].bytes += block.size;
+    }
+    return classes;
+  }
+
+  /** The heap as runs of used and free memory in address order: a picture of fragmentation. */
+  map(): HeapRun[] {
+    const runs: HeapRun[] = [];
+    for (const b of this.blocks()) {
+      const last = runs[runs.length - 1];
+      if (last && last.used === b.used && last.offset + last.length <= b.offset && b.offset - (last.offset + last.length) <= 128) {
+        last.length = b.offset + b.size - last.offset;
+        last.blocks++;
+      } else {
+        runs.push({ offset: b.offset, length: b.size, used: b.used, blocks: 1 });
+      }
+    }
+    return runs;
+  }
+
+  /**
+   * Debug mode: live allocations grouped by where they were made (this process's JavaScript stack;
+   * another process's allocations by its pid), most bytes first.
+   */
+  leaks(): LeakSite[] {
+    if (this.closed) throw closedError();
+    if (!this.sites) throw new PoolError('ERR_POOL_NOT_DEBUG', 'leaks() needs a pool created with debug: true');
+    const bySite = new Map<string, LeakSite>();
+    for (const chunk of this.chunks) {
+      const quads = chunk.native.liveAllocations();
+      if (typeof quads === 'number') throw this.error(quads, 'listing live allocations');
+      for (let i = 0; i < quads.length; i += 4) {
+        const pid = quads[i + 2];
+        const site = pid === process.pid ? this.sites.name(quads[i + 3]) : `(process ${pid})`;
+        const entry = bySite.get(site) ?? { site, count: 0, bytes: 0, offsets: [] };
+        entry.count++;
+        entry.bytes += quads[i + 1];
+        if (entry.offsets.length < 16) entry.offsets.push(chunk.base + quads[i]);
+        bySite.set(site, entry);
+      }
+    }
+    return [...bySite.values()].sort((a, b) => b.bytes - a.bytes || b.count - a.count);
   }
 
   /** Verifies the heap's invariants; throws ERR_POOL_CORRUPTED naming the first violation. */
@@ -258,7 +340,7 @@ export abstract class HeapPool {
     if (this.closed) throw closedError();
     for (const chunk of this.chunks) {
       const result = chunk.native.check();
-      if (typeof result === 'number') throw statusError(result, 'checking');
+      if (typeof result === 'number') throw this.error(result, 'checking');
       const [violations, first] = result;
       if (violations > 0) {
         throw new PoolError('ERR_POOL_CORRUPTED', `Pool check failed with ${violations} violation(s); the first: ${first}`);
@@ -271,7 +353,7 @@ export abstract class HeapPool {
     if (this.closed) throw closedError();
     for (const chunk of [...this.chunks]) {
       const triples = chunk.native.blocks();
-      if (typeof triples === 'number') throw statusError(triples, 'walking the heap');
+      if (typeof triples === 'number') throw this.error(triples, 'walking the heap');
       for (let i = 0; i < triples.length; i += 3) {
         yield { offset: chunk.base + triples[i], size: triples[i + 1], used: triples[i + 2] === 1 };
       }
@@ -284,10 +366,31 @@ export abstract class HeapPool {
    */
   close(): void {
     if (this.closed) return;
+    if (this.sites) this.warnLeaks();
     this.closed = true;
     for (const chunk of this.chunks) chunk.native.close();
     this.fallbackBlocks.releaseAll();
     this.chunks = [];
+  }
+
+  private warnLeaks(): void {
+    let sites: LeakSite[];
+    try {
+      sites = this.leaks().filter((l) => !l.site.startsWith('(process '));
+    } catch {
+      return; // a damaged heap is reported by check(), not here
+    }
+    if (sites.length === 0) return;
+    const count = sites.reduce((n, l) => n + l.count, 0);
+    const bytes = sites.reduce((n, l) => n + l.bytes, 0);
+    const top = sites
+      .slice(0, 3)
+      .map((l) => `  ${l.count} allocation(s), ${l.bytes} bytes, at\n    ${l.site.split('\n').join('\n    ')}`)
+      .join('\n');
+    process.emitWarning(`closing a debug pool with ${count} live allocation(s) (${bytes} bytes); top sites:\n${top}`, {
+      type: 'MempoolLeakWarning',
+      code: 'MEMPOOL_LEAK',
+    });
   }
 
   [Symbol.dispose](): void {
@@ -306,27 +409,30 @@ export abstract class HeapPool {
       zero = checkBoolean(o.zero, 'options.zero');
       if (o.near !== undefined) hint = this.hintOffset(o.near);
     }
+    const site = this.sites ? this.sites.capture() : 0;
     const first = hint >= 0 ? (this.chunkAt(hint) ?? this.current) : this.current;
     let r =
-      options === undefined ? fastAlloc(first.native, size) : first.native.alloc(size, align, hint >= 0 ? hint - first.base : -1, zero);
+      options === undefined && !this.sites
+        ? fastAlloc(first.native, size)
+        : first.native.alloc(size, align, hint >= 0 ? hint - first.base : -1, zero, site);
     if (r >= 0) {
       this.current = first;
       return first.base + r;
     }
-    if (r !== Status.OutOfMemory) throw statusError(r, `allocating ${size} bytes`);
+    if (r !== Status.OutOfMemory) throw this.error(r, `allocating ${size} bytes`);
     for (const chunk of this.chunks) {
       if (chunk === first) continue;
-      r = chunk.native.alloc(size, align, -1, zero);
+      r = chunk.native.alloc(size, align, -1, zero, site);
       if (r >= 0) {
         this.current = chunk;
         return chunk.base + r;
       }
-      if (r !== Status.OutOfMemory) throw statusError(r, `allocating ${size} bytes`);
+      if (r !== Status.OutOfMemory) throw this.error(r, `allocating ${size} bytes`);
     }
     {
       const chunk = this.grow(size + align);
       if (chunk !== undefined) {
-        r = chunk.native.alloc(size, align, -1, zero);
+        r = chunk.native.alloc(size, align, -1, zero, site);
         if (r >= 0) {
           this.current = chunk;
           return chunk.base + r;
@@ -334,6 +440,7 @@ export abstract class HeapPool {
       }
     }
     this.failed++;
+    if (outOfMemoryChannel.hasSubscribers) outOfMemoryChannel.publish({ pool: this, size });
     if (mayFallBack && this.fallback) return -1;
     throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes (largest free block ${this.stats().largestFreeBlock})`);
   }

@@ -2,11 +2,12 @@
 export { Pool } from './pool';
 export type { GrowOptions, PoolOptions } from './pool';
 export { SharedPool } from './shared-pool';
-export type { SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
+export type { AttachedProcess, SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
 export { MemoryManager } from './memory-manager';
 export type { InitNormalOptions, InitSharedOptions } from './memory-manager';
 export { ALGORITHMS } from './types';
-export type { Algorithm, AllocOptions, BlockInfo, HeapOptions, PoolStats } from './types';
+export type { Algorithm, AllocOptions, BlockInfo, HeapOptions, HeapRun, LeakSite, PoolStats, SizeClassCount, StatsOptions } from './types';
+export { CHANNELS } from './events';
 export { memoryType } from './memory-type';
 export type { MemoryType } from './memory-type';
 export { PoolError } from './errors';

@@ -27,7 +27,7 @@ export interface NativePool {
   /** mailbox[0] = offset -> 0 or a negative Status. */
   readonly fastFree: () => void;
   /** offset, or a negative Status */
-  alloc(size: number, align: number, hint: number, zero: boolean): number;
+  alloc(size: number, align: number, hint: number, zero: boolean, site?: number): number;
   free(offset: number): number;
   realloc(offset: number, size: number, align: number): number;
   usableSize(offset: number): number;
@@ -44,6 +44,16 @@ export interface NativePool {
   keys(): string[] | number;
   /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] */
   segmentInfo(): Float64Array | null;
+  /** (pid, startUnixMs) pairs of the processes attached to a shared segment, or a negative Status */
+  processes(): Float64Array | number;
+  // Debug mode only:
+  readonly debug: boolean;
+  /** The last misuse debug mode detected, or ''. */
+  debugReport(): string | number;
+  /** (offset, size, ownerPid, site) quads, or a negative Status */
+  liveAllocations(): Float64Array | number;
+  /** [count, bytes] freed, or a negative Status */
+  reclaim(pid: number): [number, number] | number;
 }
 
 export interface SegmentListing {
@@ -56,7 +66,7 @@ export interface SegmentListing {
 
 export interface Addon {
   NativePool: {
-    new (kind: 'malloc', size: number, algorithm: string, blockSize: number, minBlock: number, maxBlock: number): NativePool;
+    new (kind: 'malloc', size: number, algorithm: string, blockSize: number, minBlock: number, maxBlock: number, debug: boolean): NativePool;
     new (
       kind: 'create',
       name: string,
@@ -69,6 +79,7 @@ export interface Addon {
       exclusive: boolean,
       maxKeys: number,
       lockTimeoutMs: number,
+      debug: boolean,
     ): NativePool;
     new (kind: 'open', name: string, lockTimeoutMs: number): NativePool;
   };

@@ -22,6 +22,8 @@ export interface PoolOptions extends HeapOptions {
   grow?: boolean | GrowOptions;
   /** When the pool cannot serve a request, serve it from the system allocator (memoryType 'other'). */
   fallback?: boolean;
+  /** Debug mode: guard bytes, poisoned and quarantined frees, call sites, leak reports. */
+  debug?: boolean;
 }
 
 /** Regions start at multiples of this in a pool's offset space, so offset alignment is address alignment. */
@@ -37,7 +39,7 @@ export class Pool extends HeapPool {
   constructor(options: PoolOptions) {
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
-    super(checkAlgorithm(options.algorithm), size);
+    super(checkAlgorithm(options.algorithm), size, checkBoolean(options.debug, 'options.debug'));
     this.heapOptions = checkHeapOptions(options);
     const grow = options.grow;
     if (grow !== undefined && typeof grow !== 'boolean' && (typeof grow !== 'object' || grow === null)) {
@@ -84,7 +86,7 @@ export class Pool extends HeapPool {
   }
 
   private addChunk(size: number): Chunk {
-    const native = new addon.NativePool('malloc', size, this.algorithm, ...this.heapOptions);
+    const native = new addon.NativePool('malloc', size, this.algorithm, ...this.heapOptions, this.debug);
     const buffer = native.buffer;
     registerRegion(buffer, 'normal');
     const chunk: Chunk = { native, buffer, base: this.nextBase, size };

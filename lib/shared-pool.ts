@@ -6,7 +6,7 @@ import { invalidArgType, outOfRange, PoolError } from './errors';
 import { closedError, HeapPool, statusError } from './heap-pool';
 import { registerRegion } from './memory-type';
 import { addon, NativePool, Status } from './native';
-import type { Algorithm, HeapOptions, PoolStats } from './types';
+import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
 export interface SharedPoolCreateOptions extends HeapOptions {
   /** Bytes of the whole segment: header, directory and heap. */
@@ -20,6 +20,11 @@ export interface SharedPoolCreateOptions extends HeapOptions {
   maxKeys?: number;
   /** Longest wait for the segment's lock, in ms (default 5000). */
   lockTimeoutMs?: number;
+  /**
+   * Debug mode for every process that uses the segment: guard bytes, poisoned and quarantined frees,
+   * each allocation's owner pid (for reclaim) and, in the allocating process, its call site.
+   */
+  debug?: boolean;
 }
 
 export interface SharedPoolOpenOptions {
@@ -43,9 +48,28 @@ export interface SharedPoolStats extends PoolStats {
   maxKeys: number;
   creatorPid: number;
   createdAt: Date;
+  /** The processes attached now (kept in the segment), and in debug mode what each holds. */
+  processes: AttachedProcess[];
+}
+
+export interface AttachedProcess {
+  pid: number;
+  startedAt: Date;
+  /** Debug mode: live allocations this process made, and their bytes. */
+  allocations?: number;
+  bytes?: number;
 }
 
 const MAX_KEY_BYTES = 224;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
+}
 const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
 function checkName(name: unknown): string {
@@ -72,7 +96,7 @@ export class SharedPool extends HeapPool {
   private readonly native: NativePool;
 
   private constructor(native: NativePool, name: string) {
-    super(native.algorithm as Algorithm, native.buffer.byteLength);
+    super(native.algorithm as Algorithm, native.buffer.byteLength, native.debug);
     this.native = native;
     this.name = name;
     this.startAddress = native.address;
@@ -91,7 +115,8 @@ export class SharedPool extends HeapPool {
     if (mode > 0o777) throw outOfRange('options.mode', 'permission bits from 0 to 0o777', mode);
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
     const maxKeys = options.maxKeys === undefined ? 256 : checkSize(options.maxKeys, 'options.maxKeys');
-    const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs));
+    const debug = checkBoolean(options.debug, 'options.debug');
+    const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug);
     return new SharedPool(native, name);
   }
 
@@ -161,8 +186,8 @@ export class SharedPool extends HeapPool {
     return SharedPool.unlink(this.name);
   }
 
-  override stats(): SharedPoolStats {
-    const base = super.stats();
+  override stats(options?: StatsOptions): SharedPoolStats {
+    const base = super.stats(options);
     const info = this.native.segmentInfo()!;
     return {
       ...base,
@@ -171,6 +196,46 @@ export class SharedPool extends HeapPool {
       maxKeys: info[4],
       creatorPid: info[1],
       createdAt: new Date(info[2]),
+      processes: this.processes(),
     };
+  }
+
+  /** The processes attached to the segment now; in debug mode with what each holds. */
+  processes(): AttachedProcess[] {
+    if (this.closed) throw closedError();
+    const pairs = this.native.processes();
+    if (typeof pairs === 'number') throw statusError(pairs, 'listing processes');
+    const list: AttachedProcess[] = [];
+    for (let i = 0; i < pairs.length; i += 2) list.push({ pid: pairs[i], startedAt: new Date(pairs[i + 1]) });
+    if (this.debug) {
+      const quads = this.native.liveAllocations();
+      if (typeof quads === 'number') throw statusError(quads, 'listing live allocations');
+      for (const p of list) {
+        p.allocations = 0;
+        p.bytes = 0;
+      }
+      for (let i = 0; i < quads.length; i += 4) {
+        const p = list.find((x) => x.pid === quads[i + 2]);
+        if (p) {
+          p.allocations! += 1;
+          p.bytes! += quads[i + 1];
+        }
+      }
+    }
+    return list;
+  }
+
+  /**
+   * Debug mode: frees every allocation a dead process held (its names go with them). Refused with
+   * ERR_PROCESS_ALIVE for a process that is still running. Returns what was freed.
+   */
+  reclaim(pid: number): { allocations: number; bytes: number } {
+    if (this.closed) throw closedError();
+    checkSize(pid, 'pid');
+    if (!this.debug) throw new PoolError('ERR_POOL_NOT_DEBUG', 'reclaim() needs a segment created with debug: true (allocations carry their owner only then)');
+    if (processAlive(pid)) throw new PoolError('ERR_PROCESS_ALIVE', `Process ${pid} is still running: it may still use its memory`);
+    const r = this.native.reclaim(pid);
+    if (typeof r === 'number') throw statusError(r, `reclaiming process ${pid}`);
+    return { allocations: r[0], bytes: r[1] };
   }
 }

@@ -46,6 +46,38 @@ export interface PoolStats {
   chunks: number;
   /** Live allocations served by the system allocator (fallback). */
   fallbackAllocations: number;
+  /** With stats({ histogram: true }): live allocations by size class. */
+  histogram?: SizeClassCount[];
+}
+
+export interface StatsOptions {
+  /** Add counts and bytes of live allocations per size class (walks the heap). */
+  histogram?: boolean;
+}
+
+export interface SizeClassCount {
+  /** Allocations of at most this many usable bytes (and more than half of it). */
+  maxSize: number;
+  count: number;
+  bytes: number;
+}
+
+/** A run of neighbouring used or free blocks (pool.map()). */
+export interface HeapRun {
+  offset: number;
+  length: number;
+  used: boolean;
+  blocks: number;
+}
+
+/** Live allocations made at one place (pool.leaks(), debug mode). */
+export interface LeakSite {
+  /** The JavaScript frames that called alloc, or "(process PID)" for another process's allocations. */
+  site: string;
+  count: number;
+  bytes: number;
+  /** Offsets of up to 16 of them. */
+  offsets: number[];
 }
 
 export interface BlockInfo {

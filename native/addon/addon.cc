@@ -11,6 +11,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "../core/debug_heap.h"
 #include "../core/heap.h"
 #include "../core/segment.h"
 
@@ -101,15 +102,20 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                            InstanceMethod<&NativePool::DeleteKey>("deleteKey"),
                            InstanceMethod<&NativePool::Keys>("keys"),
                            InstanceMethod<&NativePool::SegmentInfo>("segmentInfo"),
+                           InstanceMethod<&NativePool::DebugReport>("debugReport"),
+                           InstanceMethod<&NativePool::LiveAllocations>("liveAllocations"),
+                           InstanceMethod<&NativePool::Reclaim>("reclaim"),
+                           InstanceMethod<&NativePool::Processes>("processes"),
+                           InstanceAccessor<&NativePool::GetDebug>("debug"),
                            InstanceAccessor<&NativePool::GetBuffer>("buffer"),
                            InstanceAccessor<&NativePool::GetAddress>("address"),
                            InstanceAccessor<&NativePool::GetAlgorithm>("algorithm"),
                        });
   }
 
-  // new NativePool('malloc', size, algorithm, blockSize, minBlock, maxBlock)
+  // new NativePool('malloc', size, algorithm, blockSize, minBlock, maxBlock, debug)
   // new NativePool('create', name, size, algorithm, blockSize, minBlock, maxBlock, mode, exclusive,
-  //                directoryCapacity, lockTimeoutMs)
+  //                directoryCapacity, lockTimeoutMs, debug)
   // new NativePool('open', name, lockTimeoutMs)
   explicit NativePool(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativePool>(info) {
     Napi::Env env = info.Env();
@@ -165,6 +171,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
     Algorithm algorithm = arg_algorithm(info, 2);
     HeapOptions options = arg_heap_options(info, 3, algorithm);
+    options.debug = info[6].ToBoolean();
     const char* name = mempool::algorithm_name(algorithm);
     uint64_t min = mempool::heap_min_region_size(algorithm, options);
     if (size < min) {
@@ -206,6 +213,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       options.exclusive = info[8].ToBoolean();
       options.directory_capacity = static_cast<uint32_t>(arg_uint(info, 9, "maxKeys", mempool::kMaxDirectoryCapacity));
       options.lock_timeout_ms = static_cast<uint32_t>(arg_uint(info, 10, "lockTimeoutMs", 86400000));
+      options.heap.debug = info[11].ToBoolean();
       bool created = false;
       s = mempool::Segment::create(name, size, options, &segment, &err, &created);
       if (s == Status::invalid_argument) {
@@ -221,6 +229,13 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = segment->base();
     memory_->size = segment->size();
+    {
+      bool recovered = false;
+      if (segment->lock(&recovered) == Status::ok) {
+        segment->register_attach();
+        segment->unlock();
+      }
+    }
     segment_ = segment.get();
     heap_ptr_ = &segment->heap();
     bias_ = segment->heap_offset();
@@ -360,6 +375,9 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     {
       Guard g(segment_);
       if (g.status != Status::ok) return status_number(env, g.status);
+      if (mempool::DebugHeapApi* d = heap_ptr_->debug()) {
+        d->set_site(info[4].IsNumber() ? info[4].As<Napi::Number>().Uint32Value() : 0);
+      }
       Status s = heap_ptr_->alloc(size, align, hint, &offset);
       if (s != Status::ok) return status_number(env, s);
     }
@@ -547,6 +565,85 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return out;
   }
 
+  // debugReport() -> the last misuse debug mode detected ('' when none or not in debug mode)
+  Napi::Value DebugReport(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed() || heap_ptr_->debug() == nullptr) return Napi::String::New(env, "");
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    return Napi::String::New(env, heap_ptr_->debug()->last_violation());
+  }
+
+  // liveAllocations() -> Float64Array of (offset, size, ownerPid, site) quads, debug mode only; or -status
+  Napi::Value LiveAllocations(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (heap_ptr_->debug() == nullptr) return status_number(env, Status::invalid_argument);
+    std::vector<double> quads;
+    Status s;
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      s = heap_ptr_->debug()->live_allocations([&](const mempool::DebugAllocation& a) {
+        quads.push_back(static_cast<double>(a.offset + bias_));
+        quads.push_back(static_cast<double>(a.size));
+        quads.push_back(a.owner_pid);
+        quads.push_back(a.site);
+      });
+    }
+    if (s != Status::ok) return status_number(env, s);
+    Napi::Float64Array out = Napi::Float64Array::New(env, quads.size());
+    if (!quads.empty()) std::memcpy(out.Data(), quads.data(), quads.size() * sizeof(double));
+    return out;
+  }
+
+  // reclaim(pid) -> [count, bytes] or -status (debug mode only; lib/ refuses a live pid first)
+  Napi::Value Reclaim(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (heap_ptr_->debug() == nullptr) return status_number(env, Status::invalid_argument);
+    uint32_t pid = static_cast<uint32_t>(arg_uint(info, 0, "pid", UINT32_MAX));
+    uint64_t count = 0, bytes = 0;
+    Guard g(segment_);
+    if (g.status != Status::ok) return status_number(env, g.status);
+    std::vector<uint64_t> freed;
+    heap_ptr_->debug()->live_allocations([&](const mempool::DebugAllocation& a) {
+      if (a.owner_pid == pid) freed.push_back(a.offset);
+    });
+    Status s = heap_ptr_->debug()->reclaim(pid, &count, &bytes);
+    if (s != Status::ok) return status_number(env, s);
+    if (segment_ != nullptr) {
+      for (uint64_t off : freed) segment_->dir_forget_offset(off + bias_);
+    }
+    Napi::Array out = Napi::Array::New(env, 2);
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(count)));
+    out.Set(1u, Napi::Number::New(env, static_cast<double>(bytes)));
+    return out;
+  }
+
+  // processes() -> Float64Array of (pid, startUnixMs) pairs: the processes attached now, or -status
+  Napi::Value Processes(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::vector<mempool::AttachedProcess> list;
+    {
+      Guard g(segment_);
+      if (g.status != Status::ok) return status_number(env, g.status);
+      segment_->attached(&list);
+    }
+    Napi::Float64Array out = Napi::Float64Array::New(env, list.size() * 2);
+    for (size_t i = 0; i < list.size(); ++i) {
+      out[2 * i] = list[i].pid;
+      out[2 * i + 1] = static_cast<double>(list[i].start_unix_ms);
+    }
+    return out;
+  }
+
+  Napi::Value GetDebug(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), !closed() && heap_ptr_->debug() != nullptr);
+  }
+
   static std::string arg_key(const Napi::CallbackInfo& info, size_t i) {
     if (!info[i].IsString()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for key");
     std::string key = info[i].As<Napi::String>().Utf8Value();
@@ -560,6 +657,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   // Frees (or unmaps) the region now and detaches the ArrayBuffer: every view becomes length 0. Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed()) {
+      if (segment_ != nullptr) {
+        Guard g(segment_);
+        if (g.status == Status::ok) segment_->unregister_attach();
+      }
       heap_ptr_ = nullptr;
       segment_ = nullptr;
       heap_.reset();

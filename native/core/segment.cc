@@ -8,6 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace mempool {
@@ -49,6 +53,45 @@ Status errno_status(int e) {
     case EINVAL: return Status::invalid_name;
     default: return Status::system_error;
   }
+}
+
+// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot; 0 if unknown.
+uint64_t process_start_ticks(uint32_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%u/stat", pid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command name may contain spaces and parentheses
+  if (p == nullptr) return 0;
+  // After ") " come fields 3, 4, ...: skip to field 22.
+  int field = 2;
+  for (const char* c = p + 1; *c != '\0'; ++c) {
+    if (*c == ' ' && ++field == 22) return std::strtoull(c + 1, nullptr, 10);
+  }
+  return 0;
+}
+
+bool process_alive(uint32_t pid, uint64_t start_ticks) {
+  if (pid == 0) return false;
+  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
+  return start_ticks == 0 || process_start_ticks(pid) == start_ticks;
+}
+
+uint64_t boot_unix_ms() {
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t btime = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "btime ", 6) == 0) btime = std::strtoull(line + 6, nullptr, 10);
+  }
+  std::fclose(f);
+  return btime * 1000;
 }
 
 uint64_t directory_bytes(uint32_t capacity) {
@@ -343,6 +386,50 @@ Status Segment::repair() {
   heap_->check(&r);
   dir_check(&r);
   return r.violations == 0 ? Status::ok : Status::corrupted;
+}
+
+static AttachEntry* attach_table(uint8_t* base) { return reinterpret_cast<AttachEntry*>(base + kAttachTableOffset); }
+
+void Segment::register_attach() {
+  uint32_t pid = static_cast<uint32_t>(getpid());
+  uint64_t ticks = process_start_ticks(pid);
+  AttachEntry* t = attach_table(base_);
+  AttachEntry* slot = nullptr;
+  for (uint32_t i = 0; i < kAttachSlots; ++i) {
+    if (t[i].pid == 0 || !process_alive(t[i].pid, t[i].start_ticks)) {
+      t[i].pid = 0;  // an exited process: its slot is free
+      if (slot == nullptr) slot = &t[i];
+    }
+  }
+  if (slot == nullptr) return;  // full: this process is simply not listed
+  slot->start_ticks = ticks;
+  slot->pid = pid;
+}
+
+void Segment::unregister_attach() {
+  uint32_t pid = static_cast<uint32_t>(getpid());
+  AttachEntry* t = attach_table(base_);
+  for (uint32_t i = 0; i < kAttachSlots; ++i) {
+    if (t[i].pid == pid) {
+      t[i].pid = 0;
+      return;  // one entry per mapping
+    }
+  }
+}
+
+void Segment::attached(std::vector<AttachedProcess>* out) {
+  AttachEntry* t = attach_table(base_);
+  uint64_t boot = boot_unix_ms();
+  long hz = sysconf(_SC_CLK_TCK);
+  for (uint32_t i = 0; i < kAttachSlots; ++i) {
+    if (t[i].pid == 0) continue;
+    if (!process_alive(t[i].pid, t[i].start_ticks)) {
+      t[i].pid = 0;
+      continue;
+    }
+    uint64_t start = hz > 0 ? boot + t[i].start_ticks * 1000 / static_cast<uint64_t>(hz) : 0;
+    out->push_back(AttachedProcess{t[i].pid, start});
+  }
 }
 
 DirEntry* Segment::entry(uint32_t i) const {

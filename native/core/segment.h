@@ -60,6 +60,17 @@ struct SegmentHeader {
   pthread_mutex_t lock;         // 256 PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
 };
 static_assert(sizeof(pthread_mutex_t) <= 64, "the lock slot is 64 bytes");
+
+// The processes attached to a segment, kept in its header page so every process (and the CLI) sees
+// them. start_ticks (from /proc/<pid>/stat) tells a live process from a later one with the same pid.
+struct AttachEntry {
+  uint32_t pid;  // 0 = empty
+  uint32_t reserved;
+  uint64_t start_ticks;
+};
+constexpr uint64_t kAttachTableOffset = 1024;
+constexpr uint32_t kAttachSlots = 128;
+static_assert(kAttachTableOffset + kAttachSlots * sizeof(AttachEntry) <= kSegmentHeaderSize, "attach table fits the header page");
 static_assert(offsetof(SegmentHeader, size) == 16, "segment layout");
 static_assert(offsetof(SegmentHeader, algorithm) == 24, "segment layout");
 static_assert(offsetof(SegmentHeader, heap_offset) == 72, "segment layout");
@@ -87,6 +98,11 @@ struct SegmentOptions {
   bool exclusive = true;
   uint32_t directory_capacity = kDefaultDirectoryCapacity;
   uint32_t lock_timeout_ms = 5000;
+};
+
+struct AttachedProcess {
+  uint32_t pid;
+  uint64_t start_unix_ms;  // when the process started
 };
 
 struct SegmentInfo {
@@ -140,6 +156,13 @@ class Segment {
   // Removes every name of the allocation at `offset` (called when it is freed).
   void dir_forget_offset(uint64_t offset);
   void dir_check(CheckResult* r) const;
+
+  // The attach table, under the lock. register_attach adds this process (once per mapping: a process
+  // that opens a segment twice appears twice until it closes both); attached() lists the processes
+  // alive now and drops entries of processes that have exited.
+  void register_attach();
+  void unregister_attach();
+  void attached(std::vector<AttachedProcess>* out);
 
   // Unmaps now; the object stays (base() becomes null). Idempotent.
   void unmap();
