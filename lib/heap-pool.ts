@@ -6,6 +6,7 @@ import { outOfRange, PoolError } from './errors';
 import { allocChannel, freeChannel, outOfMemoryChannel } from './events';
 import { NativePool, Status } from './native';
 import { SiteTable } from './sites';
+import { SMALL_MAX, SmallCache } from './small-cache';
 import { SystemBlocks } from './system-blocks';
 import type { Algorithm, AllocOptions, BlockInfo, HeapRun, LeakSite, PoolStats, SizeClassCount, StatsOptions } from './types';
 
@@ -73,6 +74,8 @@ export abstract class HeapPool {
   /** Debug mode: guards, poison, owners (in the heap) and call sites (here). */
   readonly debug: boolean;
   private readonly sites: SiteTable | undefined;
+  /** Pool only (not debug, not shared): small allocations served in JavaScript from slabs. */
+  protected cache: SmallCache | undefined;
 
   protected constructor(algorithm: Algorithm, size: number, debug: boolean) {
     this.algorithm = algorithm;
@@ -102,6 +105,14 @@ export abstract class HeapPool {
   alloc(size: number, options?: AllocOptions): Buffer {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
+    if (options === undefined && size <= SMALL_MAX && this.cache !== undefined) {
+      const offset = this.cache.alloc(size);
+      if (offset >= 0) {
+        const chunk = this.chunks.length === 1 ? this.chunks[0] : this.chunkAt(offset)!;
+        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
+        return Buffer.from(chunk.buffer, offset - chunk.base, size);
+      }
+    }
     const offset = this.allocate(size, options, true);
     if (offset < 0) return this.fallbackBlocks.alloc(size, options?.zero === true);
     const chunk = this.current;
@@ -113,6 +124,13 @@ export abstract class HeapPool {
   allocOffset(size: number, options?: AllocOptions): number {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
+    if (options === undefined && size <= SMALL_MAX && this.cache !== undefined) {
+      const offset = this.cache.alloc(size);
+      if (offset >= 0) {
+        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
+        return offset;
+      }
+    }
     const offset = this.allocate(size, options, false);
     if (offset < 0) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes`);
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
@@ -127,6 +145,11 @@ export abstract class HeapPool {
     if (this.closed) throw closedError();
     if (typeof bufferOrOffset === 'number') {
       checkOffset(bufferOrOffset);
+      if (size !== undefined) checkSize(size, 'size');
+      if (this.cache !== undefined && this.cache.free(bufferOrOffset, size)) {
+        if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: bufferOrOffset });
+        return;
+      }
       const chunk = this.chunkAt(bufferOrOffset);
       if (chunk === undefined) throw this.error(Status.Foreign, `offset ${bufferOrOffset}`);
       const local = bufferOrOffset - chunk.base;
@@ -150,6 +173,10 @@ export abstract class HeapPool {
     const ab = buffer.buffer as ArrayBuffer;
     const chunk = this.chunkOf(ab);
     if (chunk !== undefined) {
+      if (this.cache !== undefined && this.cache.free(chunk.base + buffer.byteOffset)) {
+        if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });
+        return;
+      }
       const status = fastFree(chunk.native, buffer.byteOffset);
       if (status !== 0) throw this.error(status, `buffer at offset ${chunk.base + buffer.byteOffset}`);
       if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });
@@ -168,7 +195,11 @@ export abstract class HeapPool {
     checkSize(size, 'size');
     const align = checkAlign(checkObject<{ align: number }>(options, 'options').align);
     const chunk = this.chunkOf(buffer.buffer as ArrayBuffer);
-    if (chunk !== undefined) {
+    const slot = chunk !== undefined && this.cache !== undefined ? this.cache.usableSize(chunk.base + buffer.byteOffset) : -1;
+    if (slot >= 0) {
+      // A slot of the small-object cache: in place while it fits, else moved like any other block.
+      if (size <= slot && (chunk!.base + buffer.byteOffset) % align === 0) return Buffer.from(chunk!.buffer, buffer.byteOffset, size);
+    } else if (chunk !== undefined) {
       const moved = chunk.native.realloc(buffer.byteOffset, size, align);
       if (moved >= 0) return Buffer.from(chunk.buffer, moved, size);
       if (moved !== Status.OutOfMemory) {
@@ -236,6 +267,10 @@ export abstract class HeapPool {
       local = buffer.byteOffset;
     }
     if (chunk === undefined) throw this.error(Status.Foreign, `offset ${String(bufferOrOffset)}`);
+    if (this.cache !== undefined) {
+      const slot = this.cache.usableSize(chunk.base + local);
+      if (slot >= 0) return slot;
+    }
     const n = chunk.native.usableSize(local);
     if (n < 0) throw this.error(n, `offset ${chunk.base + local}`);
     return n;
@@ -277,6 +312,15 @@ export abstract class HeapPool {
       s.allocations += allocations;
       s.frees += frees;
       s.largestFreeBlock = Math.max(s.largestFreeBlock, largest);
+    }
+    const cache = this.cache;
+    if (cache !== undefined) {
+      // The heap sees each slab as one allocation; users see the slots.
+      s.used += cache.liveBytes - cache.slabBytes;
+      s.free += cache.slabBytes - cache.liveBytes;
+      s.liveAllocations += cache.liveSlots - cache.slabs;
+      s.allocations += cache.slotAllocations - cache.slabAllocations;
+      s.frees += cache.slotFrees - cache.slabFrees;
     }
     s.fragmentation = s.free > 0 ? 1 - s.largestFreeBlock / s.free : 0;
     if (histogram) s.histogram = this.histogram();
@@ -346,6 +390,13 @@ export abstract class HeapPool {
         throw new PoolError('ERR_POOL_CORRUPTED', `Pool check failed with ${violations} violation(s); the first: ${first}`);
       }
     }
+    if (this.cache !== undefined) {
+      const problem = this.cache.check((offset) => {
+        const chunk = this.chunkAt(offset);
+        return chunk !== undefined && chunk.native.usableSize(offset - chunk.base) >= 0;
+      });
+      if (problem) throw new PoolError('ERR_POOL_CORRUPTED', `Pool check failed: ${problem}`);
+    }
   }
 
   /** Every block in address order: used allocations and free runs. */
@@ -355,7 +406,12 @@ export abstract class HeapPool {
       const triples = chunk.native.blocks();
       if (typeof triples === 'number') throw this.error(triples, 'walking the heap');
       for (let i = 0; i < triples.length; i += 3) {
-        yield { offset: chunk.base + triples[i], size: triples[i + 1], used: triples[i + 2] === 1 };
+        const offset = chunk.base + triples[i];
+        if (triples[i + 2] === 1 && this.cache !== undefined && this.cache.isSlab(offset)) {
+          yield* this.cache.slabBlocks(offset);
+        } else {
+          yield { offset, size: triples[i + 1], used: triples[i + 2] === 1 };
+        }
       }
     }
   }
@@ -368,6 +424,7 @@ export abstract class HeapPool {
     if (this.closed) return;
     if (this.sites) this.warnLeaks();
     this.closed = true;
+    this.cache = undefined;
     for (const chunk of this.chunks) chunk.native.close();
     this.fallbackBlocks.releaseAll();
     this.chunks = [];
@@ -429,6 +486,11 @@ export abstract class HeapPool {
       }
       if (r !== Status.OutOfMemory) throw this.error(r, `allocating ${size} bytes`);
     }
+    if (this.cache !== undefined && this.cache.releaseEmpty() > 0) {
+      // Empty slabs went back to the heap: try once more before growing.
+      r = this.current.native.alloc(size, align, -1, zero, site);
+      if (r >= 0) return this.current.base + r;
+    }
     {
       const chunk = this.grow(size + align);
       if (chunk !== undefined) {
@@ -443,6 +505,25 @@ export abstract class HeapPool {
     if (outOfMemoryChannel.hasSubscribers) outOfMemoryChannel.publish({ pool: this, size });
     if (mayFallBack && this.fallback) return -1;
     throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes (largest free block ${this.stats().largestFreeBlock})`);
+  }
+
+  /** A slab for the small-object cache: any region, growing if allowed; undefined when full. */
+  protected allocSlab(bytes: number): { offset: number; usable: number } | undefined {
+    const tryChunk = (chunk: Chunk) => {
+      const r = chunk.native.alloc(bytes, 4096, -1, false, 0);
+      return r >= 0 ? { offset: chunk.base + r, usable: chunk.native.usableSize(r) } : undefined;
+    };
+    for (const chunk of [this.current, ...this.chunks]) {
+      const got = tryChunk(chunk);
+      if (got) return got;
+    }
+    const grown = this.grow(bytes + 4096);
+    return grown && tryChunk(grown);
+  }
+
+  protected freeSlab(offset: number): void {
+    const chunk = this.chunkAt(offset)!;
+    chunk.native.free(offset - chunk.base);
   }
 
   private hintOffset(near: unknown): number {

@@ -5,6 +5,7 @@ import { invalidArgType, outOfRange } from './errors';
 import { Chunk, closedError, HeapPool } from './heap-pool';
 import { registerRegion } from './memory-type';
 import { addon } from './native';
+import { SmallCache } from './small-cache';
 import type { HeapOptions } from './types';
 
 export interface GrowOptions {
@@ -24,6 +25,11 @@ export interface PoolOptions extends HeapOptions {
   fallback?: boolean;
   /** Debug mode: guard bytes, poisoned and quarantined frees, call sites, leak reports. */
   debug?: boolean;
+  /**
+   * Serve allocations of up to 1024 bytes with default options from slabs managed in JavaScript, with
+   * no call into C++ (default true; debug mode turns it off). See README "Speed".
+   */
+  cache?: boolean;
 }
 
 /** Regions start at multiples of this in a pool's offset space, so offset alignment is address alignment. */
@@ -53,11 +59,16 @@ export class Pool extends HeapPool {
     if (this.growMaxSize < size) throw outOfRange('options.grow.maxSize', `at least options.size (${size})`, this.growMaxSize);
     this.fallback = checkBoolean(options.fallback, 'options.fallback');
     this.current = this.addChunk(size);
+    const cache = options.cache === undefined ? true : checkBoolean(options.cache, 'options.cache');
+    if (cache && !this.debug) {
+      this.cache = new SmallCache({ allocSlab: (bytes) => this.allocSlab(bytes), freeSlab: (offset) => this.freeSlab(offset) }, size);
+    }
   }
 
   /** Gives regions added by grow that hold no live allocation back to the system; returns the bytes released. */
   trim(): number {
     if (this.closed) throw closedError();
+    this.cache?.releaseEmpty();
     let released = 0;
     this.chunks = this.chunks.filter((chunk, i) => {
       const stats = chunk.native.stats();

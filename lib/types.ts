@@ -29,7 +29,10 @@ export interface PoolStats {
   used: number;
   /** Bytes still available to allocations. */
   free: number;
-  /** Highest `used` seen (with several regions: the sum of each region's peak). */
+  /**
+   * Highest `used` the heap has seen (with several regions: the sum of each region's peak). The
+   * small-object cache's slabs count whole here: it is the most the heap ever handed out.
+   */
   peakUsed: number;
   liveAllocations: number;
   allocations: number;

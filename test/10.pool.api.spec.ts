@@ -118,7 +118,8 @@ for (const algorithm of ALGORITHMS) {
       const s2 = pool.stats();
       expect(s2.used).to.equal(0);
       expect(s2.frees).to.equal(50);
-      expect(s2.peakUsed).to.equal(s1.used);
+      // The heap's peak: the small-object cache's slabs count whole, so it is at least what was live.
+      expect(s2.peakUsed).to.be.at.least(s1.used);
       expect(s2.capacity).to.equal(s2.used + s2.free + s2.overhead);
       // whatever the heap keeps cached, the whole space can be had again in one piece
       pool.free(pool.alloc(s0.largestFreeBlock));
