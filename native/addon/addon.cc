@@ -83,6 +83,13 @@ constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
 
 Napi::Number status_number(Napi::Env env, Status s) { return Napi::Number::New(env, -static_cast<double>(s)); }
 
+Napi::Array number_pair(Napi::Env env, uint64_t a, uint64_t b) {
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, static_cast<double>(a)));
+  out.Set(1u, Napi::Number::New(env, static_cast<double>(b)));
+  return out;
+}
+
 // One pool region: the memory, the heap over it, the ArrayBuffer JavaScript sees.
 class NativePool : public Napi::ObjectWrap<NativePool> {
  public:
@@ -518,10 +525,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Status s = segment_->dir_get(key, &offset, &length);
     if (s == Status::not_found) return env.Null();
     if (s != Status::ok) return status_number(env, s);
-    Napi::Array out = Napi::Array::New(env, 2);
-    out.Set(0u, Napi::Number::New(env, static_cast<double>(offset)));
-    out.Set(1u, Napi::Number::New(env, static_cast<double>(length)));
-    return out;
+    return number_pair(env, offset, length);
   }
 
   // deleteKey(key) -> true / false, or -status
@@ -615,10 +619,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     if (segment_ != nullptr) {
       for (uint64_t off : freed) segment_->dir_forget_offset(off + bias_);
     }
-    Napi::Array out = Napi::Array::New(env, 2);
-    out.Set(0u, Napi::Number::New(env, static_cast<double>(count)));
-    out.Set(1u, Napi::Number::New(env, static_cast<double>(bytes)));
-    return out;
+    return number_pair(env, count, bytes);
   }
 
   // processes() -> Float64Array of (pid, startUnixMs) pairs: the processes attached now, or -status

@@ -216,14 +216,9 @@ class TlsfHeap final : public Heap {
     uint64_t cur = 0, flags = 0;
     if (!read_block(b, &cur, &flags) || (flags & kFree)) return Status::corrupted;
     uint64_t need = adjust_request(size);
-    uint64_t next = b + 8 + cur;
-    uint64_t next_size = 0, next_flags = 0;
+    uint64_t next = b + 8 + cur, next_size = 0;
     bool next_free = false;
-    if (next != sentinel_) {
-      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
-      next_free = (next_flags & kFree) != 0;
-      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
-    }
+    if (!read_next(next, &next_size, &next_free)) return Status::corrupted;
     if (need > cur) {
       if (!next_free || cur + 8 + next_size < need) return Status::out_of_memory;
       unlink(next, next_size);
@@ -450,14 +445,9 @@ class TlsfHeap final : public Heap {
   // Returns block b (used or quick, `size` payload bytes) to the free lists, coalescing with free
   // physical neighbours. Validates everything it will touch before it writes anything.
   Status release(uint64_t b, uint64_t size, uint64_t flags, bool was_quick) {
-    uint64_t next = b + 8 + size;
-    uint64_t next_size = 0, next_flags = 0;
+    uint64_t next = b + 8 + size, next_size = 0;
     bool next_free = false;
-    if (next != sentinel_) {
-      if (!read_block(next, &next_size, &next_flags)) return Status::corrupted;
-      next_free = (next_flags & kFree) != 0;
-      if (next_free && !can_unlink(next, next_size)) return Status::corrupted;
-    }
+    if (!read_next(next, &next_size, &next_free)) return Status::corrupted;
     uint64_t prev = 0, prev_size = 0;
     bool prev_free = (flags & kPrevFree) != 0;
     if (prev_free) {
@@ -488,6 +478,17 @@ class TlsfHeap final : public Heap {
     insert_free(start, merged);
     mark_prev(end, start, true);
     return Status::ok;
+  }
+
+  // Reads the block after another (at `next`, perhaps the sentinel): whether it is free and, if so,
+  // that it can be unlinked safely. False when its header or links cannot be true.
+  bool read_next(uint64_t next, uint64_t* next_size, bool* next_free) const {
+    *next_free = false;
+    if (next == sentinel_) return true;
+    uint64_t flags = 0;
+    if (!read_block(next, next_size, &flags)) return false;
+    *next_free = (flags & kFree) != 0;
+    return !*next_free || can_unlink(next, *next_size);
   }
 
   static uint32_t quick_class(uint64_t size) { return static_cast<uint32_t>((size - kMinPayload) / kGranule); }
