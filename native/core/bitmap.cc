@@ -1,29 +1,53 @@
-// Bitmap heap: fixed-size blocks, a "used" and a "start" bitmap, and a tree of {start, max, end} summaries
-// for first-fit search. See bitmap.h for the layout.
+// Bitmap heap: fixed-size blocks, a "used" and a "start" bitmap (the primary record), a tree of
+// {start, max, end} summaries for large first-fit searches and a byte-max run index for small ones. See
+// bitmap.h for the layout and for the store order that lets rebuild() repair a heap whose writer died.
 #include "bitmap.h"
 
+#include <atomic>
 #include <cstring>
 #include <new>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace mempool {
 namespace {
 
 constexpr uint64_t kFan = uint64_t(1) << kBitmapFanoutShift;
+constexpr uint64_t kRunFan = uint64_t(1) << kBitmapRunFanoutShift;  // bytes per run index group
+// Requests of at most kSmall blocks use the run index; longer ones the summary tree. A free run of 127 blocks
+// or more always contains a whole free bitmap word (a word's free tail and the next word's free head hold at
+// most 63 + 63), so the tree only has to know runs that contain one.
+constexpr uint64_t kSmall = kBitmapSmallRun;
+static_assert(kSmall == 2 * 63, "the longest free run without a wholly free word is a 63-block tail + 63-block head");
+static_assert(kSmall < 128, "run index bytes are compared eight or sixteen at a time as 7-bit lanes");
 constexpr uint64_t kNone = UINT64_MAX;         // search found nothing
-constexpr uint64_t kCorrupt = UINT64_MAX - 1;  // search met summaries that disagree with the bitmap
+constexpr uint64_t kCorrupt = UINT64_MAX - 1;  // search met hints that disagree with the bitmap
 // Before falling back to a search that guarantees an aligned fit, an aligned request looks at this many
 // first-fit candidates (keeps aligned blocks low in the region).
 constexpr int kAlignedCandidates = 8;
+static_assert(kRunFan == 64, "run index groups are scanned as eight 64-bit loads");
 
 inline uint64_t ctz64(uint64_t x) { return static_cast<uint64_t>(__builtin_ctzll(x)); }  // x != 0
 inline uint64_t clz64(uint64_t x) { return static_cast<uint64_t>(__builtin_clzll(x)); }  // x != 0
-inline uint64_t popcount64(uint64_t x) { return static_cast<uint64_t>(__builtin_popcountll(x)); }
+inline uint64_t popcount64(uint64_t x) {
+  // Portable bit count (no dependency on libgcc's __popcountdi2 when -mpopcnt is off).
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+  return (x * 0x0101010101010101ULL) >> 56;
+}
 inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 inline uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 // Bits [0, k) of a word, k in [0, 64].
 inline uint64_t low_mask(uint64_t k) { return k >= 64 ? ~uint64_t(0) : (uint64_t(1) << k) - 1; }
 // Bits [lo, hi) of a word, 0 <= lo <= hi <= 64.
 inline uint64_t range_mask(uint64_t lo, uint64_t hi) { return low_mask(hi) & ~low_mask(lo); }
+
+// Keeps the compiler from moving stores across it. A writer killed by a signal stops at an instruction
+// boundary and every store it issued before that point reaches memory, so the region holds a prefix of its
+// stores in program order; this barrier makes program order the source order where crash safety needs it.
+inline void store_barrier() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 // Bits i of x such that x[i .. i+n-1] are all ones (bits past 63 count as zero); n in [1, 64].
 inline uint64_t run_starts(uint64_t x, uint64_t n) {
@@ -37,7 +61,7 @@ inline uint64_t run_starts(uint64_t x, uint64_t n) {
 }
 
 // Longest free run of w (1 = used) strictly between its lowest and highest used bit (at positions head and
-// 63 - tail); one iteration per free run.
+// 63 - tail); one iteration per free run (measured faster than a branch-free binary lifting).
 inline uint64_t longest_inner_run(uint64_t w, uint64_t head, uint64_t tail) {
   uint64_t x = ~w & range_mask(head, 64 - tail);  // free bits between the first and last used bit
   x >>= head;                                      // bit 0 is now used (0 in x)
@@ -51,12 +75,62 @@ inline uint64_t longest_inner_run(uint64_t w, uint64_t head, uint64_t tail) {
   return best;
 }
 
-// Summary of one used-bitmap word (1 = used).
-inline BitmapSummary word_summary(uint64_t w) {
-  if (w == 0) return {64, 64, 64};
+// Free blocks at the low / high end of a used-bitmap word (1 = used).
+inline uint64_t word_head(uint64_t w) { return w == 0 ? 64 : ctz64(w); }
+inline uint64_t word_tail(uint64_t w) { return w == 0 ? 64 : clz64(w); }
+
+// Run index value of word w (1 = used): the longest free run, capped at kSmall, that starts at one of its
+// blocks. next is the following word (all used when there is none) and next_head the free blocks at the low
+// end of the word after it (a run starting in w reaches at most that far).
+inline uint64_t run_value(uint64_t w, uint64_t next, uint64_t next_head) {
+  const uint64_t cont = next == 0 ? 64 + next_head : ctz64(next);  // free blocks after w
+  if (w == 0) return min64(64 + cont, kSmall);
   const uint64_t head = ctz64(w), tail = clz64(w);
-  const uint64_t inner = head + tail + 2 < 64 ? longest_inner_run(w, head, tail) : 0;
-  return {head, max64(max64(head, tail), inner), tail};
+  uint64_t best = max64(head, tail == 0 ? 0 : tail + cont);
+  // Runs strictly inside the word are at most 62 - head - tail long: skip them when they cannot win.
+  if (head + tail + 2 < 64 && 62 - head - tail > best) best = max64(best, longest_inner_run(w, head, tail));
+  return min64(best, kSmall);
+}
+
+// Eight run index bytes at a time. Valid bytes are <= kSmall (< 128); bytes from 128 up (a scribbled index) give
+// arbitrary answers but never a borrow across bytes, and every answer is verified against the bitmap.
+constexpr uint64_t kLanes = 0x0101010101010101ULL;
+constexpr uint64_t kHigh = 0x8080808080808080ULL;
+inline uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+// High bit of every byte of x that is >= n, n in [1, 127]: byte + 128 - n never borrows.
+inline uint64_t bytes_ge(uint64_t x, uint64_t n) { return ((x | kHigh) - n * kLanes) & kHigh; }
+// Bit i set when byte i of the 64-byte group g is >= n: eight lanes at a time, their high bits gathered
+// into one byte by a multiply (bit 8i moves to 56 + i; no two partial products meet, so nothing carries).
+inline uint64_t group_ge_mask(const uint8_t* g, uint64_t n) {
+#if defined(__SSE2__)
+  // The same with 16 lanes at a time: max(x, n) == x exactly where x >= n (unsigned bytes).
+  const __m128i nv = _mm_set1_epi8(static_cast<char>(n));
+  uint64_t mask = 0;
+  for (int q = 0; q < 4; ++q) {
+    const __m128i x = _mm_load_si128(reinterpret_cast<const __m128i*>(g + 16 * q));  // groups are 64-aligned
+    const int bits = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(x, nv), x));
+    mask |= static_cast<uint64_t>(static_cast<uint32_t>(bits) & 0xffffu) << (16 * q);
+  }
+  return mask;
+#else
+  uint64_t mask = 0;
+  for (int q = 0; q < 8; ++q) {
+    const uint64_t lanes = bytes_ge(load64(g + 8 * q), n) >> 7;
+    mask |= ((lanes * 0x0102040810204080ULL) >> 56) << (8 * q);
+  }
+  return mask;
+#endif
+}
+// Maximum of a 64-byte run index group, capped at kSmall. A plain loop: compilers turn it into a handful of
+// byte-max vector instructions.
+inline uint64_t group_max(const uint8_t* g) {
+  uint8_t m = 0;
+  for (int i = 0; i < 64; ++i) m = g[i] > m ? g[i] : m;
+  return min64(m, kSmall);
 }
 
 inline bool same(const BitmapSummary& a, const BitmapSummary& b) {
@@ -69,6 +143,7 @@ struct Layout {
   uint64_t block_size = 0;
   uint32_t block_shift = 0;
   uint32_t levels = 0;
+  uint32_t run_levels = 0;
   uint64_t total_blocks = 0;
   uint64_t first_block = 0;
   uint64_t words = 0;
@@ -76,6 +151,8 @@ struct Layout {
   uint64_t start_offset = 0;
   uint64_t level_offset[kBitmapMaxLevels] = {};
   uint64_t level_count[kBitmapMaxLevels] = {};
+  uint64_t run_offset[kBitmapMaxRunLevels] = {};
+  uint64_t run_count[kBitmapMaxRunLevels] = {};
   uint64_t meta_end = 0;
   uint64_t header_size = 0;
 };
@@ -107,6 +184,21 @@ bool compute_layout(uint64_t size, uint64_t block_size, Layout* l) {
     ++levels;
   } while (count > 1);
   l->levels = levels;
+  // Run index: level 0 has a byte per word, each level above a byte per 64 below; every level is stored
+  // 64-aligned and rounded up to whole 64-byte groups (zero padding) so that a group is read in one piece.
+  off = round_up(off, 64);
+  count = l->words;
+  uint32_t run_levels = 0;
+  for (;;) {
+    if (run_levels >= kBitmapMaxRunLevels) return false;
+    l->run_offset[run_levels] = off;
+    l->run_count[run_levels] = count;
+    off += round_up(count, kRunFan);
+    ++run_levels;
+    if (count == 1) break;
+    count = (count + kRunFan - 1) >> kBitmapRunFanoutShift;
+  }
+  l->run_levels = run_levels;
   l->meta_end = off;
   if (off > size) return false;
   uint64_t unit = max64(kMaxAlign, block_size);
@@ -116,17 +208,37 @@ bool compute_layout(uint64_t size, uint64_t block_size, Layout* l) {
   return l->first_block < l->total_blocks;
 }
 
+// Whether a header's geometry fields (all but magic, algorithm, version, size and the counters) are those
+// of layout l.
+bool geometry_matches(const BitmapHeader& h, const Layout& l) {
+  bool ok = h.region.header_size == l.header_size && h.block_size == l.block_size &&
+            h.block_shift == l.block_shift && h.fanout_shift == kBitmapFanoutShift &&
+            h.total_blocks == l.total_blocks && h.first_block == l.first_block && h.words == l.words &&
+            h.used_offset == l.used_offset && h.start_offset == l.start_offset && h.levels == l.levels &&
+            h.reserved == 0 && h.run_levels == l.run_levels && h.run_fanout_shift == kBitmapRunFanoutShift;
+  for (uint32_t k = 0; ok && k < kBitmapMaxLevels; ++k) {
+    uint64_t off = k < l.levels ? l.level_offset[k] : 0, cnt = k < l.levels ? l.level_count[k] : 0;
+    ok = h.level_offset[k] == off && h.level_count[k] == cnt;
+  }
+  for (uint32_t k = 0; ok && k < kBitmapMaxRunLevels; ++k) {
+    uint64_t off = k < l.run_levels ? l.run_offset[k] : 0, cnt = k < l.run_levels ? l.run_count[k] : 0;
+    ok = h.run_offset[k] == off && h.run_count[k] == cnt;
+  }
+  return ok;
+}
+
 class BitmapHeap final : public Heap {
  public:
   BitmapHeap(uint8_t* base, uint64_t size, const Layout& l) : Heap(base, size), l_(l) {
     used_ = reinterpret_cast<uint64_t*>(base + l.used_offset);
     start_ = reinterpret_cast<uint64_t*>(base + l.start_offset);
     for (uint32_t k = 0; k < l.levels; ++k) sums_[k] = base + l.level_offset[k];
+    for (uint32_t k = 0; k < l.run_levels; ++k) runs_[k] = base + l.run_offset[k];
   }
 
   Algorithm algorithm() const override { return Algorithm::bitmap; }
 
-  // Writes a fresh header, bitmaps and summaries.
+  // Writes a fresh header, bitmaps, summaries and run index.
   void format() {
     std::memset(base_, 0, l_.meta_end);
     BitmapHeader* h = header();
@@ -143,15 +255,20 @@ class BitmapHeap final : public Heap {
     h->words = l_.words;
     h->used_offset = l_.used_offset;
     h->start_offset = l_.start_offset;
-    h->free_blocks = l_.total_blocks - l_.first_block;
     h->levels = l_.levels;
     for (uint32_t k = 0; k < l_.levels; ++k) {
       h->level_offset[k] = l_.level_offset[k];
       h->level_count[k] = l_.level_count[k];
     }
+    h->run_levels = l_.run_levels;
+    h->run_fanout_shift = kBitmapRunFanoutShift;
+    for (uint32_t k = 0; k < l_.run_levels; ++k) {
+      h->run_offset[k] = l_.run_offset[k];
+      h->run_count[k] = l_.run_count[k];
+    }
     set_range(used_, 0, l_.first_block);
     set_range(used_, l_.total_blocks, l_.words * 64);
-    update_summaries(0, l_.words - 1, /*stop_early=*/false);
+    rebuild_derived();
   }
 
   Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* offset) override {
@@ -176,14 +293,22 @@ class BitmapHeap final : public Heap {
       count_failure();
       return Status::out_of_memory;
     }
-    // The summaries only pointed here: verify the run against the bitmaps before taking it.
-    if (p < l_.first_block || p > l_.total_blocks || n > l_.total_blocks - p || p % a != 0 ||
+    // The hints only pointed here: verify the run against the bitmaps before taking it.
+    if (p < l_.first_block || p > l_.total_blocks || n > l_.total_blocks - p || (p & (a - 1)) != 0 ||
         !range_clear(used_, p, p + n) || !range_clear(start_, p, p + n)) {
       return Status::corrupted;
     }
-    set_range(used_, p, p + n);
+    const uint64_t w0 = p >> 6, w1 = (p + n - 1) >> 6;
+    const uint64_t old0 = used_[w0], old1 = used_[w1];
+    // Word w0's run index byte only changes when the run being cut was its longest.
+    const uint64_t r0 = runs_[0][w0];
+    const bool keep0 = r0 > run_through(p) && r0 <= kSmall;
+    // Primary record: the start bit while the block is still free, then the used bits (bitmap.h).
     set_bit(start_, p);
-    update_summaries(p >> 6, (p + n - 1) >> 6, true);
+    store_barrier();
+    set_range(used_, p, p + n);
+    store_barrier();
+    update_derived(w0, w1, old0, old1, keep0 ? r0 : kNone);
     BitmapHeader* h = header();
     h->free_blocks = h->free_blocks >= n ? h->free_blocks - n : 0;
     count_alloc(n << l_.block_shift);
@@ -195,9 +320,15 @@ class BitmapHeap final : public Heap {
     uint64_t p = 0, n = 0;
     Status s = locate(offset, &p, &n);
     if (s != Status::ok) return s;
+    const uint64_t w0 = p >> 6, w1 = (p + n - 1) >> 6;
+    const uint64_t old0 = used_[w0], old1 = used_[w1];
+    // Primary record: the used bits, then the start bit once its block is free (bitmap.h).
     clear_range(used_, p, p + n);
+    store_barrier();
     clear_bit(start_, p);
-    update_summaries(p >> 6, (p + n - 1) >> 6, true);
+    store_barrier();
+    // Freeing only merges runs: word w0's byte becomes the longer of its old value and the merged run.
+    update_derived(w0, w1, old0, old1, max64(min64(runs_[0][w0], kSmall), run_through(p)));
     BitmapHeader* h = header();
     h->free_blocks += n;
     count_free(n << l_.block_shift);
@@ -212,23 +343,28 @@ class BitmapHeap final : public Heap {
     const uint64_t m = blocks_for(size);
     if (m == n) return Status::ok;
     BitmapHeader* h = header();
-    HeapCounters& c = h->region.counters;
     if (m < n) {
+      // Only used bits change; the start bit stays. A prefix of these stores is a smaller allocation
+      // followed, at worst, by an orphan run.
+      const uint64_t w0 = (p + m) >> 6, w1 = (p + n - 1) >> 6;
+      const uint64_t old0 = used_[w0], old1 = used_[w1];
       clear_range(used_, p + m, p + n);
-      update_summaries((p + m) >> 6, (p + n - 1) >> 6, true);
+      store_barrier();
+      update_derived(w0, w1, old0, old1, kNone);
       h->free_blocks += n - m;
-      const uint64_t d = (n - m) << l_.block_shift;
-      c.used = c.used >= d ? c.used - d : 0;
+      count_resize(n << l_.block_shift, m << l_.block_shift);
       return Status::ok;
     }
     // Grow: every block in [p + n, p + m) must be a free allocatable block.
     if (m > l_.total_blocks - p || !range_clear(used_, p + n, p + m)) return Status::out_of_memory;
     if (!range_clear(start_, p + n, p + m)) return Status::corrupted;
+    const uint64_t w0 = (p + n) >> 6, w1 = (p + m - 1) >> 6;
+    const uint64_t old0 = used_[w0], old1 = used_[w1];
     set_range(used_, p + n, p + m);
-    update_summaries((p + n) >> 6, (p + m - 1) >> 6, true);
+    store_barrier();
+    update_derived(w0, w1, old0, old1, kNone);
     h->free_blocks = h->free_blocks >= m - n ? h->free_blocks - (m - n) : 0;
-    c.used += (m - n) << l_.block_shift;
-    if (c.used > c.peak_used) c.peak_used = c.used;
+    count_resize(n << l_.block_shift, m << l_.block_shift);
     return Status::ok;
   }
 
@@ -240,8 +376,9 @@ class BitmapHeap final : public Heap {
     return Status::ok;
   }
 
-  // O(1): free comes from the header's free-block count, largest_free_block from the root summary (the
-  // longest free run anywhere; with the default alignment any run start is good enough).
+  // O(1): free comes from the header's free-block count, largest_free_block from the roots (the summary
+  // tree's knows every run that contains a whole free word, so every run of kSmall + 1 blocks or more, the
+  // run index's every run up to kSmall blocks; with the default alignment any run start is good enough).
   void stats(HeapStats* out) const override {
     fill_counter_stats(out);
     const uint64_t alloc_blocks = l_.total_blocks - l_.first_block;
@@ -251,7 +388,8 @@ class BitmapHeap final : public Heap {
     if (out->free > size_ - out->used) out->free = size_ - out->used;
     out->overhead = size_ - out->used - out->free;
     const BitmapSummary root = summary(l_.levels, 0);
-    uint64_t largest = min64(min64(root.max, alloc_blocks) << l_.block_shift, out->free);
+    const uint64_t run_root = min64(runs_[l_.run_levels - 1][0], kSmall);
+    uint64_t largest = min64(min64(max64(root.max, run_root), alloc_blocks) << l_.block_shift, out->free);
     out->largest_free_block = min64(largest, round_down(kMaxRequest, l_.block_size));
   }
 
@@ -259,6 +397,23 @@ class BitmapHeap final : public Heap {
     check_header(result);
     check_bitmaps(result);
     check_summaries(result);
+    check_index(result);
+  }
+
+  // The primary record (used and start bitmaps) is normalised: metadata and padding blocks marked used
+  // without start bits, start bits on free blocks cleared, orphan used runs (no start bit where they begin)
+  // freed. Then every derived structure is recomputed: summary tree, run index, free_blocks, counters.used
+  // and counters.live (peak_used is raised to used if below; allocations, frees, failed are kept).
+  Status rebuild() override {
+    BitmapHeader h;
+    std::memcpy(&h, base_, sizeof h);
+    if (h.region.magic != kRegionMagic || h.region.algorithm != static_cast<uint32_t>(Algorithm::bitmap) ||
+        h.region.version != kBitmapVersion || h.region.size != l_.size || !geometry_matches(h, l_)) {
+      return Status::corrupted;
+    }
+    normalise_bitmaps();
+    rebuild_derived();
+    return Status::ok;
   }
 
   Status walk(const std::function<bool(const BlockInfo&)>& visit) const override {
@@ -318,6 +473,15 @@ class BitmapHeap final : public Heap {
     return clear;
   }
 
+  // Metadata (below first_block) and padding (from total_blocks on) blocks of word w.
+  uint64_t reserved_mask(uint64_t w) const {
+    const uint64_t b0 = w << 6;
+    uint64_t reserved = 0;
+    if (b0 < l_.first_block) reserved |= low_mask(min64(l_.first_block - b0, 64));
+    if (b0 + 64 > l_.total_blocks) reserved |= ~low_mask(l_.total_blocks > b0 ? l_.total_blocks - b0 : 0);
+    return reserved;
+  }
+
   // First block q > p (q <= total_blocks) that starts an allocation or is free: where the allocation
   // that starts at p ends.
   uint64_t allocation_end(uint64_t p) const {
@@ -355,7 +519,249 @@ class BitmapHeap final : public Heap {
     return Status::ok;
   }
 
-  // ---- summaries ----
+  // ---- derived structures ----
+  // After the used bits of words [w0, w1] changed (old0, old1: the former values of words w0 and w1):
+  // brings the run index and, when the change is visible to it, the summary tree up to date. v0 is word
+  // w0's new run index value when the caller knows it, else kNone.
+  void update_derived(uint64_t w0, uint64_t w1, uint64_t old0, uint64_t old1, uint64_t v0) {
+    const uint64_t now0 = used_[w0];
+    index_update(w0, w1, word_head(old0) != word_head(now0), v0);
+    if (w1 - w0 >= 2 || tree_affected(w0, old0, now0) || (w1 != w0 && tree_affected(w1, old1, used_[w1]))) {
+      update_summaries(w0, w1, true);
+    }
+  }
+
+  // Whether word w changing from old to now (its neighbours already final) can change its level 1 node.
+  // The node depends on which words are wholly free, on the head of a word that follows a free word or
+  // opens the node, and on the tail of a word that precedes a free word or closes the node.
+  bool tree_affected(uint64_t w, uint64_t old, uint64_t now) const {
+    if (old == now) return false;
+    if ((old == 0) != (now == 0)) return true;
+    const bool head_counts = (w & (kFan - 1)) == 0 || used_[w - 1] == 0;
+    const bool tail_counts = (w & (kFan - 1)) == kFan - 1 || w + 1 == l_.words || used_[w + 1] == 0;
+    return (head_counts && ctz64(old) != ctz64(now)) || (tail_counts && clz64(old) != clz64(now));
+  }
+
+  // Recomputes everything derived from the bitmaps (format and rebuild).
+  void rebuild_derived() {
+    update_summaries(0, l_.words - 1, /*stop_early=*/false);
+    index_build();
+    uint64_t used_blocks = 0, free_blocks = 0, starts = 0;
+    for (uint64_t w = 0; w < l_.words; ++w) {
+      const uint64_t data = ~reserved_mask(w);
+      used_blocks += popcount64(used_[w] & data);
+      free_blocks += popcount64(~used_[w] & data);
+      starts += popcount64(start_[w] & data);
+    }
+    BitmapHeader* h = header();
+    h->free_blocks = free_blocks;
+    HeapCounters& c = h->region.counters;
+    c.used = used_blocks << l_.block_shift;
+    c.live = starts;
+    if (c.peak_used < c.used) c.peak_used = c.used;
+  }
+
+  // Makes the bitmaps a valid record: reserved blocks used and without start bits, start bits only on used
+  // blocks, and every used run split by start bits into allocations (a used run whose first block has no
+  // start bit is an orphan left by a writer that died: it is freed). One pass, word by word.
+  void normalise_bitmaps() {
+    int state = 0;  // the block before word w: 0 free or reserved, 1 in an allocation, 2 in an orphan run
+    for (uint64_t w = 0; w < l_.words; ++w) {
+      const uint64_t reserved = reserved_mask(w);
+      const uint64_t u = used_[w] & ~reserved;
+      const uint64_t s = start_[w] & u;
+      const uint64_t stops = s | ~u;              // blocks where a run's owner changes or the run ends
+      uint64_t begins = u & ~s & ~(u << 1);       // used blocks without a start bit after a free block
+      if (state == 1) begins &= ~uint64_t(1);     // bit 0 continues the previous word's allocation
+      uint64_t orphan = 0;
+      while (begins != 0) {
+        const uint64_t b = ctz64(begins);
+        const uint64_t after = stops & ~low_mask(b + 1);
+        const uint64_t e = after == 0 ? 64 : ctz64(after);
+        orphan |= range_mask(b, e);
+        begins &= ~low_mask(e);
+      }
+      state = (u >> 63) == 0 ? 0 : (orphan >> 63) != 0 ? 2 : 1;
+      // Stray start bits sit on free (or reserved) blocks, orphan used bits carry no start bit: either
+      // store keeps the rule of bitmap.h, so a rebuild that dies half-way can simply be run again.
+      if (start_[w] != s) start_[w] = s;
+      const uint64_t nu = (u & ~orphan) | reserved;
+      if (used_[w] != nu) used_[w] = nu;
+    }
+  }
+
+  // ---- run index ----
+  // Run index value of word w, from words w, w + 1 and w + 2.
+  uint64_t run_value_at(uint64_t w) const {
+    if (w + 1 >= l_.words) return run_value(used_[w], ~uint64_t(0), 0);
+    const uint64_t next = used_[w + 1];
+    return run_value(used_[w], next, next == 0 && w + 2 < l_.words ? word_head(used_[w + 2]) : 0);
+  }
+
+  // Length, capped at kSmall, of the free run through the free block p, counted from where it enters p's
+  // word: what the run contributes to that word's run index byte.
+  uint64_t run_through(uint64_t p) const {
+    const uint64_t w = p >> 6, u = used_[w], low = low_mask(p & 63);
+    const uint64_t below = u & low, above = u & ~low;  // block p itself is free
+    const uint64_t begin = below == 0 ? 0 : 64 - clz64(below);
+    uint64_t end = 64;
+    if (above != 0) {
+      end = ctz64(above);
+    } else if (w + 1 < l_.words) {
+      const uint64_t next = used_[w + 1];
+      end += word_head(next);
+      if (next == 0 && w + 2 < l_.words) end += word_head(used_[w + 2]);
+    }
+    return min64(end - begin, kSmall);
+  }
+
+  // Recomputes the run index bytes of words [w0, w1], and of the two words before when the head of word w0
+  // changed (a word's byte depends on the heads of the next two).
+  void index_update(uint64_t w0, uint64_t w1, bool head_changed, uint64_t v0) {
+    // Word w0 - 1 sees word w0 only through its free tail, word w0 - 2 only through a wholly free w0 - 1.
+    uint64_t lo = w0;
+    if (head_changed && w0 > 0 && (used_[w0 - 1] >> 63) == 0) {
+      lo = w0 - 1;
+      if (used_[w0 - 1] == 0 && w0 >= 2 && (used_[w0 - 2] >> 63) == 0) lo = w0 - 2;
+    }
+    if (w1 - lo < 4) {
+      for (uint64_t w = lo; w <= w1; ++w) index_set(w, w == w0 && v0 != kNone ? v0 : run_value_at(w));
+      return;
+    }
+    // A long range: all of level 0 first (its inner words are wholly used or wholly free), then each group
+    // above once per level.
+    for (uint64_t w = lo; w <= w1; ++w) {
+      const uint64_t u = used_[w];
+      uint64_t v;
+      if (u == ~uint64_t(0)) {
+        v = 0;
+      } else if (u == 0 && w + 1 < l_.words && used_[w + 1] == 0) {
+        v = kSmall;  // 128 free blocks from this word on
+      } else {
+        v = run_value_at(w);
+      }
+      runs_[0][w] = static_cast<uint8_t>(v);
+    }
+    uint64_t a = lo, b = w1;
+    for (uint32_t k = 1; k < l_.run_levels; ++k) {
+      a >>= kBitmapRunFanoutShift;
+      b >>= kBitmapRunFanoutShift;
+      bool changed = false;
+      for (uint64_t i = a; i <= b; ++i) {
+        const uint8_t v = static_cast<uint8_t>(group_max(runs_[k - 1] + (i << kBitmapRunFanoutShift)));
+        if (runs_[k][i] != v) {
+          runs_[k][i] = v;
+          changed = true;
+        }
+      }
+      if (!changed) return;
+    }
+  }
+
+  // Sets level 0 byte i to v and keeps every level above the maximum of its group, going up only while a
+  // maximum changes.
+  void index_set(uint64_t i, uint64_t v) {
+    uint64_t o = runs_[0][i];
+    for (uint32_t k = 0;; ++k) {
+      if (v == o) return;
+      runs_[k][i] = static_cast<uint8_t>(v);
+      if (k + 1 >= l_.run_levels) return;
+      const uint64_t pi = i >> kBitmapRunFanoutShift;
+      const uint64_t parent = runs_[k + 1][pi];
+      uint64_t np;
+      if (v > o) {
+        if (v <= parent) return;
+        np = v;
+      } else {
+        if (o < parent) return;  // another byte of the group holds the maximum
+        np = group_max(runs_[k] + (pi << kBitmapRunFanoutShift));
+        if (np == parent) return;
+      }
+      o = parent;
+      v = np;
+      i = pi;
+    }
+  }
+
+  void index_build() {
+    for (uint64_t w = 0; w < l_.words; ++w) runs_[0][w] = static_cast<uint8_t>(run_value_at(w));
+    for (uint32_t k = 0; k < l_.run_levels; ++k) {
+      const uint64_t count = l_.run_count[k];
+      std::memset(runs_[k] + count, 0, round_up(count, kRunFan) - count);
+      if (k == 0) continue;
+      for (uint64_t i = 0; i < count; ++i) {
+        runs_[k][i] = static_cast<uint8_t>(group_max(runs_[k - 1] + (i << kBitmapRunFanoutShift)));
+      }
+    }
+  }
+
+  // First index j in [i, end of i's 64-byte group) of run index level k whose byte is >= n, or kNone.
+  uint64_t scan_group(uint32_t k, uint64_t i, uint64_t n) const {
+    const uint64_t g = i & ~(kRunFan - 1);
+    const uint64_t m = group_ge_mask(runs_[k] + g, n) & ~low_mask(i & (kRunFan - 1));
+    if (m == 0) return kNone;
+    const uint64_t j = g + ctz64(m);
+    return j < l_.run_count[k] ? j : kNone;  // padding bytes are 0: one that claims a run was scribbled on
+  }
+
+  // First word >= i whose run index byte is >= n (n in [1, kSmall]): up through the levels until a group holds
+  // one, then down. At most two group scans per level. kNone or kCorrupt.
+  uint64_t index_next(uint64_t i, uint64_t n) const {
+    uint32_t k = 0;
+    uint64_t j = kNone;
+    for (;;) {
+      // The group's own byte one level up tells whether scanning it can succeed (i < count: that byte is
+      // inside level k + 1).
+      if (i < l_.run_count[k] &&
+          (k + 1 >= l_.run_levels || runs_[k + 1][i >> kBitmapRunFanoutShift] >= n)) {
+        j = scan_group(k, i, n);
+      }
+      if (j != kNone) break;
+      if (k + 1 >= l_.run_levels) return kNone;
+      i = (i >> kBitmapRunFanoutShift) + 1;
+      ++k;
+    }
+    while (k > 0) {
+      --k;
+      j = scan_group(k, j << kBitmapRunFanoutShift, n);
+      if (j == kNone) return kCorrupt;  // the level above promised a run
+    }
+    return j;
+  }
+
+  // First block q >= (w << 6) + lo with [q, q + n) free and q in word w (n <= kSmall, so the run may reach
+  // into words w + 1 and w + 2 but no further), or kNone.
+  uint64_t fit_in_word(uint64_t w, uint64_t n, uint64_t lo) const {
+    const uint64_t x = used_[w] | low_mask(lo);
+    if (n <= 64) {
+      const uint64_t y = run_starts(~x, n);
+      if (y != 0) return (w << 6) + ctz64(y);
+    }
+    if ((x >> 63) != 0) return kNone;  // no free tail (x != 0: at least bit 63 is free)
+    const uint64_t tail = x == 0 ? 64 : clz64(x);
+    uint64_t run = tail;
+    if (w + 1 < l_.words) {
+      const uint64_t next = used_[w + 1];
+      run += word_head(next);
+      if (next == 0 && w + 2 < l_.words) run += word_head(used_[w + 2]);
+    }
+    return run >= n ? (w << 6) + 64 - tail : kNone;
+  }
+
+  // First fit for n <= kSmall blocks at or after from: the word holding from, then the run index.
+  uint64_t find_small(uint64_t n, uint64_t from) const {
+    if (from >= l_.total_blocks) return kNone;
+    if (from < l_.first_block) from = l_.first_block;
+    const uint64_t w = from >> 6;
+    uint64_t p = fit_in_word(w, n, from & 63);
+    if (p != kNone) return p;
+    const uint64_t c = index_next(w + 1, n);
+    if (c >= kCorrupt) return c;
+    p = fit_in_word(c, n, 0);
+    return p == kNone ? kCorrupt : p;  // the index promised a run in word c
+  }
+
+  // ---- summary tree ----
   // Level 0 is the used bitmap itself (a node = one word of 64 blocks); level k in [1, levels] is stored.
   uint64_t level_nodes(uint32_t level) const { return level == 0 ? l_.words : l_.level_count[level - 1]; }
 
@@ -367,7 +773,10 @@ class BitmapHeap final : public Heap {
 
   // A node's summary, with values clamped to the node's span (the region may have been scribbled on).
   BitmapSummary summary(uint32_t level, uint64_t idx) const {
-    if (level == 0) return word_summary(used_[idx]);
+    if (level == 0) {
+      const uint64_t w = used_[idx];
+      return {word_head(w), w == 0 ? uint64_t(64) : uint64_t(0), word_tail(w)};  // a run inside a word is never long
+    }
     const uint64_t span = uint64_t(1) << bitmap_span_shift(level);
     BitmapSummary s;
     if (bitmap_level_packed(level)) {
@@ -399,12 +808,15 @@ class BitmapHeap final : public Heap {
     return same(wide(level)[idx], s);
   }
 
-  // Recomputes a level >= 1 node from its children.
+  // Recomputes a level >= 1 node from its children: {start, max, end} where max only counts runs that
+  // contain a whole free word (the tree serves requests of more than kSmall blocks, all such runs).
   BitmapSummary compute(uint32_t level, uint64_t idx) const {
     const uint64_t c0 = idx << kBitmapFanoutShift;
     const uint64_t c1 = min64(c0 + kFan, level_nodes(level - 1));
     uint64_t start = 0, best = 0, run = 0;
     bool prefix = true;
+    // A run counts towards max only when it contains a whole free word, which a carried run or a start of
+    // at least 64 blocks does (a partial head or tail holds at most 63).
     if (level == 1) {
       for (uint64_t c = c0; c < c1; ++c) {
         const uint64_t w = used_[c];
@@ -413,16 +825,13 @@ class BitmapHeap final : public Heap {
           run += 64;
           continue;
         }
-        const uint64_t head = ctz64(w), tail = clz64(w);
+        const uint64_t head = ctz64(w);
         if (prefix) {
           start += head;
           prefix = false;
         }
-        best = max64(best, run + head);
-        // Runs strictly inside the word are at most 62 - head - tail long: skip the exact (costlier)
-        // computation when they cannot beat the best so far. The tail run is counted through `run`.
-        if (head + tail + 2 < 64 && 62 - head - tail > best) best = max64(best, longest_inner_run(w, head, tail));
-        run = tail;
+        if (run >= 64) best = max64(best, run + head);
+        run = clz64(w);
       }
     } else {
       const uint64_t child_span = uint64_t(1) << bitmap_span_shift(level - 1);
@@ -433,11 +842,12 @@ class BitmapHeap final : public Heap {
           start += s.start;
           prefix = full;
         }
-        best = max64(best, max64(s.max, run + s.start));
+        best = max64(best, s.max);
+        if (run >= 64 || s.start >= 64) best = max64(best, run + s.start);
         run = full ? run + child_span : s.end;
       }
     }
-    return {start, max64(best, run), run};
+    return {start, run >= 64 ? max64(best, run) : best, run};
   }
 
   // Brings the summaries above bitmap words [w0, w1] up to date. With stop_early, stops at the first level
@@ -455,8 +865,9 @@ class BitmapHeap final : public Heap {
     }
   }
 
-  // First block p >= from such that [p, p + n) is free, per the summaries and bitmap; kNone or kCorrupt.
-  uint64_t find(uint64_t n, uint64_t from) const {
+  // First block p >= from such that [p, p + n) is free, n > kSmall, per the summaries and bitmap; kNone or
+  // kCorrupt. Every such run contains a whole free word, so the tree is exact for it.
+  uint64_t find_large(uint64_t n, uint64_t from) const {
     if (from >= l_.total_blocks) return kNone;
     // Blocks below first_block are marked used, so a search from there may use the root summary.
     const uint64_t asked = from;
@@ -491,11 +902,7 @@ class BitmapHeap final : public Heap {
           *carry += 64;
           continue;
         }
-        if (*carry + ctz64(w) >= n) return lo - *carry;
-        if (n <= 64) {
-          const uint64_t y = run_starts(~w, n);
-          if (y != 0) return lo + ctz64(y);
-        }
+        if (*carry + ctz64(w) >= n) return lo - *carry;  // n > kSmall: no run inside one word can hold it
         *carry = clz64(w);
       }
       return kNone;
@@ -519,13 +926,16 @@ class BitmapHeap final : public Heap {
     return kNone;
   }
 
+  // First block p >= from such that [p, p + n) is free; kNone or kCorrupt.
+  uint64_t find(uint64_t n, uint64_t from) const { return n <= kSmall ? find_small(n, from) : find_large(n, from); }
+
   // First-fit search with alignment a (in blocks, a power of two).
   uint64_t search(uint64_t n, uint64_t a, uint64_t from) const {
     if (a == 1) return find(n, from);
     from = round_up(from, a);  // from <= total_blocks < 2^60: no wrap
     for (int i = 0; i < kAlignedCandidates; ++i) {
       const uint64_t q = find(n, from);
-      if (q >= kCorrupt || q % a == 0) return q;
+      if (q >= kCorrupt || (q & (a - 1)) == 0) return q;
       from = round_up(q, a);
     }
     // A run of n + a - 1 blocks always holds an aligned run of n.
@@ -535,7 +945,7 @@ class BitmapHeap final : public Heap {
     // Only runs shorter than n + a - 1 remain: try each (from grows by at least a per step).
     for (;;) {
       const uint64_t r = find(n, from);
-      if (r >= kCorrupt || r % a == 0) return r;
+      if (r >= kCorrupt || (r & (a - 1)) == 0) return r;
       from = round_up(r, a);
     }
   }
@@ -556,13 +966,10 @@ class BitmapHeap final : public Heap {
     }
     if (h.used_offset != l_.used_offset || h.start_offset != l_.start_offset) r->report("bitmap: bitmap offsets changed");
     if (h.levels != l_.levels || h.reserved != 0) r->report("bitmap: level count changed");
-    for (uint32_t k = 0; k < kBitmapMaxLevels; ++k) {
-      uint64_t off = k < l_.levels ? l_.level_offset[k] : 0, cnt = k < l_.levels ? l_.level_count[k] : 0;
-      if (h.level_offset[k] != off || h.level_count[k] != cnt) {
-        r->report("bitmap: summary level geometry changed");
-        break;
-      }
+    if (h.run_levels != l_.run_levels || h.run_fanout_shift != kBitmapRunFanoutShift) {
+      r->report("bitmap: run index level count changed");
     }
+    if (!geometry_matches(h, l_)) r->report("bitmap: summary or run index geometry changed");
     if (h.region.counters.peak_used < h.region.counters.used) r->report("bitmap: peak_used below used");
   }
 
@@ -570,11 +977,7 @@ class BitmapHeap final : public Heap {
     uint64_t used_blocks = 0, free_blocks = 0, starts = 0;
     uint64_t prev_top = 0;  // was the previous word's last block a used allocatable block
     for (uint64_t w = 0; w < l_.words; ++w) {
-      const uint64_t b0 = w << 6;
-      // Reserved blocks of this word: metadata (below first_block) and padding (from total_blocks on).
-      uint64_t reserved = 0;
-      if (b0 < l_.first_block) reserved |= low_mask(min64(l_.first_block - b0, 64));
-      if (b0 + 64 > l_.total_blocks) reserved |= ~low_mask(l_.total_blocks > b0 ? l_.total_blocks - b0 : 0);
+      const uint64_t reserved = reserved_mask(w);
       const uint64_t u = used_[w], s = start_[w];
       if ((u & reserved) != reserved) r->report("bitmap: metadata or padding block not marked used");
       if ((s & reserved) != 0) r->report("bitmap: start bit on a metadata or padding block");
@@ -602,10 +1005,29 @@ class BitmapHeap final : public Heap {
     }
   }
 
+  void check_index(CheckResult* r) const {
+    for (uint64_t w = 0; w < l_.words; ++w) {
+      if (runs_[0][w] != run_value_at(w)) r->report("bitmap: run index disagrees with the bitmap");
+    }
+    for (uint32_t k = 0; k < l_.run_levels; ++k) {
+      const uint64_t count = l_.run_count[k];
+      for (uint64_t i = count; i < round_up(count, kRunFan); ++i) {
+        if (runs_[k][i] != 0) r->report("bitmap: run index padding is not zero");
+      }
+      if (k == 0) continue;
+      for (uint64_t i = 0; i < count; ++i) {
+        if (runs_[k][i] != group_max(runs_[k - 1] + (i << kBitmapRunFanoutShift))) {
+          r->report("bitmap: run index disagrees with the level below");
+        }
+      }
+    }
+  }
+
   const Layout l_;  // validated geometry, process-local: never re-read from the region
   uint64_t* used_ = nullptr;
   uint64_t* start_ = nullptr;
-  uint8_t* sums_[kBitmapMaxLevels] = {};  // summary level k+1: uint64_t[] if packed, else BitmapSummary[]
+  uint8_t* sums_[kBitmapMaxLevels] = {};     // summary level k+1: uint64_t[] if packed, else BitmapSummary[]
+  uint8_t* runs_[kBitmapMaxRunLevels] = {};  // run index level k: bytes
 };
 
 }  // namespace
@@ -633,15 +1055,7 @@ Status bitmap_attach(uint8_t* base, uint64_t size, std::unique_ptr<Heap>* out) {
   }
   Layout l;
   if (!valid_block_size(h.block_size) || !compute_layout(size, h.block_size, &l)) return Status::corrupted;
-  bool ok = h.region.header_size == l.header_size && h.block_shift == l.block_shift &&
-            h.fanout_shift == kBitmapFanoutShift && h.total_blocks == l.total_blocks &&
-            h.first_block == l.first_block && h.words == l.words && h.used_offset == l.used_offset &&
-            h.start_offset == l.start_offset && h.levels == l.levels && h.reserved == 0 &&
-            h.free_blocks <= l.total_blocks - l.first_block;
-  for (uint32_t k = 0; ok && k < kBitmapMaxLevels; ++k) {
-    uint64_t off = k < l.levels ? l.level_offset[k] : 0, cnt = k < l.levels ? l.level_count[k] : 0;
-    ok = h.level_offset[k] == off && h.level_count[k] == cnt;
-  }
+  const bool ok = geometry_matches(h, l) && h.free_blocks <= l.total_blocks - l.first_block;
   if (!ok) return Status::corrupted;
   auto heap = std::unique_ptr<BitmapHeap>(new (std::nothrow) BitmapHeap(base, size, l));
   if (!heap) return Status::out_of_memory;

@@ -908,3 +908,294 @@ TEST("bitmap: large nearly full region stays fast") {
   EXPECT(h->alloc(st.largest_free_block, 16, kNoHint, &off) == Status::ok);
   EXPECT(violations(*h) == 0);
 }
+
+// ---- rebuild() ----
+namespace {
+
+// Sets (value true) or clears blocks [b0, b1) of one of the heap's bitmaps, as a dying writer would have.
+void poke_bits(uint8_t* base, uint64_t bitmap_offset, uint64_t b0, uint64_t b1, bool value) {
+  uint64_t* bm = reinterpret_cast<uint64_t*>(base + bitmap_offset);
+  for (uint64_t b = b0; b < b1; ++b) {
+    const uint64_t bit = uint64_t(1) << (b & 63);
+    if (value) {
+      bm[b >> 6] |= bit;
+    } else {
+      bm[b >> 6] &= ~bit;
+    }
+  }
+}
+
+bool stats_equal(const HeapStats& a, const HeapStats& b) {
+  return a.capacity == b.capacity && a.used == b.used && a.free == b.free && a.overhead == b.overhead &&
+         a.peak_used == b.peak_used && a.live_allocations == b.live_allocations && a.allocations == b.allocations &&
+         a.frees == b.frees && a.failed_allocations == b.failed_allocations &&
+         a.largest_free_block == b.largest_free_block;
+}
+
+}  // namespace
+
+TEST("bitmap: rebuild repairs damaged derived structures, live data intact") {
+  Region r(1 << 20);
+  auto h = make_heap(r);
+  REQUIRE(h != nullptr);
+  const BitmapHeader hd = read_header(r);
+  std::mt19937_64 rng(8);
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> live;  // offset -> (size, seed)
+  uint64_t seed = 1, off = 0;
+  for (int i = 0; i < 120; ++i) {
+    const uint64_t sz = i % 10 == 0 ? 2000 + rng() % 6000 : 1 + rng() % 600;  // both run index and tree sizes
+    REQUIRE(h->alloc(sz, 16, kNoHint, &off) == Status::ok);
+    fill(r.base + off, sz, seed);
+    live[off] = {sz, seed++};
+  }
+  for (auto it = live.begin(); it != live.end();) {  // holes of every size
+    if (rng() % 3 == 0) {
+      REQUIRE(h->free(it->first) == Status::ok);
+      it = live.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  REQUIRE(violations(*h) == 0);
+  HeapStats s0;
+  h->stats(&s0);
+  auto* hdr = reinterpret_cast<BitmapHeader*>(r.base);
+  const uint64_t data_word = (hd.first_block + 70) / 64;
+  struct Case {
+    const char* what;
+    std::function<void()> damage;
+  };
+  std::vector<Case> cases = {
+      {"summary node", [&] { r.base[hd.level_offset[0] + 8 * (data_word / 8) + 3] ^= 0x10; }},
+      {"root summary", [&] { r.base[hd.level_offset[hd.levels - 1]] ^= 2; }},
+      {"run index byte", [&] { r.base[hd.run_offset[0] + data_word] ^= 5; }},
+      {"run index root", [&] { r.base[hd.run_offset[hd.run_levels - 1]] = 1; }},
+      {"run index padding", [&] { r.base[hd.run_offset[1] + hd.run_count[1]] = 9; }},
+      {"free block count", [&] { hdr->free_blocks -= 3; }},
+      {"used counter", [&] { hdr->region.counters.used += 48; }},
+      {"live counter", [&] { hdr->region.counters.live = 7; }},
+      {"everything derived at once", [&] {
+         std::memset(r.base + hd.level_offset[0], 0xff, hd.level_count[0] * 8);
+         std::memset(r.base + hd.run_offset[0], 0x33, hd.run_count[0]);
+         hdr->free_blocks = 0;
+         hdr->region.counters.used = 0;
+         hdr->region.counters.live = 0;
+       }},
+  };
+  for (auto& c : cases) {
+    c.damage();
+    std::string first;
+    const uint64_t v = violations(*h, &first);
+    if (v == 0) std::fprintf(stderr, "  not detected: %s\n", c.what);
+    EXPECT(v > 0);
+    EXPECT(h->rebuild() == Status::ok);
+    EXPECT(violations(*h) == 0);
+    HeapStats s1;
+    h->stats(&s1);
+    if (!stats_equal(s0, s1)) std::fprintf(stderr, "  stats changed after rebuild: %s\n", c.what);
+    EXPECT(stats_equal(s0, s1));
+    for (auto& kv : live) {
+      uint64_t u = 0;
+      EXPECT(h->usable_size(kv.first, &u) == Status::ok && u == round_up(kv.second.first, 16));
+      EXPECT(intact(r.base + kv.first, kv.second.first, kv.second.second));
+    }
+  }
+  // The rebuilt heap keeps working, first fit included.
+  for (int i = 0; i < 200; ++i) {
+    const uint64_t sz = 1 + rng() % 3000;
+    if (h->alloc(sz, 16, kNoHint, &off) == Status::ok) {
+      fill(r.base + off, sz, seed);
+      live[off] = {sz, seed++};
+    }
+    if (rng() % 2 == 0 && !live.empty()) {
+      auto it = live.begin();
+      std::advance(it, static_cast<long>(rng() % live.size()));
+      EXPECT(intact(r.base + it->first, it->second.first, it->second.second));
+      EXPECT(h->free(it->first) == Status::ok);
+      live.erase(it);
+    }
+  }
+  EXPECT(violations(*h) == 0);
+  // Damaged geometry is not something rebuild can repair.
+  hdr->words += 1;
+  EXPECT(h->rebuild() == Status::corrupted);
+  hdr->words -= 1;
+  hdr->region.magic ^= 1;
+  EXPECT(h->rebuild() == Status::corrupted);
+  hdr->region.magic ^= 1;
+  EXPECT(h->rebuild() == Status::ok);
+  EXPECT(violations(*h) == 0);
+}
+
+TEST("bitmap: rebuild frees orphan runs, clears stray start bits, restores reserved bits") {
+  // 10 blocks short of a whole bitmap word, so the last word has padding bits.
+  Region r(1 << 20);
+  HeapOptions o;
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::bitmap, r.base, r.size - 160, o, &h) == Status::ok);
+  const BitmapHeader hd = read_header(r);
+  REQUIRE(hd.total_blocks % 64 != 0);
+  const uint64_t fb = hd.first_block;
+  uint64_t a = 0, b = 0, c = 0;
+  REQUIRE(h->alloc(200, 16, kNoHint, &a) == Status::ok);     // blocks [fb, fb + 13)
+  REQUIRE(h->alloc(3000, 16, kNoHint, &b) == Status::ok);    // [fb + 13, fb + 201)
+  REQUIRE(h->alloc(40, 16, kNoHint, &c) == Status::ok);      // [fb + 201, fb + 204)
+  fill(r.base + a, 200, 1);
+  fill(r.base + c, 40, 3);
+  REQUIRE(h->free(b) == Status::ok);                         // a 188-block hole between a and c
+  const uint64_t hole = b / 16;
+  HeapStats s0;
+  h->stats(&s0);
+  auto expect_repaired = [&](const char* what, bool detected) {
+    std::string first;
+    const uint64_t v = violations(*h, &first);
+    if (detected && v == 0) std::fprintf(stderr, "  not detected: %s\n", what);
+    if (detected) EXPECT(v > 0);
+    EXPECT(h->rebuild() == Status::ok);
+    EXPECT(violations(*h) == 0);
+    HeapStats s1;
+    h->stats(&s1);
+    if (!stats_equal(s0, s1)) std::fprintf(stderr, "  stats differ after rebuild: %s\n", what);
+    EXPECT(stats_equal(s0, s1));
+    uint64_t u = 0;
+    EXPECT(h->usable_size(a, &u) == Status::ok && u == 208);
+    EXPECT(h->usable_size(c, &u) == Status::ok && u == 48);
+    EXPECT(h->usable_size(b, &u) == Status::double_free);
+    EXPECT(intact(r.base + a, 200, 1) && intact(r.base + c, 40, 3));
+    Status ws;
+    auto w = walk_all(*h, &ws);
+    EXPECT(ws == Status::ok && w.size() == 4);  // a, the hole, c, the rest
+  };
+  // Stray start bit on a free block (an alloc that died before its used bits, or a free after them).
+  poke_bits(r.base, hd.start_offset, hole + 7, hole + 8, true);
+  expect_repaired("stray start bit", true);
+  // Orphan used runs: inside one word, across a word boundary, and reaching the next allocation (it ends
+  // at c's start bit; c keeps its size).
+  poke_bits(r.base, hd.used_offset, hole + 3, hole + 9, true);
+  expect_repaired("orphan run in a word", true);
+  poke_bits(r.base, hd.used_offset, hole + 40, hole + 150, true);
+  expect_repaired("orphan run across words", true);
+  poke_bits(r.base, hd.used_offset, hole + 100, c / 16, true);
+  expect_repaired("orphan run up to an allocation", true);
+  // Both at once, plus a start bit on an orphan's interior block (that part is a small allocation, then).
+  poke_bits(r.base, hd.used_offset, hole + 20, hole + 30, true);
+  poke_bits(r.base, hd.start_offset, hole + 60, hole + 61, true);
+  expect_repaired("orphan and stray start", true);
+  // Reserved blocks: a metadata block marked free, a start bit on metadata, a padding bit cleared.
+  poke_bits(r.base, hd.used_offset, 1, 2, false);
+  poke_bits(r.base, hd.start_offset, 2, 3, true);
+  poke_bits(r.base, hd.used_offset, hd.total_blocks + 3, hd.total_blocks + 4, false);
+  expect_repaired("reserved bits", true);
+  // A used block right after the metadata without a start bit is an orphan too.
+  REQUIRE(h->free(a) == Status::ok);
+  h->stats(&s0);
+  poke_bits(r.base, hd.used_offset, fb, fb + 2, true);
+  std::string first;
+  EXPECT(violations(*h, &first) > 0);
+  EXPECT(h->rebuild() == Status::ok);
+  EXPECT(violations(*h) == 0);
+  HeapStats s1;
+  h->stats(&s1);
+  EXPECT(stats_equal(s0, s1));
+}
+
+TEST("bitmap: rebuild after any prefix of the stores of alloc, free, resize") {
+  // Each case lays out x | target run | y, replays a prefix of one operation's stores on the target run
+  // directly in the bitmaps, in the order the heap issues them (alloc: start bit, then used bits; free:
+  // used bits, then start bit; resize: used bits), and checks that rebuild() yields a consistent heap in
+  // which x and y are untouched.
+  Region r(1 << 20);
+  const uint64_t n = 150;  // target run: three bitmap words
+  struct Prefix {
+    const char* what;
+    bool live_target;              // the target starts live (free, shrink) or free (alloc, grow)
+    std::function<void(uint8_t*, const BitmapHeader&, uint64_t p)> stores;
+    uint64_t expect_blocks;        // the target's blocks after rebuild, 0 = free
+  };
+  auto first_word_end = [](uint64_t p) { return (p | 63) + 1; };
+  std::vector<Prefix> cases = {
+      {"alloc: nothing stored", false, [](uint8_t*, const BitmapHeader&, uint64_t) {}, 0},
+      {"alloc: start bit only", false,
+       [](uint8_t* base, const BitmapHeader& hd, uint64_t p) { poke_bits(base, hd.start_offset, p, p + 1, true); }, 0},
+      {"alloc: start bit and the first used word", false,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.start_offset, p, p + 1, true);
+         poke_bits(base, hd.used_offset, p, first_word_end(p), true);
+       },
+       0 /* computed below */},
+      {"alloc: start bit and the later used words only", false,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.start_offset, p, p + 1, true);
+         poke_bits(base, hd.used_offset, first_word_end(p), p + n, true);
+       },
+       0},
+      {"alloc: every store", false,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.start_offset, p, p + 1, true);
+         poke_bits(base, hd.used_offset, p, p + n, true);
+       },
+       n},
+      {"free: first used word cleared", true,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) { poke_bits(base, hd.used_offset, p, first_word_end(p), false); }, 0},
+      {"free: last used word cleared", true,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.used_offset, round_down(p + n - 1, 64), p + n, false);
+       },
+       0},
+      {"free: used bits cleared, start bit not yet", true,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) { poke_bits(base, hd.used_offset, p, p + n, false); }, 0},
+      {"free: every store", true,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.used_offset, p, p + n, false);
+         poke_bits(base, hd.start_offset, p, p + 1, false);
+       },
+       0},
+      {"shrink to 10 blocks: middle word cleared first", true,
+       [&](uint8_t* base, const BitmapHeader& hd, uint64_t p) {
+         poke_bits(base, hd.used_offset, first_word_end(p), first_word_end(p) + 64, false);
+       },
+       0},
+  };
+  for (auto& c : cases) {
+    HeapOptions o;
+    std::unique_ptr<Heap> h;
+    REQUIRE(heap_format(Algorithm::bitmap, r.base, r.size, o, &h) == Status::ok);
+    const BitmapHeader hd = read_header(r);
+    const uint64_t fb = hd.first_block;
+    const uint64_t p = fb + 100;  // x = [fb, fb + 100), target = [p, p + n), y = [p + n, p + n + 16)
+    uint64_t x = 0, y = 0, t = 0;
+    REQUIRE(h->alloc(100 * 16, 16, kNoHint, &x) == Status::ok && x == fb * 16);
+    REQUIRE(h->alloc(16 * 16, 16, (p + n) * 16, &y) == Status::ok && y == (p + n) * 16);
+    if (c.live_target) REQUIRE(h->alloc(n * 16, 16, p * 16, &t) == Status::ok && t == p * 16);
+    fill(r.base + x, 100 * 16, 11);
+    fill(r.base + y, 16 * 16, 12);
+    c.stores(r.base, hd, p);
+    EXPECT(h->rebuild() == Status::ok);
+    std::string first;
+    const uint64_t v = violations(*h, &first);
+    if (v != 0) std::fprintf(stderr, "  %s: %s\n", c.what, first.c_str());
+    EXPECT(v == 0);
+    uint64_t u = 0;
+    EXPECT(h->usable_size(x, &u) == Status::ok && u == 100 * 16);
+    EXPECT(h->usable_size(y, &u) == Status::ok && u == 16 * 16);
+    EXPECT(intact(r.base + x, 100 * 16, 11) && intact(r.base + y, 16 * 16, 12));
+    // The target: free, or one allocation starting at p (shorter when the operation died half-way).
+    uint64_t expect = c.expect_blocks;
+    if (std::strcmp(c.what, "alloc: start bit and the first used word") == 0) expect = first_word_end(p) - p;
+    if (std::strcmp(c.what, "free: last used word cleared") == 0) expect = round_down(p + n - 1, 64) - p;
+    if (std::strncmp(c.what, "shrink", 6) == 0) expect = first_word_end(p) - p;
+    const Status s = h->usable_size(p * 16, &u);
+    if (expect == 0) {
+      EXPECT(s == Status::double_free);
+    } else {
+      EXPECT(s == Status::ok && u == expect * 16);
+    }
+    HeapStats st;
+    h->stats(&st);
+    EXPECT(st.live_allocations == (expect == 0 ? 2u : 3u));
+    EXPECT(st.used == (100 + 16 + expect) * 16);
+    // The region is usable again: the target run (or what is left of it) can be allocated.
+    EXPECT(h->alloc(16, 16, kNoHint, &t) == Status::ok);
+    EXPECT(violations(*h) == 0);
+  }
+}
