@@ -222,10 +222,21 @@ describe('SharedPool basics', () => {
     }
     const name = uniqueName('perm');
     SharedPool.create(name, { size: MiB }).close();
-    const script = `const { SharedPool } = require(${JSON.stringify(root)});
-      try { SharedPool.open(${JSON.stringify(name)}); console.log('opened'); } catch (e) { console.log(e.code); }`;
-    const out = execFileSync('runuser', ['-u', 'nobody', '--', process.execPath, '-e', script], { encoding: 'utf8' });
-    expect(out.trim()).to.equal('ERR_SHM_PERMISSION');
+    // The checkout may not be readable by nobody (a private temporary directory in CI): give it a
+    // world-readable copy of the built package.
+    const copy = fs.mkdtempSync('/tmp/mempool-perm-');
+    try {
+      for (const part of ['package.json', 'dist', 'build/Release/mempool.node', 'node_modules/bindings', 'node_modules/file-uri-to-path']) {
+        fs.cpSync(path.join(root, part), path.join(copy, part), { recursive: true });
+      }
+      execFileSync('chmod', ['-R', 'a+rX', copy]);
+      const script = `const { SharedPool } = require(${JSON.stringify(copy)});
+        try { SharedPool.open(${JSON.stringify(name)}); console.log('opened'); } catch (e) { console.log(e.code); }`;
+      const out = execFileSync('runuser', ['-u', 'nobody', '--', process.execPath, '-e', script], { encoding: 'utf8', cwd: '/' });
+      expect(out.trim()).to.equal('ERR_SHM_PERMISSION');
+    } finally {
+      fs.rmSync(copy, { recursive: true, force: true });
+    }
   });
 });
 
@@ -329,7 +340,8 @@ describe('SharedPool locks and crashes', () => {
       });
       const kills = 30;
       for (let k = 0; k < kills; k++) {
-        const c = await startChild(['churn', name, String(k + 1)]);
+        // Alternate a child that verifies its blocks with one that does little but hold the lock.
+        const c = await startChild(k % 3 === 0 ? ['churn', name, String(k + 1)] : ['hammer', name]);
         await sleep(5 + (k * 7) % 40);
         await killed(c);
         const started = Date.now();

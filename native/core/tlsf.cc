@@ -565,7 +565,8 @@ class TlsfHeap final : public Heap {
 
   // A block offset that could hold a block header and a minimal payload before the sentinel.
   bool valid_block_offset(uint64_t b) const {
-    return b >= g_.area_start && b + kMinFootprint <= sentinel_ && (b & (kGranule - 1)) == 0;
+    // Written so that no sum can wrap: b may be any 64-bit value read from the region.
+    return b >= g_.area_start && b <= sentinel_ - kMinFootprint && (b & (kGranule - 1)) == 0;
   }
 
   // Reads a block header and checks it can be true: returns false on anything impossible.
