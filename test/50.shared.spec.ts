@@ -361,15 +361,26 @@ describe('SharedPool locks and crashes', () => {
   it('a lock held by a stopped process, or a lock word damaged by a stray write, times out with ERR_SHM_LOCK_TIMEOUT', async () => {
     const name = uniqueName('lock');
     const pool = SharedPool.create(name, { size: MiB, lockTimeoutMs: 100 });
-    // Damage: the futex word now claims a live owner (this process's own pid is a live thread id).
+    // Damage: the lock word now names a live thread of another process as its holder.
+    const sleeper = spawn('sleep', ['30']);
     const lockWord = pool.view(256, 4);
     const saved = Buffer.from(lockWord);
-    lockWord.writeUInt32LE(process.pid);
+    lockWord.writeUInt32LE(sleeper.pid!);
     const started = Date.now();
     expectCode(() => pool.alloc(8), 'ERR_SHM_LOCK_TIMEOUT', PoolError);
     expect(Date.now() - started).to.be.within(90, 2000);
+    await killed(sleeper);
     lockWord.set(saved);
     pool.free(pool.alloc(8)); // usable again once the word is restored
+    // Damage naming a thread that does not exist: treated as a dead holder, repaired, not a hang.
+    const recoveries = pool.stats().recoveries;
+    lockWord.writeUInt32LE(0x3ffffff0);
+    pool.free(pool.alloc(8));
+    expect(pool.stats().recoveries).to.equal(recoveries + 1);
+    // This process's own thread id in the word: it cannot hold the lock, so the word is damage.
+    lockWord.writeUInt32LE(process.pid);
+    expectCode(() => pool.alloc(8), 'ERR_POOL_CORRUPTED', PoolError);
+    lockWord.set(saved);
     // A holder stopped with SIGSTOP: retry until a stop lands while it holds the lock.
     const c = await startChild(['churn', name, '5']);
     let timedOut = false;

@@ -8,7 +8,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/futex.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -195,20 +198,13 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->heap_size = size - heap_offset;
   h->creator_pid = static_cast<uint64_t>(getpid());
   h->created_unix_ms = now_unix_ms();
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  int me = pthread_mutex_init(&h->lock, &attr);
-  pthread_mutexattr_destroy(&attr);
+  h->lock = 0;
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, options.directory_capacity,
                                            options.algorithm, options.lock_timeout_ms));
-  Status s = me == 0 ? heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_)
-                     : Status::system_error;
+  Status s = heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_);
   if (s != Status::ok) {
     seg->unmap();
     shm_unlink(path.c_str());
-    *err = me;
     return s;
   }
   // Readers wait for this: everything above is visible before the state says ready.
@@ -320,45 +316,124 @@ void Segment::list(std::vector<SegmentInfo>* out) {
   closedir(dir);
 }
 
+namespace {
+
+// This thread's id, cached (a system call otherwise); reset in a forked child.
+thread_local uint32_t cached_tid = 0;
+void forget_tid() { cached_tid = 0; }
+uint32_t my_tid() {
+  if (cached_tid == 0) {
+    static const int registered = pthread_atfork(nullptr, nullptr, forget_tid);
+    (void)registered;
+    cached_tid = static_cast<uint32_t>(syscall(SYS_gettid));
+  }
+  return cached_tid;
+}
+
+// Whether thread `tid` still runs: /proc/<tid>/stat exists (thread ids are visible there even when
+// not listed) and the thread is not a zombie waiting to be reaped.
+bool thread_alive(uint32_t tid) {
+  if (tid == 0 || tid >= kLockWaiters) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno != ENOENT && errno != ESRCH;  // unsure (e.g. EMFILE): treat as alive
+  char buf[512];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');
+  return p != nullptr && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+long futex(uint32_t* word, int op, uint32_t value, const struct timespec* timeout) {
+  return syscall(SYS_futex, word, op, value, timeout, nullptr, 0);
+}
+
+uint64_t monotonic_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
 Status Segment::lock(bool* recovered) {
   *recovered = false;
-  pthread_mutex_t* m = &header()->lock;
-  int rc = pthread_mutex_trylock(m);  // the uncontended case costs no clock read
-  if (rc == EBUSY) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += lock_timeout_ms_ / 1000;
-    deadline.tv_nsec += static_cast<long>(lock_timeout_ms_ % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec += 1;
-      deadline.tv_nsec -= 1000000000L;
-    }
-    rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &deadline);
-  }
-  if (rc == 0) {
+  uint32_t* word = &header()->lock;
+  uint32_t tid = my_tid();
+  uint32_t expected = 0;
+  if (__atomic_compare_exchange_n(word, &expected, tid, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
     header()->lock_holder_pid = static_cast<uint64_t>(getpid());
     return Status::ok;
   }
-  if (rc == ETIMEDOUT) return Status::lock_timeout;
-  if (rc == EOWNERDEAD) {
-    // The holder died inside an operation: repair what it may have left half-done, then go on.
-    header()->lock_holder_pid = static_cast<uint64_t>(getpid());
-    Status s = repair();
-    pthread_mutex_consistent(m);
-    header()->recoveries += 1;
-    if (s != Status::ok) {
-      unlock();
-      return Status::corrupted;
+  // Contended: spin briefly (critical sections are short), then sleep in slices, checking between
+  // them that the holder still exists.
+  uint64_t deadline = monotonic_ns() + uint64_t(lock_timeout_ms_) * 1000000ULL;
+  uint32_t seen_holder = 0;  // the holder the liveness clock below is running for
+  uint64_t seen_since = 0;
+  for (uint32_t spins = 0;; ++spins) {
+    uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
+    if (v == 0) {
+      // Taken with the waiters bit: others may be asleep, and the unlock must wake them.
+      expected = 0;
+      if (__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) break;
+      continue;
     }
-    *recovered = true;
-    return Status::ok;
+    if (spins < 100) {
+      cpu_relax();
+      continue;
+    }
+    uint32_t holder = v & ~kLockWaiters;
+    if (holder == tid) return Status::corrupted;  // this thread cannot hold it: the word was written
+    uint64_t now = monotonic_ns();
+    if (holder != seen_holder) {
+      seen_holder = holder;
+      seen_since = now;
+    }
+    // Is the holder still there? Asked once it has held the lock for a millisecond (reading /proc
+    // costs microseconds; live holders release far sooner), and again after every sleep.
+    if (now - seen_since >= 1000000ULL && !thread_alive(holder)) {
+      // The holder died inside an operation: take the lock over, repair what it may have left
+      // half-done, then go on.
+      expected = v;
+      if (!__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) continue;
+      header()->lock_holder_pid = static_cast<uint64_t>(getpid());
+      Status s = repair();
+      header()->recoveries += 1;
+      if (s != Status::ok) {
+        unlock();
+        return Status::corrupted;
+      }
+      *recovered = true;
+      return Status::ok;
+    }
+    if (now >= deadline) return Status::lock_timeout;
+    if (!(v & kLockWaiters)) {
+      expected = v;
+      if (!__atomic_compare_exchange_n(word, &expected, v | kLockWaiters, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) continue;
+    }
+    uint64_t slice = deadline - now < 1000000ULL ? deadline - now : 1000000ULL;  // at most 1 ms asleep
+    struct timespec ts = {0, static_cast<long>(slice)};
+    futex(word, FUTEX_WAIT, v | kLockWaiters, &ts);
   }
-  return Status::corrupted;  // EINVAL, ENOTRECOVERABLE, EDEADLK: the lock word is not a lock any more
+  header()->lock_holder_pid = static_cast<uint64_t>(getpid());
+  return Status::ok;
 }
 
 void Segment::unlock() {
   header()->lock_holder_pid = 0;
-  pthread_mutex_unlock(&header()->lock);
+  uint32_t v = __atomic_exchange_n(&header()->lock, 0u, __ATOMIC_RELEASE);
+  if (v & kLockWaiters) futex(&header()->lock, FUTEX_WAKE, 1, nullptr);
 }
 
 Status Segment::repair() {

@@ -3,7 +3,7 @@
 //
 // Layout (offsets from the segment start; every field little-endian):
 //   [0, 4096)                          SegmentHeader: magic, version, geometry, heap options, the
-//                                      process-shared robust mutex, bookkeeping
+//                                      lock (a futex word), the attach table, bookkeeping
 //   [4096, 4096 + capacity * 256)      directory entries (DirEntry)
 //   [.., + 2 * capacity * 4)           offset index: entry index + 1 by hash of the named offset
 //   [heap_offset, size)                the heap's region (heap.h), heap_offset a multiple of 4096
@@ -15,8 +15,6 @@
 // field against a layout recomputed from the segment's real size; geometry is then kept in
 // process-local members and never re-read. Directory entries are bounds-checked on every read.
 #pragma once
-
-#include <pthread.h>
 
 #include <cstdint>
 #include <memory>
@@ -55,11 +53,16 @@ struct SegmentHeader {
   uint64_t created_unix_ms;     // 96
   uint64_t directory_live;      // 104 live entries
   uint64_t recoveries;          // 112 times a dead lock holder's work was repaired
-  uint64_t lock_holder_pid;     // 120 diagnostics: who holds the lock now (0 = nobody)
+  uint64_t lock_holder_pid;     // 120 diagnostics: the process holding the lock now (0 = nobody)
   uint8_t reserved[128];        // 128
-  pthread_mutex_t lock;         // 256 PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
+  // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
+  // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
+  // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
+  // another write anywhere in its own memory. This word is only ever compared and swapped.
+  uint32_t lock;
+  uint32_t lock_reserved[15];
 };
-static_assert(sizeof(pthread_mutex_t) <= 64, "the lock slot is 64 bytes");
+constexpr uint32_t kLockWaiters = 0x80000000u;
 
 // The processes attached to a segment, kept in its header page so every process (and the CLI) sees
 // them. start_ticks (from /proc/<pid>/stat) tells a live process from a later one with the same pid.
@@ -142,9 +145,10 @@ class Segment {
   SegmentHeader* header() const { return reinterpret_cast<SegmentHeader*>(base_); }
   bool mapped() const { return base_ != nullptr; }
 
-  // Takes the segment's lock within the timeout. When the last holder died holding it, repairs the
-  // heap and the directory first (Status::ok with *recovered = true), or returns corrupted if the
-  // damage cannot be repaired (the lock is released in that case).
+  // Takes the segment's lock within the timeout. When the holder has died (its thread no longer
+  // exists), takes the lock over and repairs the heap and the directory first (Status::ok with
+  // *recovered = true), or returns corrupted if the damage cannot be repaired (the lock is released).
+  // A holder that is alive but stopped gives lock_timeout.
   Status lock(bool* recovered);
   void unlock();
 
