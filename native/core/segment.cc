@@ -318,17 +318,19 @@ void Segment::list(std::vector<SegmentInfo>* out) {
 
 namespace {
 
-// This thread's id, cached (a system call otherwise); reset in a forked child.
+// This thread's id, cached (a system call otherwise: far more than the lock itself); reset in a
+// forked child.
 thread_local uint32_t cached_tid = 0;
-void forget_tid() { cached_tid = 0; }
+void forget_ids() { cached_tid = 0; }
 uint32_t my_tid() {
   if (cached_tid == 0) {
-    static const int registered = pthread_atfork(nullptr, nullptr, forget_tid);
+    static const int registered = pthread_atfork(nullptr, nullptr, forget_ids);
     (void)registered;
     cached_tid = static_cast<uint32_t>(syscall(SYS_gettid));
   }
   return cached_tid;
 }
+
 
 // Whether thread `tid` still runs: /proc/<tid>/stat exists (thread ids are visible there even when
 // not listed) and the thread is not a zombie waiting to be reaped.
@@ -372,10 +374,7 @@ Status Segment::lock(bool* recovered) {
   uint32_t* word = &header()->lock;
   uint32_t tid = my_tid();
   uint32_t expected = 0;
-  if (__atomic_compare_exchange_n(word, &expected, tid, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-    header()->lock_holder_pid = static_cast<uint64_t>(getpid());
-    return Status::ok;
-  }
+  if (__atomic_compare_exchange_n(word, &expected, tid, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return Status::ok;
   // Contended: spin briefly (critical sections are short), then sleep in slices, checking between
   // them that the holder still exists.
   uint64_t deadline = monotonic_ns() + uint64_t(lock_timeout_ms_) * 1000000ULL;
@@ -407,7 +406,6 @@ Status Segment::lock(bool* recovered) {
       // half-done, then go on.
       expected = v;
       if (!__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) continue;
-      header()->lock_holder_pid = static_cast<uint64_t>(getpid());
       Status s = repair();
       header()->recoveries += 1;
       if (s != Status::ok) {
@@ -426,12 +424,10 @@ Status Segment::lock(bool* recovered) {
     struct timespec ts = {0, static_cast<long>(slice)};
     futex(word, FUTEX_WAIT, v | kLockWaiters, &ts);
   }
-  header()->lock_holder_pid = static_cast<uint64_t>(getpid());
   return Status::ok;
 }
 
 void Segment::unlock() {
-  header()->lock_holder_pid = 0;
   uint32_t v = __atomic_exchange_n(&header()->lock, 0u, __ATOMIC_RELEASE);
   if (v & kLockWaiters) futex(&header()->lock, FUTEX_WAKE, 1, nullptr);
 }

@@ -53,7 +53,7 @@ struct SegmentHeader {
   uint64_t created_unix_ms;     // 96
   uint64_t directory_live;      // 104 live entries
   uint64_t recoveries;          // 112 times a dead lock holder's work was repaired
-  uint64_t lock_holder_pid;     // 120 diagnostics: the process holding the lock now (0 = nobody)
+  uint64_t reserved_120;        // 120 zero (was the lock holder's pid: the lock word names the holder)
   uint8_t reserved[128];        // 128
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
@@ -77,7 +77,7 @@ static_assert(kAttachTableOffset + kAttachSlots * sizeof(AttachEntry) <= kSegmen
 static_assert(offsetof(SegmentHeader, size) == 16, "segment layout");
 static_assert(offsetof(SegmentHeader, algorithm) == 24, "segment layout");
 static_assert(offsetof(SegmentHeader, heap_offset) == 72, "segment layout");
-static_assert(offsetof(SegmentHeader, lock_holder_pid) == 120, "segment layout");
+static_assert(offsetof(SegmentHeader, reserved_120) == 120, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
 
