@@ -1,5 +1,7 @@
 // Every Pool call and every error code, over every algorithm: one conformance suite.
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as path from 'node:path';
 import { ALGORITHMS, memoryType, Pool, PoolError } from '../lib';
 import { expectCode, hasPattern, pattern } from './helpers';
 
@@ -284,7 +286,16 @@ describe('Pool options', () => {
     expectCode(() => new P({ size: MiB, algorithm: 'buddy', minBlock: 48 }), 'ERR_OUT_OF_RANGE', RangeError);
   });
 
+  it('a region larger than one ArrayBuffer can view (4 GiB) is refused with ERR_OUT_OF_RANGE', () => {
+    const e = expectCode(() => new Pool({ size: 2 ** 32 + 4096 }), 'ERR_OUT_OF_RANGE', RangeError);
+    expect(e.message).to.contain('4294967296');
+  });
+
   it('a pool the system cannot provide is refused with ERR_POOL_OUT_OF_MEMORY', () => {
-    expectCode(() => new Pool({ size: 2 ** 52 }), 'ERR_POOL_OUT_OF_MEMORY', PoolError);
+    // A process whose address space is limited to 3 GB asks for 4 GiB.
+    const script = `const { Pool } = require(${JSON.stringify(path.join(__dirname, '..'))});
+      try { new Pool({ size: 2 ** 32 }); console.log('made'); } catch (e) { console.log(e.code); }`;
+    const out = execFileSync('bash', ['-c', 'ulimit -v 3000000; exec "$0" -e "$1"', process.execPath, script], { encoding: 'utf8' });
+    expect(out.trim()).to.equal('ERR_POOL_OUT_OF_MEMORY');
   });
 });

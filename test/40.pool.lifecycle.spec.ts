@@ -82,4 +82,27 @@ describe('Lifecycle', () => {
     const types = fs.readFileSync(path.join(root, pkg.types), 'utf8');
     expect(types).to.match(/Pool/);
   });
+
+  it("works from an ES module: import { Pool } from 'mempool'", () => {
+    // A package named mempool in node_modules of a temporary project, as a user would have it.
+    const project = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'mempool-esm-'));
+    try {
+      fs.mkdirSync(path.join(project, 'node_modules'));
+      fs.symlinkSync(root, path.join(project, 'node_modules', 'mempool'), 'dir');
+      const main = path.join(project, 'main.mjs');
+      fs.writeFileSync(
+        main,
+        `import { Pool, SharedPool, MemoryManager, memoryType, PoolError } from 'mempool';
+         import mempool from 'mempool';
+         const p = new Pool({ size: 1 << 20 });
+         const b = p.alloc(8);
+         console.log(JSON.stringify([memoryType(b), typeof SharedPool.open, typeof MemoryManager.getInstance, typeof PoolError, mempool.Pool === Pool]));
+         p.close();`,
+      );
+      const out = execFileSync(process.execPath, [main], { encoding: 'utf8', cwd: project });
+      expect(JSON.parse(out)).to.deep.equal(['normal', 'function', 'function', 'function', true]);
+    } finally {
+      fs.rmSync(project, { recursive: true, force: true });
+    }
+  });
 });

@@ -141,6 +141,12 @@ describe('SharedPool basics', () => {
     const b = pool.alloc(10);
     pool.set('a', b); // set replaces
     expect(pool.get('a')!.byteOffset).to.equal(b.byteOffset);
+    // realloc drops a block's names: they described it as it was (a shrunk block's would reach past it)
+    const r = pool.alloc(64);
+    pool.set('resized', r);
+    const shrunk = pool.realloc(r, 16);
+    expect(pool.get('resized')).to.equal(undefined);
+    pool.free(shrunk);
     pool.free(a); // removes 'ä-unicode ключ'
     expect(pool.keys()).to.deep.equal(['a']);
     pool.free(b);
@@ -173,6 +179,9 @@ describe('SharedPool basics', () => {
     expectCode(() => SharedPool.create(5 as never, { size: MiB }), 'ERR_INVALID_ARG_TYPE', TypeError);
     expectCode(() => SharedPool.open(uniqueName('absent')), 'ERR_SHM_NOT_FOUND', PoolError);
     expectCode(() => SharedPool.create(uniqueName('tiny'), { size: 100 }), 'ERR_OUT_OF_RANGE', RangeError);
+    const huge = uniqueName('huge');
+    expectCode(() => SharedPool.create(huge, { size: 2 ** 32 + 4096 }), 'ERR_OUT_OF_RANGE', RangeError);
+    expect(fs.existsSync(`/dev/shm/${huge}`)).to.equal(false); // refused before anything was created
     expectCode(() => SharedPool.create(uniqueName('mode'), { size: MiB, mode: 0o1777 }), 'ERR_OUT_OF_RANGE', RangeError);
     // a 250-byte name is fine
     const long = `mempool-test-${process.pid}-`.padEnd(250, 'x');

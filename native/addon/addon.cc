@@ -5,6 +5,7 @@
 // are made by the error factory lib/ hands over once, so they carry the same `code` property.
 #include <napi.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -72,14 +73,19 @@ uint64_t arg_uint(const Napi::CallbackInfo& info, size_t i, const char* name, ui
                                  std::string("Expected a number for ") + name);
   double d = v.As<Napi::Number>().DoubleValue();
   if (!(d >= 0) || d > static_cast<double>(max) || d != static_cast<double>(static_cast<uint64_t>(d))) {
+    char received[64];
+    std::snprintf(received, sizeof received, "%.17g", d);  // 5368709120, not 5368709120.000000
     throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE",
                 std::string("Expected an integer from 0 to ") + std::to_string(max) + " for " + name +
-                    " but received " + std::to_string(d));
+                    " but received " + received);
   }
   return static_cast<uint64_t>(d);
 }
 
 constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
+// The largest region one ArrayBuffer can view in Node 20 (buffer.constants.MAX_LENGTH): a region is
+// always one ArrayBuffer, so this is the largest pool region or shared segment.
+constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
 
 Napi::Number status_number(Napi::Env env, Status s) { return Napi::Number::New(env, -static_cast<double>(s)); }
 
@@ -135,8 +141,16 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected 'malloc', 'create' or 'open' for kind");
     }
     auto* owner = new std::shared_ptr<ExternalMemory>(memory_);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-        env, memory_->data, memory_->size, [](Napi::Env, void*, std::shared_ptr<ExternalMemory>* hint) { delete hint; }, owner);
+    napi_value ab_value = nullptr;
+    napi_status st = napi_create_external_arraybuffer(
+        env, memory_->data, memory_->size,
+        [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<ExternalMemory>*>(hint); }, owner, &ab_value);
+    if (st != napi_ok) {
+      delete owner;
+      memory_->release();
+      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "The JavaScript engine cannot map " + std::to_string(memory_->size) + " bytes as one ArrayBuffer");
+    }
+    Napi::ArrayBuffer ab(env, ab_value);
     buffer_ = Napi::Persistent(ab);
     // The fast path: a mailbox of doubles that JavaScript and C++ both read and write, and two
     // functions bound to this pool that take no arguments. A call then costs about one native no-op:
@@ -175,7 +189,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
 
   void InitMalloc(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
+    uint64_t size = arg_uint(info, 1, "size", kMaxRegionBytes);
     Algorithm algorithm = arg_algorithm(info, 2);
     HeapOptions options = arg_heap_options(info, 3, algorithm);
     options.debug = info[6].ToBoolean();
@@ -213,7 +227,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     int err = 0;
     if (create) {
       mempool::SegmentOptions options;
-      uint64_t size = arg_uint(info, 2, "size", kMaxSafe);
+      uint64_t size = arg_uint(info, 2, "size", kMaxRegionBytes);
       options.algorithm = arg_algorithm(info, 3);
       options.heap = arg_heap_options(info, 4, options.algorithm);
       options.mode = static_cast<uint32_t>(arg_uint(info, 7, "mode", 0777));
@@ -233,6 +247,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       s = mempool::Segment::open(name, timeout, &segment, &err);
     }
     if (s != Status::ok) throw_shm(env, s, name, err);
+    if (segment->size() > kMaxRegionBytes) {
+      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
+                  "Shared memory '" + name + "' is " + std::to_string(segment->size()) + " bytes: more than one ArrayBuffer can map (" +
+                      std::to_string(kMaxRegionBytes) + ")");
+    }
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = segment->base();
     memory_->size = segment->size();
@@ -418,8 +437,9 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t moved = 0;
     Status s = mempool::heap_realloc(*heap_ptr_, offset - bias_, size, align, &moved);
     if (s != Status::ok) return status_number(env, s);
-    // A moved block's old names would point at freed memory: they go with it.
-    if (segment_ != nullptr && moved + bias_ != offset) segment_->dir_forget_offset(offset);
+    // Names describe the allocation as set() saw it: a moved block's would point at freed memory and
+    // a shrunk block's past its end, so a reallocated block loses its names.
+    if (segment_ != nullptr) segment_->dir_forget_offset(offset);
     return Napi::Number::New(env, static_cast<double>(moved + bias_));
   }
 
