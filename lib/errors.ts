@@ -2,6 +2,7 @@
 // classes (TypeError ERR_INVALID_ARG_TYPE, RangeError ERR_OUT_OF_RANGE); everything about the memory
 // itself is a PoolError.
 
+/** The `code` of a PoolError: see README "Errors" for when each is thrown. */
 export type PoolErrorCode =
   | 'ERR_POOL_OUT_OF_MEMORY'
   | 'ERR_POOL_FOREIGN_BUFFER'
@@ -21,6 +22,10 @@ export type PoolErrorCode =
   | 'ERR_POOL_NOT_DEBUG'
   | 'ERR_PROCESS_ALIVE';
 
+/**
+ * Every `code` mempool's errors carry: PoolError's, plus Node's ERR_INVALID_ARG_TYPE (a TypeError: an
+ * argument of the wrong type) and ERR_OUT_OF_RANGE (a RangeError: a value outside what is accepted).
+ */
 export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
 
 /**
@@ -28,6 +33,7 @@ export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RAN
  * about a shared segment (its name, existence, permissions, format or lock).
  */
 export class PoolError extends Error {
+  /** What went wrong, stable across versions (the message may change): test this, not the message. */
   readonly code: PoolErrorCode;
   constructor(code: PoolErrorCode, message: string) {
     super(message);

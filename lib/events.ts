@@ -9,8 +9,15 @@ export const freeChannel = diagnosticsChannel.channel('mempool:free');
 /** `{ pool, size }` when a request cannot be served. */
 export const outOfMemoryChannel = diagnosticsChannel.channel('mempool:out-of-memory');
 
+/**
+ * Names of the `node:diagnostics_channel` channels mempool publishes on. Messages are sent
+ * synchronously, in the allocating thread, only while someone subscribes; offsets are pool offsets.
+ */
 export const CHANNELS = {
+  /** 'mempool:alloc': `{ pool, offset, size }` after every allocation of the pool's memory (fallback allocations and realloc's in-place or in-region moves excluded). */
   alloc: 'mempool:alloc',
+  /** 'mempool:free': `{ pool, offset }` after every free of the pool's memory (fallback frees and realloc's in-region moves excluded). */
   free: 'mempool:free',
+  /** 'mempool:out-of-memory': `{ pool, size }` when no region can serve a request of `size` bytes (before any fallback). */
   outOfMemory: 'mempool:out-of-memory',
 } as const;

@@ -4,6 +4,7 @@
 // segment's header and directory, the heaps' own metadata) are drawn as bookkeeping.
 import type { BlockInfo } from './types';
 
+/** Options of renderHeapMapText(). */
 export interface HeapMapTextOptions {
   /** Cells per row (default 64). */
   width?: number;
@@ -15,6 +16,7 @@ export interface HeapMapTextOptions {
   legend?: boolean;
 }
 
+/** Options of renderHeapMapSvg(). */
 export interface HeapMapSvgOptions {
   /** Width of the picture in pixels (default 1024). */
   width?: number;
@@ -24,10 +26,13 @@ export interface HeapMapSvgOptions {
   title?: string;
 }
 
+/** A size class of the heap map's legend (SIZE_CLASSES). */
 export interface SizeClass {
-  /** The largest block in the class (Infinity for the last). */
+  /** The largest block in the class, in usable bytes (Infinity for the last). */
   max: number;
+  /** The legend's text, e.g. '<= 64 B'. */
   label: string;
+  /** The SVG fill colour of its used blocks, '#rrggbb'. */
   color: string;
 }
 
@@ -44,6 +49,7 @@ export const SIZE_CLASSES: readonly SizeClass[] = [
 const FREE_COLOR = '#e4e4e4';
 const BOOKKEEPING_COLOR = '#9a9a9a';
 
+/** The entry of SIZE_CLASSES for a block of `size` usable bytes: the first whose `max` is at least `size`. */
 export function sizeClassOf(size: number): SizeClass {
   for (const c of SIZE_CLASSES) if (size <= c.max) return c;
   return SIZE_CLASSES[SIZE_CLASSES.length - 1];

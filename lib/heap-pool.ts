@@ -58,9 +58,14 @@ export function closedError(): PoolError {
   return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
 }
 
+/** What Pool and SharedPool share: allocation, freeing, views, stats, checks and walks. */
 export abstract class HeapPool {
+  /** The heap that manages the memory: 'tlsf', 'buddy' or 'bitmap' (a SharedPool takes it from the segment). */
   readonly algorithm: Algorithm;
-  /** The size asked for: the first region's bytes. */
+  /**
+   * Bytes asked for: a Pool's first region (`options.size`; regions added by grow are not counted), a
+   * SharedPool's whole segment (header and directory included).
+   */
   readonly size: number;
 
   protected chunks: Chunk[] = [];
@@ -69,9 +74,14 @@ export abstract class HeapPool {
   /** Serve what the heaps cannot from the system allocator (Pool's fallback option). */
   protected fallback = false;
   protected closed = false;
+  /** The heap's counters describe every process using the memory (a shared segment), not this object. */
+  protected segmentWide = false;
   private readonly fallbackBlocks = new SystemBlocks();
   private failed = 0;
-  /** Debug mode: guards, poison, owners (in the heap) and call sites (here). */
+  /**
+   * Whether the pool is in debug mode: guard bytes around allocations, poisoned and quarantined frees,
+   * owner pids and call sites (see leaks()).
+   */
   readonly debug: boolean;
   private readonly sites: SiteTable | undefined;
   /** Pool only (not debug, not shared): small allocations served in JavaScript from slabs. */
@@ -101,7 +111,20 @@ export abstract class HeapPool {
     return undefined;
   }
 
-  /** A Buffer view of at least `size` bytes of the pool's memory. Throws ERR_POOL_OUT_OF_MEMORY when full. */
+  /**
+   * A Buffer of `size` bytes viewing the pool's memory (no copy). The bytes are not cleared unless
+   * `options.zero` is true. With a Pool's `fallback`, a request the pool cannot serve comes from the
+   * system allocator instead (memoryType 'other').
+   *
+   * **Warning:** the Buffer stays usable after `free()` or `realloc()` (here or, for a shared pool, in
+   * another process) and then shows memory that may belong to another allocation; only `close()` empties it.
+   *
+   * @param size Bytes, an integer >= 1.
+   * @throws ERR_POOL_OUT_OF_MEMORY when no free block fits (and there is no fallback or grow room);
+   *   ERR_POOL_CLOSED after close(); ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE for bad arguments;
+   *   ERR_POOL_FOREIGN_BUFFER when `options.near` is a Buffer that does not view this pool;
+   *   ERR_SHM_LOCK_TIMEOUT when a shared pool's lock is not free within lockTimeoutMs.
+   */
   alloc(size: number, options?: AllocOptions): Buffer {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
@@ -120,7 +143,10 @@ export abstract class HeapPool {
     return Buffer.from(chunk.buffer, offset - chunk.base, size);
   }
 
-  /** The same block as alloc(), as an offset: no JavaScript object is made. The fallback never serves it. */
+  /**
+   * The same block as alloc(), as a pool offset (use view() to reach it): no JavaScript object is made.
+   * The fallback never serves it. Throws the same errors as alloc(), ERR_POOL_OUT_OF_MEMORY included.
+   */
   allocOffset(size: number, options?: AllocOptions): number {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
@@ -138,8 +164,17 @@ export abstract class HeapPool {
   }
 
   /**
-   * Frees an allocation, given its Buffer (as alloc returned it) or its offset. `size`, when given, is
-   * checked: for a Buffer it must equal buffer.length; for an offset it must fit the allocation.
+   * Frees an allocation, given its Buffer (as alloc returned it) or its offset. `size` (bytes), when
+   * given, is checked: for a Buffer it must equal buffer.length; for an offset it must fit the
+   * allocation. In a shared pool the allocation's names (set()) are removed too.
+   *
+   * **Warning:** every view of the block stays usable afterwards and shows memory that may be handed
+   * to another allocation at once. Do not use them.
+   *
+   * @throws ERR_POOL_FOREIGN_BUFFER when it is not the start of a live allocation of this pool (e.g. a
+   *   sub-view); ERR_POOL_DOUBLE_FREE when already freed (nothing changes); ERR_POOL_SIZE_MISMATCH;
+   *   ERR_POOL_CORRUPTED (in debug mode also an overrun, underrun or write after free, and nothing
+   *   changes); ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
    */
   free(bufferOrOffset: Uint8Array | number, size?: number): void {
     if (this.closed) throw closedError();
@@ -186,8 +221,15 @@ export abstract class HeapPool {
   }
 
   /**
-   * Resizes an allocation: in place when the memory after it is free, else into a new block with the
-   * bytes copied. The old Buffer must not be used afterwards (it may view freed memory).
+   * Resizes an allocation to `size` bytes and returns the Buffer to use from now on: in place when the
+   * memory after it is free, else into a new block (another region or the fallback included) with the
+   * bytes copied. `options.align` as for alloc().
+   *
+   * **Warning:** the old Buffer must not be used afterwards: it stays usable but may view freed memory
+   * that belongs to someone else. A moved block of a shared pool loses its names.
+   *
+   * @throws ERR_POOL_OUT_OF_MEMORY when no block fits (the old allocation is then unchanged);
+   *   ERR_POOL_FOREIGN_BUFFER, ERR_POOL_DOUBLE_FREE, ERR_POOL_CLOSED, ERR_OUT_OF_RANGE as for free/alloc.
    */
   realloc(buffer: Uint8Array, size: number, options?: { align?: number }): Buffer {
     if (this.closed) throw closedError();
@@ -215,7 +257,12 @@ export abstract class HeapPool {
     return fresh;
   }
 
-  /** A Buffer over [offset, offset + length) of the pool, whatever is there. */
+  /**
+   * A Buffer over [offset, offset + length) of the pool (offset and length in bytes), whatever is
+   * there: nothing checks that the range belongs to a live allocation, and writing over another
+   * allocation or the heap's bookkeeping is your bug (check() finds damaged bookkeeping). The range
+   * must lie inside one region (ERR_OUT_OF_RANGE otherwise); ERR_POOL_CLOSED after close().
+   */
   view(offset: number, length: number): Buffer {
     if (this.closed) throw closedError();
     checkOffset(offset);
@@ -227,7 +274,11 @@ export abstract class HeapPool {
     return Buffer.from(chunk.buffer, offset - chunk.base, length);
   }
 
-  /** The offset of a Buffer's first byte in this pool. */
+  /**
+   * The offset of a Buffer's first byte in this pool (for a shared pool: the segment offset, the same
+   * in every process). Throws ERR_POOL_FOREIGN_BUFFER when it does not view this pool (fallback
+   * allocations included), ERR_POOL_CLOSED after close().
+   */
   offsetOf(buffer: Uint8Array): number {
     if (this.closed) throw closedError();
     checkBuffer(buffer);
@@ -236,7 +287,10 @@ export abstract class HeapPool {
     return chunk.base + buffer.byteOffset;
   }
 
-  /** Whether the Buffer views this pool's memory (fallback allocations are not the pool's memory). */
+  /**
+   * Whether the Buffer views this pool's memory, anywhere (not only at the start of a live allocation).
+   * Fallback allocations are not the pool's memory. Throws ERR_POOL_CLOSED after close().
+   */
   owns(buffer: Uint8Array): boolean {
     if (this.closed) throw closedError();
     checkBuffer(buffer);
@@ -248,7 +302,11 @@ export abstract class HeapPool {
     return this.fallbackBlocks.owns(buffer);
   }
 
-  /** Bytes the allocation may use: at least what was asked, rounded up by the algorithm. */
+  /**
+   * Bytes the allocation may use: at least what was asked, rounded up by the algorithm (exactly what
+   * was asked in debug mode). Throws ERR_POOL_FOREIGN_BUFFER when it is not the start of a live
+   * allocation, ERR_POOL_CLOSED after close().
+   */
   usableSize(bufferOrOffset: Uint8Array | number): number {
     if (this.closed) throw closedError();
     let chunk: Chunk | undefined;
@@ -277,8 +335,9 @@ export abstract class HeapPool {
   }
 
   /**
-   * O(1) counters. With { histogram: true } also the live allocations by size class (a walk of the
-   * heap: O(blocks)).
+   * Counters in bytes and allocations, O(1). With `{ histogram: true }` also the live allocations by
+   * size class (a walk of the heap: O(blocks)). A snapshot: for a shared pool other processes change
+   * the numbers at any time. Throws ERR_POOL_CLOSED after close().
    */
   stats(options?: StatsOptions): PoolStats {
     if (this.closed) throw closedError();
@@ -292,7 +351,7 @@ export abstract class HeapPool {
       liveAllocations: 0,
       allocations: 0,
       frees: 0,
-      failedAllocations: this.failed,
+      failedAllocations: this.segmentWide ? 0 : this.failed,
       largestFreeBlock: 0,
       fragmentation: 0,
       overhead: 0,
@@ -302,7 +361,9 @@ export abstract class HeapPool {
     for (const chunk of this.chunks) {
       const raw = chunk.native.stats();
       if (typeof raw === 'number') throw this.error(raw, 'reading stats');
-      const [capacity, used, free, overhead, peak, live, allocations, frees, , largest] = raw;
+      const [capacity, used, free, overhead, peak, live, allocations, frees, failed, largest] = raw;
+      // A segment's counters cover every process using it; this pool's own count of refusals would not.
+      if (this.segmentWide) s.failedAllocations += failed;
       s.capacity += capacity;
       s.used += used;
       s.free += free;
@@ -340,7 +401,11 @@ export abstract class HeapPool {
     return classes;
   }
 
-  /** The heap as runs of used and free memory in address order: a picture of fragmentation. */
+  /**
+   * The heap as runs of used and free memory in address order: a picture of fragmentation. Neighbouring
+   * blocks of the same kind at most 128 bytes apart are merged into one run. O(blocks); throws
+   * ERR_POOL_CLOSED after close().
+   */
   map(): HeapRun[] {
     const runs: HeapRun[] = [];
     for (const b of this.blocks()) {
@@ -357,7 +422,8 @@ export abstract class HeapPool {
 
   /**
    * Debug mode: live allocations grouped by where they were made (this process's JavaScript stack;
-   * another process's allocations by its pid), most bytes first.
+   * another process's allocations by its pid), most bytes first. Throws ERR_POOL_NOT_DEBUG for a pool
+   * without `debug: true`, ERR_POOL_CLOSED after close().
    */
   leaks(): LeakSite[] {
     if (this.closed) throw closedError();
@@ -379,7 +445,11 @@ export abstract class HeapPool {
     return [...bySite.values()].sort((a, b) => b.bytes - a.bytes || b.count - a.count);
   }
 
-  /** Verifies the heap's invariants; throws ERR_POOL_CORRUPTED naming the first violation. */
+  /**
+   * Verifies the heap's invariants (in debug mode also every guard and quarantined block) and returns
+   * nothing when all hold; throws ERR_POOL_CORRUPTED naming the first violation, ERR_POOL_CLOSED after
+   * close(). O(blocks).
+   */
   check(): void {
     if (this.closed) throw closedError();
     for (const chunk of this.chunks) {
@@ -399,7 +469,10 @@ export abstract class HeapPool {
     }
   }
 
-  /** Every block in address order: used allocations and free runs. */
+  /**
+   * Every block in address order: used allocations and free runs, sizes in usable bytes. Lazy: the
+   * ERR_POOL_CLOSED check happens at the first step. Changes made while iterating may not show.
+   */
   *blocks(): IterableIterator<BlockInfo> {
     if (this.closed) throw closedError();
     for (const chunk of [...this.chunks]) {
@@ -419,6 +492,8 @@ export abstract class HeapPool {
   /**
    * Releases all memory (fallback blocks included) and detaches the regions' ArrayBuffers: every Buffer
    * the pool handed out becomes length 0. Idempotent; any other call afterwards throws ERR_POOL_CLOSED.
+   * A SharedPool is only unmapped in this process: its allocations stay for the others, and the segment
+   * exists until unlinked. A debug pool warns (MEMPOOL_LEAK) about this process's live allocations.
    */
   close(): void {
     if (this.closed) return;
@@ -450,6 +525,7 @@ export abstract class HeapPool {
     });
   }
 
+  /** The same as close(), for `using pool = ...`: the pool is closed at the end of the scope. */
   [Symbol.dispose](): void {
     this.close();
   }

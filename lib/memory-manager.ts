@@ -8,15 +8,31 @@ import { SharedPool } from './shared-pool';
 import { SystemBlocks } from './system-blocks';
 import type { Algorithm, HeapOptions } from './types';
 
+/** Options of MemoryManager.initNormal(): those of a Pool, which always has `fallback: true`. */
 export interface InitNormalOptions extends HeapOptions {
+  /** Bytes of the pool's region, taken with one malloc. */
   memorySizeBytes: number;
+  /** The heap: 'tlsf' (default), 'buddy' or 'bitmap'. */
   algorithm?: Algorithm;
-  grow?: boolean | { chunkSize?: number; maxSize?: number };
+  /** When full, take more regions before falling back to malloc (default false); as Pool's `grow`. */
+  grow?: boolean | {
+    /** Bytes of each extra region (default: memorySizeBytes); more when one request needs more. */
+    chunkSize?: number;
+    /** Most bytes all regions together may hold (default: no limit; at least memorySizeBytes). */
+    maxSize?: number;
+  };
 }
 
+/** Options of MemoryManager.initShared(). */
 export interface InitSharedOptions {
+  /** The segment's name (/dev/shm/<name>): 1 to 250 bytes, no '/' or NUL. */
   name: string;
+  /**
+   * Bytes of the whole segment when it is created. Required and checked even when attaching, where the
+   * existing segment's size applies.
+   */
   memorySizeBytes: number;
+  /** The heap when the segment is created: 'tlsf' (default), 'buddy' or 'bitmap'. Ignored when attaching. */
   algorithm?: Algorithm;
   /** Create the segment when it does not exist (default true); false only attaches. */
   create?: boolean;
@@ -39,12 +55,16 @@ export class MemoryManager {
 
   private constructor() {}
 
+  /** The manager of this thread, made on first use. */
   static getInstance(): MemoryManager {
     MemoryManager.instance ??= new MemoryManager();
     return MemoryManager.instance;
   }
 
-  /** Creates the normal pool. Throws ERR_MM_ALREADY_INITIALIZED when one exists (close() first). */
+  /**
+   * Creates the normal pool (a Pool with `fallback: true`). Throws ERR_MM_ALREADY_INITIALIZED when one
+   * exists (close() first), and the errors of `new Pool()`.
+   */
   initNormal(options: InitNormalOptions): void {
     const o = checkObject<InitNormalOptions>(options, 'options');
     if (this.normal) throw new PoolError('ERR_MM_ALREADY_INITIALIZED', 'Normal memory is already initialized');
@@ -52,7 +72,17 @@ export class MemoryManager {
     this.normal = new Pool({ ...rest, size: checkSize(memorySizeBytes, 'options.memorySizeBytes'), fallback: true });
   }
 
-  /** `size` bytes of normal memory; `prefix` (a Buffer or offset of the normal pool) hints where. */
+  /**
+   * `size` bytes of normal memory: from the pool after initNormal (from malloc when the pool is full,
+   * memoryType 'other'), from malloc before it. `prefix` (a Buffer or offset of the normal pool) hints
+   * where: at or after it when a free block there fits; a Buffer of other memory is ignored.
+   *
+   * **Warning:** as with Pool.alloc(), a Buffer from the pool stays usable after deallocate() and then
+   * shows memory that may belong to someone else (a malloc'd one becomes length 0).
+   *
+   * @throws ERR_POOL_OUT_OF_MEMORY when neither the pool nor the system has the memory; ERR_OUT_OF_RANGE
+   *   for a bad size or prefix offset.
+   */
   allocate(size: number, prefix?: Uint8Array | number): Buffer {
     checkSize(size, 'size');
     if (!this.normal) return this.system.alloc(size, false);
@@ -60,8 +90,12 @@ export class MemoryManager {
   }
 
   /**
-   * Creates (or, with create: false, attaches to) the named shared pool. True when it is ready; false
-   * only when create is false and no segment of that name exists yet.
+   * Creates the named shared pool, or attaches to it when it exists (mode 0o600, not exclusive); with
+   * create: false only attaches. True when it is ready; false only when create is false and no segment
+   * of that name exists yet. The segment stays after close(): unlink it with SharedPool.unlink(name).
+   *
+   * @throws ERR_MM_ALREADY_INITIALIZED when a shared pool is already set up (close() first), and the
+   *   errors of SharedPool.create() / open().
    */
   initShared(options: InitSharedOptions): boolean {
     const o = checkObject<InitSharedOptions>(options, 'options');
@@ -82,27 +116,43 @@ export class MemoryManager {
     return true;
   }
 
+  /**
+   * `size` bytes of the shared pool; `prefix` (a Buffer or segment offset) hints where, as for allocate().
+   *
+   * **Warning:** other processes attached to the segment may write this memory at any time and may
+   * free it; the Buffer stays usable after a free and then shows memory that may belong to someone else.
+   *
+   * @throws ERR_MM_NOT_INITIALIZED before initShared(); ERR_POOL_OUT_OF_MEMORY when no block fits (no
+   *   fallback here); ERR_SHM_LOCK_TIMEOUT.
+   */
   allocateShared(size: number, prefix?: Uint8Array | number): Buffer {
     checkSize(size, 'size');
     const shared = this.sharedPool();
     return shared.alloc(size, this.hint(shared, prefix));
   }
 
-  /** The shared segment's size in bytes. */
+  /** The shared segment's size in bytes. Throws ERR_MM_NOT_INITIALIZED before initShared(). */
   getMemorySizeBytes(): number {
     return this.sharedPool().size;
   }
 
-  /** Where this process mapped the shared segment (different in every process). */
+  /** Where this process mapped the shared segment (different in every process). Throws ERR_MM_NOT_INITIALIZED before initShared(). */
   getSharedMemoryStartAddress(): bigint {
     return this.sharedPool().startAddress;
   }
 
+  /** The shared segment's name. Throws ERR_MM_NOT_INITIALIZED before initShared(). */
   getSharedMemoryName(): string {
     return this.sharedPool().name;
   }
 
-  /** Frees memory from any of the three sources; `size`, when given, must be the buffer's length. */
+  /**
+   * Frees memory from any of the three sources (normal pool, shared pool, malloc); `size` (bytes), when
+   * given, must be the buffer's length. The Buffer must not be used afterwards.
+   *
+   * @throws ERR_POOL_FOREIGN_BUFFER (not from this manager, or not the start of an allocation);
+   *   ERR_POOL_DOUBLE_FREE; ERR_POOL_SIZE_MISMATCH; the other errors of Pool.free().
+   */
   deallocate(buffer: Uint8Array, size?: number): void {
     checkBuffer(buffer);
     if (this.normal?.owns(buffer) || this.normal?.ownsFallback(buffer)) return this.normal.free(buffer, size);
@@ -113,11 +163,16 @@ export class MemoryManager {
     this.system.free(buffer);
   }
 
+  /** The same as the exported memoryType(): 'normal', 'shared' or 'other'. */
   memoryType(buffer: Uint8Array): MemoryType {
     return memoryType(buffer);
   }
 
-  /** Closes both pools and frees system memory handed out before initNormal; the manager can be initialized again. */
+  /**
+   * Closes both pools and frees the malloc'd memory handed out before initNormal; every Buffer this
+   * manager handed out becomes length 0. The shared segment is only unmapped, not unlinked. The manager
+   * can be initialized again.
+   */
   close(): void {
     this.normal?.close();
     this.shared?.close();

@@ -8,26 +8,43 @@ import { addon } from './native';
 import { SmallCache } from './small-cache';
 import type { HeapOptions } from './types';
 
+/** How a Pool grows when full (`PoolOptions.grow`). */
 export interface GrowOptions {
-  /** Bytes of each extra region (default: the pool's size). */
+  /** Bytes of each extra region (default: the pool's size); more when one request needs more. */
   chunkSize?: number;
-  /** Most bytes all regions together may hold (default: no limit). */
+  /**
+   * Most bytes all regions together may hold, the first included (default: no limit). Must be at least
+   * `size` (ERR_OUT_OF_RANGE).
+   */
   maxSize?: number;
 }
 
+/** Options of `new Pool(...)`; the heap options apply to every region. */
 export interface PoolOptions extends HeapOptions {
-  /** Bytes of the region, taken from the system with one malloc. */
+  /** Bytes of the region, taken from the system with one malloc; an integer >= 1 large enough for the heap's metadata. */
   size: number;
+  /** The heap: 'tlsf' (default), 'buddy' or 'bitmap'. */
   algorithm?: import('./types').Algorithm;
-  /** When full, take another region from the system instead of failing. */
+  /**
+   * When full, take another region from the system instead of failing (default false: the pool never
+   * holds more than `size` bytes). `true` is `{}`; trim() gives empty regions back.
+   */
   grow?: boolean | GrowOptions;
-  /** When the pool cannot serve a request, serve it from the system allocator (memoryType 'other'). */
+  /**
+   * When the pool cannot serve a request, alloc() and realloc() serve it from the system allocator
+   * (memoryType 'other'; not counted in the pool's memory; released by close()). Default false.
+   * allocOffset() never falls back.
+   */
   fallback?: boolean;
-  /** Debug mode: guard bytes, poisoned and quarantined frees, call sites, leak reports. */
+  /**
+   * Debug mode (default false): guard bytes, poisoned and quarantined frees, call sites, leak reports.
+   * Costs about 80 bytes and a stack capture per allocation.
+   */
   debug?: boolean;
   /**
-   * Serve allocations of up to 1024 bytes with default options from slabs managed in JavaScript, with
-   * no call into C++ (default true; debug mode turns it off). See README "Speed".
+   * Serve allocations of up to 1024 bytes with default options from 4096-aligned slabs managed in
+   * JavaScript, with no call into C++ (default true; debug mode turns it off). Such an allocation's
+   * usableSize() is its slot (a multiple of 16 bytes), and the slabs count as used in peakUsed.
    */
   cache?: boolean;
 }
@@ -35,6 +52,19 @@ export interface PoolOptions extends HeapOptions {
 /** Regions start at multiples of this in a pool's offset space, so offset alignment is address alignment. */
 const REGION_ALIGN = 4096;
 
+/**
+ * A memory pool in this process: one `malloc` per region, managed by the heap you choose.
+ *
+ * Allocations are `Buffer` views into the region (no copy) or plain offsets. **A view stays usable
+ * after its block is freed or moved by `realloc`, and then shows memory that may belong to another
+ * allocation**: do not use a Buffer after freeing it. `close()` is the one point at which every view
+ * becomes empty.
+ *
+ * @example
+ * const pool = new Pool({ size: 64 << 20 });
+ * const buf = pool.alloc(100);
+ * pool.free(buf);
+ */
 export class Pool extends HeapPool {
   private readonly heapOptions: [number, number, number];
   private readonly canGrow: boolean;
@@ -42,6 +72,13 @@ export class Pool extends HeapPool {
   private readonly growMaxSize: number;
   private nextBase = 0;
 
+  /**
+   * Takes the first region (`options.size` bytes) from the system with one malloc.
+   *
+   * @throws ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE for bad options (a size too small for the heap's
+   *   metadata, bad heap options, grow.maxSize below size); ERR_POOL_OUT_OF_MEMORY when the system
+   *   refuses the memory.
+   */
   constructor(options: PoolOptions) {
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
@@ -65,7 +102,10 @@ export class Pool extends HeapPool {
     }
   }
 
-  /** Gives regions added by grow that hold no live allocation back to the system; returns the bytes released. */
+  /**
+   * Gives regions added by grow that hold no live allocation back to the system (the first region
+   * stays); returns the bytes released. Throws ERR_POOL_CLOSED after close().
+   */
   trim(): number {
     if (this.closed) throw closedError();
     this.cache?.releaseEmpty();

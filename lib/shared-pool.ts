@@ -8,17 +8,25 @@ import { registerRegion } from './memory-type';
 import { addon, NativePool, Status } from './native';
 import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
+/** Options of `SharedPool.create(name, options)`. */
 export interface SharedPoolCreateOptions extends HeapOptions {
-  /** Bytes of the whole segment: header, directory and heap. */
+  /** Bytes of the whole segment: header, directory and heap (ERR_OUT_OF_RANGE when too small for them). */
   size: number;
+  /** The heap: 'tlsf' (default), 'buddy' or 'bitmap'; stored in the segment for every process. */
   algorithm?: Algorithm;
-  /** Permission bits of /dev/shm/<name> (default 0o600: the owner only). */
+  /** Permission bits of /dev/shm/<name>, 0 to 0o777 (default 0o600: the owner only). */
   mode?: number;
-  /** Fail with ERR_SHM_EXISTS when the name exists (default true); false opens the existing segment. */
+  /**
+   * Fail with ERR_SHM_EXISTS when the name exists (default true). false opens the existing segment
+   * instead, and then its own size, algorithm and other settings apply, not these options.
+   */
   exclusive?: boolean;
-  /** Capacity of the directory of named allocations (default 256). */
+  /** Capacity of the directory of named allocations (default 256, at most 2^20). */
   maxKeys?: number;
-  /** Longest wait for the segment's lock, in ms (default 5000). */
+  /**
+   * Longest wait for the segment's lock, in ms (default 5000; 0: do not wait; at most 86400000), for
+   * this process only. Exceeded: ERR_SHM_LOCK_TIMEOUT.
+   */
   lockTimeoutMs?: number;
   /**
    * Debug mode for every process that uses the segment: guard bytes, poisoned and quarantined frees,
@@ -27,36 +35,60 @@ export interface SharedPoolCreateOptions extends HeapOptions {
   debug?: boolean;
 }
 
+/** Options of `SharedPool.open(name, options)`. */
 export interface SharedPoolOpenOptions {
-  /** Longest wait for the segment's lock, in ms (default 5000). */
+  /**
+   * Longest wait for the segment's lock, in ms (default 5000; 0: do not wait; at most 86400000), for
+   * this process only. Exceeded: ERR_SHM_LOCK_TIMEOUT.
+   */
   lockTimeoutMs?: number;
 }
 
+/**
+ * One mempool segment under /dev/shm (SharedPool.list()). `used` and `liveAllocations` are read without
+ * the segment's lock: a snapshot that may be mid-change.
+ */
 export interface SharedSegmentInfo {
+  /** The segment's name (without the leading '/'). */
   name: string;
+  /** Bytes of the whole segment. */
   size: number;
+  /** The segment's heap. */
   algorithm: Algorithm;
+  /** Usable bytes of live allocations (0 when the heap header could not be read). */
   used: number;
+  /** Live allocations, from every process (0 when the heap header could not be read). */
   liveAllocations: number;
 }
 
+/**
+ * SharedPool.stats(): Pool's stats plus what the segment's header records. The counters cover every
+ * process using the segment (except failedAllocations, counted by this process only).
+ */
 export interface SharedPoolStats extends PoolStats {
   /** Times a process found the lock held by a dead process and repaired the heap. */
   recoveries: number;
-  /** Names in the directory, and its capacity. */
+  /** Names in the directory now. */
   keys: number;
+  /** Capacity of the directory (the maxKeys the segment was created with). */
   maxKeys: number;
+  /** Pid of the process that created the segment (it may have exited, or the pid been reused). */
   creatorPid: number;
+  /** When the segment was created. */
   createdAt: Date;
   /** The processes attached now (kept in the segment), and in debug mode what each holds. */
   processes: AttachedProcess[];
 }
 
+/** A process attached to a shared segment (SharedPool.processes()). */
 export interface AttachedProcess {
+  /** Its process id. */
   pid: number;
+  /** When the process started (not when it attached). */
   startedAt: Date;
-  /** Debug mode: live allocations this process made, and their bytes. */
+  /** Debug mode: live allocations this process made. */
   allocations?: number;
+  /** Debug mode: bytes of those allocations. */
   bytes?: number;
 }
 
@@ -88,6 +120,20 @@ function checkTimeout(value: unknown): number {
   return value === undefined ? DEFAULT_LOCK_TIMEOUT_MS : checkSize(value, 'options.lockTimeoutMs', 0);
 }
 
+/**
+ * A pool in named POSIX shared memory (`/dev/shm/<name>`), found by name from other processes,
+ * worker threads and other languages; offsets are the same in all of them.
+ *
+ * **The memory changes under you**: any process attached to the segment may write any byte of it at
+ * any time, and may free a block you still view. Coordinate who writes what (for example one writer
+ * per block, readers after a key is published). A view stays usable after its block is freed, here or
+ * in another process, and then shows memory that may be handed to someone else.
+ *
+ * @example
+ * const pool = SharedPool.create('orders', { size: 256 << 20 });
+ * pool.set('latest', pool.alloc(64));
+ * // elsewhere: SharedPool.open('orders').get('latest')
+ */
 export class SharedPool extends HeapPool {
   /** The segment's name (without the leading '/'). */
   readonly name: string;
@@ -101,11 +147,21 @@ export class SharedPool extends HeapPool {
     this.name = name;
     this.startAddress = native.address;
     registerRegion(native.buffer, 'shared');
+    this.segmentWide = true;
     this.current = { native, buffer: native.buffer, base: 0, size: this.size };
     this.chunks = [this.current];
   }
 
-  /** Creates /dev/shm/<name>, sized and formatted; fails with ERR_SHM_EXISTS when it exists (unless exclusive: false). */
+  /**
+   * Creates /dev/shm/<name> of `options.size` bytes, formats it and maps it (or, with `exclusive:
+   * false`, opens it when it exists). The segment outlives every process until unlinked.
+   *
+   * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_INVALID_NAME for a
+   *   name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
+   *   ERR_POOL_OUT_OF_MEMORY when the system has no room; ERR_SHM_SYSTEM for another system error;
+   *   ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE for bad options (e.g. a size too small); with exclusive:
+   *   false also the errors of open().
+   */
   static create(name: string, options: SharedPoolCreateOptions): SharedPool {
     checkName(name);
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
@@ -120,7 +176,14 @@ export class SharedPool extends HeapPool {
     return new SharedPool(native, name);
   }
 
-  /** Attaches to an existing segment by name; its algorithm and size come from the segment. */
+  /**
+   * Attaches to an existing segment by name; its algorithm, size and debug mode come from the segment,
+   * which is validated field by field first.
+   *
+   * @throws ERR_SHM_NOT_FOUND; ERR_SHM_INVALID_NAME; ERR_SHM_PERMISSION; ERR_SHM_INCOMPATIBLE for a file
+   *   that is not a mempool segment of a known version; ERR_POOL_CORRUPTED for a damaged header or heap;
+   *   ERR_SHM_LOCK_TIMEOUT; ERR_SHM_SYSTEM.
+   */
   static open(name: string, options?: SharedPoolOpenOptions): SharedPool {
     checkName(name);
     const o = checkObject<SharedPoolOpenOptions>(options, 'options');
@@ -128,17 +191,29 @@ export class SharedPool extends HeapPool {
     return new SharedPool(native, name);
   }
 
-  /** Removes the name; processes attached keep their mapping until they close. False when there was no such name. */
+  /**
+   * Removes the name; processes attached keep their mapping until they close, and no one can open it
+   * any more. True when removed, false when there was no such name. Throws ERR_SHM_INVALID_NAME,
+   * ERR_SHM_PERMISSION or ERR_SHM_SYSTEM.
+   */
   static unlink(name: string): boolean {
     return addon.shmUnlink(checkName(name));
   }
 
-  /** The mempool segments under /dev/shm that this process may read. */
+  /** The mempool segments under /dev/shm that this process may read (others are skipped silently). */
   static list(): SharedSegmentInfo[] {
     return addon.shmList().map((s) => ({ ...s, algorithm: s.algorithm as Algorithm }));
   }
 
-  /** Names an allocation (a Buffer that starts a live allocation of this pool) for other processes to find. */
+  /**
+   * Names an allocation for other processes to find with get(): `buffer` must start a live allocation
+   * of this pool; its length (bytes) is recorded with the name. An existing key is replaced. The name
+   * goes when the allocation is freed or moved by realloc.
+   *
+   * @throws ERR_POOL_FOREIGN_BUFFER when the Buffer does not start a live allocation of this pool;
+   *   ERR_POOL_OUT_OF_MEMORY when the directory is full (maxKeys); ERR_OUT_OF_RANGE for a key that is
+   *   not 1 to 224 UTF-8 bytes; ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
+   */
   set(key: string, buffer: Uint8Array): void {
     if (this.closed) throw closedError();
     checkKey(key);
@@ -155,7 +230,12 @@ export class SharedPool extends HeapPool {
     throw statusError(status, `naming '${key}'`);
   }
 
-  /** A view of the allocation named `key` (the offset and length set() was given), or undefined. */
+  /**
+   * A view of the allocation named `key` (the offset and length set() was given), or undefined. Not a
+   * copy: **other processes may write it at any time, and may free it** (the view then shows memory
+   * that may belong to someone else). Throws ERR_OUT_OF_RANGE for a bad key, ERR_POOL_CLOSED,
+   * ERR_SHM_LOCK_TIMEOUT.
+   */
   get(key: string): Buffer | undefined {
     if (this.closed) throw closedError();
     checkKey(key);
@@ -165,7 +245,7 @@ export class SharedPool extends HeapPool {
     return Buffer.from(this.native.buffer, found[0], found[1]);
   }
 
-  /** Removes a name (the allocation stays). True when the key existed. */
+  /** Removes a name (the allocation stays). True when the key existed. Throws as get() does. */
   delete(key: string): boolean {
     if (this.closed) throw closedError();
     checkKey(key);
@@ -174,6 +254,7 @@ export class SharedPool extends HeapPool {
     return r;
   }
 
+  /** The names in the directory now, in no particular order. Throws ERR_POOL_CLOSED, ERR_SHM_LOCK_TIMEOUT. */
   keys(): string[] {
     if (this.closed) throw closedError();
     const r = this.native.keys();
@@ -186,6 +267,10 @@ export class SharedPool extends HeapPool {
     return SharedPool.unlink(this.name);
   }
 
+  /**
+   * Pool's stats plus the segment's: recoveries, keys, maxKeys, creatorPid, createdAt and processes.
+   * Not O(1): it lists the attached processes, and in debug mode walks the live allocations.
+   */
   override stats(options?: StatsOptions): SharedPoolStats {
     const base = super.stats(options);
     const info = this.native.segmentInfo()!;
@@ -200,7 +285,11 @@ export class SharedPool extends HeapPool {
     };
   }
 
-  /** The processes attached to the segment now; in debug mode with what each holds. */
+  /**
+   * The processes attached to the segment now (exited ones are dropped); in debug mode with what each
+   * holds (allocations of processes no longer attached are not shown: see leaks()). A process that
+   * opened the segment twice appears twice. Throws ERR_POOL_CLOSED, ERR_SHM_LOCK_TIMEOUT.
+   */
   processes(): AttachedProcess[] {
     if (this.closed) throw closedError();
     const pairs = this.native.processes();
@@ -226,10 +315,18 @@ export class SharedPool extends HeapPool {
   }
 
   /**
-   * Debug mode: frees every allocation a dead process held (its names go with them). Refused with
-   * ERR_PROCESS_ALIVE for a process that is still running. Returns what was freed.
+   * Debug mode: frees every allocation a dead process held (its names go with them). Returns what was
+   * freed. Views of those blocks, in any process, then show memory that may be handed to someone else.
+   *
+   * @throws ERR_PROCESS_ALIVE for a process that is still running (or that exists under another user);
+   *   ERR_POOL_NOT_DEBUG for a segment created without debug: true; ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
    */
-  reclaim(pid: number): { allocations: number; bytes: number } {
+  reclaim(pid: number): {
+    /** Allocations freed. */
+    allocations: number;
+    /** Their bytes. */
+    bytes: number;
+  } {
     if (this.closed) throw closedError();
     checkSize(pid, 'pid');
     if (!this.debug) throw new PoolError('ERR_POOL_NOT_DEBUG', 'reclaim() needs a segment created with debug: true (allocations carry their owner only then)');

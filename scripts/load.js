@@ -249,7 +249,12 @@ function limits() {
         `/dev/shm/${name} left behind: ${fs.existsSync(`/dev/shm/${name}`)}`;
     } else {
       const out = JSON.parse(r.stdout);
-      pass = out.ok || (avail < gib * GiB && out.code === 'ERR_POOL_OUT_OF_MEMORY');
+      // Over 4 GiB one ArrayBuffer cannot view the segment: a clear ERR_OUT_OF_RANGE before anything
+      // is created is the promised behaviour.
+      pass =
+        (gib <= 4 && out.ok) ||
+        (gib <= 4 && avail < gib * GiB && out.code === 'ERR_POOL_OUT_OF_MEMORY') ||
+        (gib > 4 && out.code === 'ERR_OUT_OF_RANGE' && !fs.existsSync(`/dev/shm/${name}`));
       detail = `${out.detail} (/dev/shm had ${(avail / GiB).toFixed(1)} GiB free)`;
     }
     SharedPool.unlink(name);
@@ -258,9 +263,9 @@ function limits() {
   // 1b. Larger than /dev/shm can hold: refused at create, name removed.
   {
     const huge = Math.ceil((shmAvailable() + 4 * GiB) / GiB) * GiB;
-    const r = expectError(() => SharedPool.create(name, { size: huge }), 'ERR_POOL_OUT_OF_MEMORY');
-    // (Run in this process: the size check happens before any mapping, so the > 4 GiB crash of the
-    // 16 GiB case above cannot happen here unless the refusal is missing.)
+    // Past 4 GiB the size itself is refused first (ERR_OUT_OF_RANGE); /dev/shm running out is
+    // ERR_POOL_OUT_OF_MEMORY only where /dev/shm is smaller than that.
+    const r = expectError(() => SharedPool.create(name, { size: huge }), huge > 4 * GiB ? 'ERR_OUT_OF_RANGE' : 'ERR_POOL_OUT_OF_MEMORY');
     report(`${huge / GiB} GiB shared segment (more than /dev/shm has)`, r.ok && !fs.existsSync(`/dev/shm/${name}`), r.msg);
     SharedPool.unlink(name);
   }
