@@ -14,9 +14,9 @@ export const outOfMemoryChannel = diagnosticsChannel.channel('mempool:out-of-mem
  * synchronously, in the allocating thread, only while someone subscribes; offsets are pool offsets.
  */
 export const CHANNELS = {
-  /** 'mempool:alloc': `{ pool, offset, size }` after every allocation of the pool's memory (fallback allocations and realloc's in-place or in-region moves excluded). */
+  /** 'mempool:alloc': `{ pool, offset, size }` after every allocation of the pool's memory (a realloc is published as a free and an allocation, even in place; fallback allocations are not the pool's memory and are not published). */
   alloc: 'mempool:alloc',
-  /** 'mempool:free': `{ pool, offset }` after every free of the pool's memory (fallback frees and realloc's in-region moves excluded). */
+  /** 'mempool:free': `{ pool, offset }` after every free of the pool's memory (and of the old block of a realloc; fallback frees are not published). */
   free: 'mempool:free',
   /** 'mempool:out-of-memory': `{ pool, size }` when no region can serve a request of `size` bytes (before any fallback). */
   outOfMemory: 'mempool:out-of-memory',

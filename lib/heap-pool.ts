@@ -240,10 +240,20 @@ export abstract class HeapPool {
     const slot = chunk !== undefined && this.cache !== undefined ? this.cache.usableSize(chunk.base + buffer.byteOffset) : -1;
     if (slot >= 0) {
       // A slot of the small-object cache: in place while it fits, else moved like any other block.
-      if (size <= slot && (chunk!.base + buffer.byteOffset) % align === 0) return Buffer.from(chunk!.buffer, buffer.byteOffset, size);
+      const at = chunk!.base + buffer.byteOffset;
+      if (size <= slot && at % align === 0) {
+        if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: at });
+        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset: at, size });
+        return Buffer.from(chunk!.buffer, buffer.byteOffset, size);
+      }
     } else if (chunk !== undefined) {
       const moved = chunk.native.realloc(buffer.byteOffset, size, align);
-      if (moved >= 0) return Buffer.from(chunk.buffer, moved, size);
+      if (moved >= 0) {
+        // To a subscriber a realloc is the old block freed and the new one allocated (even in place).
+        if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });
+        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset: chunk.base + moved, size });
+        return Buffer.from(chunk.buffer, moved, size);
+      }
       if (moved !== Status.OutOfMemory) {
         throw this.error(moved, `reallocating ${size} bytes`);
       }

@@ -158,10 +158,26 @@ describe('Stats, maps and events', () => {
     try {
       const a = pool.alloc(10);
       const b = pool.allocOffset(20);
+      const aOffset = pool.offsetOf(a);
       pool.free(a);
       pool.free(b);
+      const c = pool.alloc(2000);
+      const cOffset = pool.offsetOf(c);
+      const d = pool.realloc(c, 3000);
+      const dOffset = pool.offsetOf(d);
+      pool.free(d);
       expectCode(() => pool.alloc(1 << 20), 'ERR_POOL_OUT_OF_MEMORY');
-      expect(seen).to.deep.equal([`alloc ${pool.offsetOf(a)} 10`, `alloc ${b} 20`, `free ${seen[0].split(' ')[1]}`, `free ${b}`, `oom ${1 << 20}`]);
+      expect(seen).to.deep.equal([
+        `alloc ${aOffset} 10`,
+        `alloc ${b} 20`,
+        `free ${aOffset}`,
+        `free ${b}`,
+        `alloc ${cOffset} 2000`,
+        `free ${cOffset}`, // a realloc: the old block freed, the new one allocated
+        `alloc ${dOffset} 3000`,
+        `free ${dOffset}`,
+        `oom ${1 << 20}`,
+      ]);
     } finally {
       diagnosticsChannel.unsubscribe(CHANNELS.alloc, onAlloc);
       diagnosticsChannel.unsubscribe(CHANNELS.free, onFree);
