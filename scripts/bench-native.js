@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // Builds and runs the native benchmark (scripts/bench/native.cc against native/core), see
-// docs/benchmarks-native.md and /work/shared/workloads.md.
+// docs/benchmarks.md and /work/shared/workloads.md.
 //
-//   npm run bench:native -- [--json] [--scale F] [--only NAME,...] [--workloads W1,F1,...]
+//   npm run bench:native -- [--json] [--scale F] [--repeat R] [--only NAME,...] [--workloads W1,F1,...]
 //
+// The shared-* allocators use the real segment code (segment.cc); the boost allocator is compiled in when
+// the Boost.Interprocess headers are installed (Debian: libboost-dev), else skipped with a note.
 // The binary goes to build/bench/native and is rebuilt only when a source or core header is newer.
 // Arguments pass through unchanged; stdout and stderr are streamed (with --json stdout holds only the
 // JSON lines).
@@ -18,7 +20,7 @@ const core = path.join(root, 'native', 'core');
 const out = path.join(root, 'build', 'bench', 'native');
 const sources = [
   path.join(__dirname, 'bench', 'native.cc'),
-  ...['heap', 'tlsf', 'buddy', 'bitmap'].map((n) => path.join(core, `${n}.cc`)),
+  ...['heap', 'tlsf', 'buddy', 'bitmap', 'debug_heap', 'segment'].map((n) => path.join(core, `${n}.cc`)),
 ];
 const headers = fs.readdirSync(core).filter((f) => f.endsWith('.h')).map((f) => path.join(core, f));
 
@@ -38,7 +40,9 @@ function build() {
   const cxx = process.env.CXX || 'g++';
   const args = ['-std=c++17', '-O2', '-DNDEBUG', '-Wall', '-Wextra', `-I${core}`, ...sources,
     '-o', `${out}.tmp`, '-ldl', '-lpthread', '-lrt'];
-  process.stderr.write(`bench-native: building ${path.relative(root, out)}\n`);
+  const boost = fs.existsSync('/usr/include/boost/interprocess/managed_shared_memory.hpp');
+  process.stderr.write(`bench-native: building ${path.relative(root, out)}` +
+    `${boost ? ' (with Boost.Interprocess)' : ' (no Boost headers: the boost allocator is left out)'}\n`);
   const r = spawnSync(cxx, args, { stdio: ['ignore', process.stderr, 'inherit'] });
   if (r.error) {
     process.stderr.write(`bench-native: cannot run ${cxx}: ${r.error.message}\n`);

@@ -1,13 +1,14 @@
 // Native benchmark of mempool's heaps against the system allocators.
 //
 // Workloads, trace, tail-latency pass and JSON output are defined in /work/shared/workloads.md (W1-W4, F1).
-// Build and run through `npm run bench:native -- [--json] [--scale F] [--only a,b] [--workloads W1,F1]`
+// Build and run through `npm run bench:native -- [--json] [--scale F] [--repeat R] [--only a,b] [--workloads W1,F1]`
 // (scripts/bench-native.js) or `make -C scripts/bench run ARGS="..."`.
 //
 // Allocators: tlsf, buddy, bitmap (1 GiB region from aligned_alloc, no lock); shared-tlsf, shared-buddy,
-// shared-bitmap (the same heaps inside a POSIX shared-memory segment, a process-shared robust mutex taken
-// around every alloc and every free); glibc (malloc/free); jemalloc and mimalloc loaded with dlopen at run
-// time (skipped with a note on stderr when not installed).
+// shared-bitmap (the same heaps in a real mempool segment, native/core/segment.h, its process-shared robust
+// mutex taken around every alloc and every free as SharedPool does); glibc (malloc/free); jemalloc and
+// mimalloc loaded with dlopen at run time (skipped with a note on stderr when not installed); boost
+// (Boost.Interprocess managed_shared_memory, compiled in only when the Boost headers are installed).
 //
 // stdout: with --json exactly one JSON object per result line and nothing else; without --json a table.
 // Everything else (notes, clock cost, progress) goes to stderr.
@@ -36,6 +37,12 @@
 #include <vector>
 
 #include "heap.h"
+#include "segment.h"
+
+#if __has_include(<boost/interprocess/managed_shared_memory.hpp>)
+#include <boost/interprocess/managed_shared_memory.hpp>
+#define MEMPOOL_BENCH_BOOST 1
+#endif
 
 namespace {
 
@@ -196,28 +203,18 @@ class LocalHeap final {
   std::unique_ptr<Heap> heap_;
 };
 
-// --- heaps inside a POSIX shared-memory segment, robust process-shared mutex around every operation --------
+// --- heaps inside a real mempool segment (native/core/segment.h), its lock around every operation ---------
 //
-// ======================================== EXTENSION POINT ==================================================
-// BenchSegment / bench_segment_create / bench_segment_destroy / bench_segment_lock / bench_segment_unlock
-// are a STAND-IN for native/core/segment.h (being written). They do what real use does: shm_open a named
-// segment, ftruncate, mmap MAP_SHARED, a pthread_mutex_t (PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST) in
-// the first page, the heap at base + 4096, the lock taken around each alloc and each free, shm_unlink at
-// the end. Swap these five for the real segment API when it lands; SharedHeap below does not change.
-// ===========================================================================================================
+// Exactly what a SharedPool does: Segment::create (shm_open + ftruncate + posix_fallocate + mmap MAP_SHARED,
+// the header with its process-shared robust mutex, the directory, the heap formatted at heap_offset), then for
+// every alloc lock() / heap().alloc / unlock() and for every free lock() / heap().free / dir_forget_offset /
+// unlock() (the addon's fast path), and Segment::unlink at the end. The segment's heap is 1 GiB, as the
+// local heaps' region, so F1 is comparable. A fresh segment per pass (setup/teardown): the heap is formatted
+// by Segment::create only.
 
-struct BenchSegment {
-  std::string name;
-  uint8_t* map = nullptr;       // the whole mapping
-  uint64_t map_size = 0;
-  pthread_mutex_t* lock = nullptr;  // in the first page
-  uint8_t* heap_base = nullptr;     // map + 4096
-  uint64_t heap_size = 0;
-};
-
-// The name of the segment that exists right now, so that an interrupted run (Ctrl-C) does not leave up to
-// 1 GiB of /dev/shm behind. Only async-signal-safe calls in the handler.
-char g_live_segment[64];
+// The shm path ("/name") of the segment that exists right now, so that an interrupted run (Ctrl-C, die())
+// does not leave 1 GiB of /dev/shm behind. Only async-signal-safe calls in the handler.
+char g_live_segment[300];
 
 void unlink_on_signal(int sig) {
   if (g_live_segment[0] != '\0') shm_unlink(g_live_segment);
@@ -225,70 +222,23 @@ void unlink_on_signal(int sig) {
   raise(sig);
 }
 
-bool bench_segment_create(uint64_t heap_size, BenchSegment* seg, std::string* why) {
-  seg->name = "/mempool-bench-" + std::to_string(getpid());
-  std::snprintf(g_live_segment, sizeof g_live_segment, "%s", seg->name.c_str());
-  signal(SIGINT, unlink_on_signal);
-  signal(SIGTERM, unlink_on_signal);
-  signal(SIGHUP, unlink_on_signal);
-  seg->map_size = heap_size + 4096;
-  int fd = shm_open(seg->name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-  if (fd < 0) {
-    *why = "shm_open(" + seg->name + "): " + std::strerror(errno);
-    return false;
-  }
-  if (ftruncate(fd, off_t(seg->map_size)) != 0) {
-    *why = std::string("ftruncate: ") + std::strerror(errno);
-    ::close(fd);
-    shm_unlink(seg->name.c_str());
-    return false;
-  }
-  void* p = mmap(nullptr, seg->map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED) {
-    *why = std::string("mmap: ") + std::strerror(errno);
-    shm_unlink(seg->name.c_str());
-    return false;
-  }
-  seg->map = static_cast<uint8_t*>(p);
-  seg->lock = reinterpret_cast<pthread_mutex_t*>(seg->map);
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  int rc = pthread_mutex_init(seg->lock, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (rc != 0) {
-    *why = std::string("pthread_mutex_init: ") + std::strerror(rc);
-    munmap(seg->map, seg->map_size);
-    shm_unlink(seg->name.c_str());
-    return false;
-  }
-  seg->heap_base = seg->map + 4096;
-  seg->heap_size = heap_size;
-  return true;
+void unlink_at_exit() {
+  if (g_live_segment[0] != '\0') shm_unlink(g_live_segment);
 }
 
-void bench_segment_destroy(BenchSegment* seg) {
-  if (seg->map == nullptr) return;
-  pthread_mutex_destroy(seg->lock);
-  munmap(seg->map, seg->map_size);
-  shm_unlink(seg->name.c_str());
-  g_live_segment[0] = '\0';
-  seg->map = nullptr;
-}
-
-inline void bench_segment_lock(BenchSegment* seg) {
-  int rc = pthread_mutex_lock(seg->lock);
-  if (__builtin_expect(rc != 0, 0)) {
-    // A previous owner died holding the lock: real use would check the heap here.
-    if (rc == EOWNERDEAD) pthread_mutex_consistent(seg->lock);
-    else die("pthread_mutex_lock: %s", std::strerror(rc));
+void track_segment(const std::string& name) {
+  static bool installed = false;
+  if (!installed) {
+    installed = true;
+    signal(SIGINT, unlink_on_signal);
+    signal(SIGTERM, unlink_on_signal);
+    signal(SIGHUP, unlink_on_signal);
+    std::atexit(unlink_at_exit);  // die() exits through here
   }
+  std::snprintf(g_live_segment, sizeof g_live_segment, "/%s", name.c_str());
 }
 
-inline void bench_segment_unlock(BenchSegment* seg) { pthread_mutex_unlock(seg->lock); }
-// ================================== end of the segment stand-in ============================================
+void untrack_segment() { g_live_segment[0] = '\0'; }
 
 class SharedHeap final {
  public:
@@ -296,43 +246,156 @@ class SharedHeap final {
   const char* name;
   static constexpr bool kHasOffsets = true;
 
-  bool open(std::string* why) { return bench_segment_create(kRegionBytes, &seg_, why); }
-  void setup() { format_heap(name, algo_, seg_.heap_base, seg_.heap_size, &heap_); }
+  bool open(std::string* why) {
+    uint64_t heap_offset = 0;
+    if (!mempool::Segment::layout(kRegionBytes, mempool::kDefaultDirectoryCapacity, &heap_offset)) {
+      *why = "Segment::layout refused the size";
+      return false;
+    }
+    seg_size_ = kRegionBytes + heap_offset;  // the heap itself gets kRegionBytes
+    seg_name_ = std::string("mempool-bench-") + std::to_string(getpid()) + "-" + name;
+    // Probe once: a missing /dev/shm or a full one is "not available here", not a crash.
+    if (probed_) return true;
+    if (!create(why)) return false;
+    destroy();
+    probed_ = true;
+    return true;
+  }
+  void setup() {
+    std::string why;
+    if (!create(&why)) die("%s: %s", name, why.c_str());
+  }
   inline uint64_t alloc(uint64_t size) {
     uint64_t off = 0;
-    bench_segment_lock(&seg_);
+    bool recovered = false;
+    if (__builtin_expect(seg_->lock(&recovered) != Status::ok, 0)) die("%s: lock failed", name);
     Status s = heap_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &off);
-    bench_segment_unlock(&seg_);
+    seg_->unlock();
     return __builtin_expect(s == Status::ok, 1) ? off : 0;
   }
   inline void free(uint64_t h) {
-    bench_segment_lock(&seg_);
+    bool recovered = false;
+    if (__builtin_expect(seg_->lock(&recovered) != Status::ok, 0)) die("%s: lock failed", name);
     Status s = heap_->free(h);
-    bench_segment_unlock(&seg_);
+    if (s == Status::ok) seg_->dir_forget_offset(h + heap_offset_);
+    seg_->unlock();
     if (__builtin_expect(s != Status::ok, 0)) die("%s: free(%llu) failed: %s", name, (unsigned long long)h, mempool::status_name(s));
   }
-  inline uint8_t* pointer(uint64_t h) const { return seg_.heap_base + h; }
-  uint64_t header_bytes() const { return reinterpret_cast<const mempool::RegionHeader*>(seg_.heap_base)->header_size; }
+  inline uint8_t* pointer(uint64_t h) const { return heap_base_ + h; }
+  uint64_t header_bytes() const { return header_bytes_; }  // asked after the pass, when the segment is gone
   uint64_t extent(uint64_t h) const {
     uint64_t u = 0;
     if (heap_->usable_size(h, &u) != Status::ok) die("%s: usable_size failed", name);
     return h + u;
   }
   bool teardown(std::string* err) {
-    bool ok = verify_heap(name, heap_.get(), err);
-    heap_.reset();
+    bool ok = verify_heap(name, heap_, err);
+    if (ok) {
+      mempool::CheckResult cr;
+      seg_->dir_check(&cr);
+      if (cr.violations != 0) {
+        *err = std::string(name) + ": the segment's directory check found " + std::to_string(cr.violations) +
+               " violation(s), first: " + cr.first;
+        ok = false;
+      }
+    }
+    destroy();
     return ok;
   }
-  void close() {
-    heap_.reset();
-    bench_segment_destroy(&seg_);
-  }
+  void close() { destroy(); }
 
  private:
+  bool create(std::string* why) {
+    mempool::SegmentOptions so;
+    so.algorithm = algo_;  // default HeapOptions, as the local heaps
+    int err = 0;
+    bool created = false;
+    track_segment(seg_name_);
+    Status s = mempool::Segment::create(seg_name_, seg_size_, so, &seg_, &err, &created);
+    if (s != Status::ok) {
+      untrack_segment();
+      *why = std::string("Segment::create(") + seg_name_ + "): " + mempool::status_name(s) +
+             (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string());
+      return false;
+    }
+    heap_ = &seg_->heap();
+    heap_offset_ = seg_->heap_offset();
+    heap_base_ = seg_->base() + heap_offset_;
+    header_bytes_ = reinterpret_cast<const mempool::RegionHeader*>(heap_base_)->header_size;
+    return true;
+  }
+  void destroy() {
+    if (!seg_) return;
+    seg_.reset();  // unmaps
+    int err = 0;
+    mempool::Segment::unlink(seg_name_, &err);
+    untrack_segment();
+    heap_ = nullptr;
+    heap_base_ = nullptr;
+  }
+
   Algorithm algo_;
-  BenchSegment seg_;
-  std::unique_ptr<Heap> heap_;
+  bool probed_ = false;
+  std::string seg_name_;
+  uint64_t seg_size_ = 0;
+  std::unique_ptr<mempool::Segment> seg_;
+  Heap* heap_ = nullptr;
+  uint8_t* heap_base_ = nullptr;
+  uint64_t heap_offset_ = 0;
+  uint64_t header_bytes_ = 0;
 };
+
+#ifdef MEMPOOL_BENCH_BOOST
+// --- Boost.Interprocess managed_shared_memory (rbtree_best_fit + its process-shared mutex) -------------------
+// Built only when the Boost headers are installed (Debian: libboost-dev). A fresh 1 GiB segment per pass;
+// allocate(size, std::nothrow) / deallocate(p), each of which takes the segment manager's mutex.
+class BoostShm final {
+ public:
+  const char* name = "boost";
+  static constexpr bool kHasOffsets = false;
+  bool open(std::string* why) {
+    seg_name_ = std::string("mempool-bench-") + std::to_string(getpid()) + "-boost";
+    if (probed_) return true;
+    probed_ = true;
+    try {
+      setup();
+    } catch (const std::exception& e) {
+      destroy();
+      *why = std::string("managed_shared_memory: ") + e.what();
+      return false;
+    }
+    destroy();
+    return true;
+  }
+  void setup() {
+    namespace bi = boost::interprocess;
+    track_segment(seg_name_);
+    bi::shared_memory_object::remove(seg_name_.c_str());
+    seg_.reset(new bi::managed_shared_memory(bi::create_only, seg_name_.c_str(), kRegionBytes));
+  }
+  inline uint64_t alloc(uint64_t size) { return reinterpret_cast<uint64_t>(seg_->allocate(size, std::nothrow)); }
+  inline void free(uint64_t h) { seg_->deallocate(reinterpret_cast<void*>(h)); }
+  inline uint8_t* pointer(uint64_t h) const { return reinterpret_cast<uint8_t*>(h); }
+  uint64_t extent(uint64_t) const { return 0; }
+  bool teardown(std::string* err) {
+    bool ok = seg_->all_memory_deallocated();
+    if (!ok) *err = "boost: memory still allocated after tear-down";
+    destroy();
+    return ok;
+  }
+  void close() { destroy(); }
+
+ private:
+  void destroy() {
+    seg_.reset();
+    boost::interprocess::shared_memory_object::remove(seg_name_.c_str());
+    untrack_segment();
+  }
+  bool probed_ = false;
+  std::string seg_name_;
+  std::unique_ptr<boost::interprocess::managed_shared_memory> seg_;
+};
+#endif
 
 // --- system allocators ----------------------------------------------------------------------------------
 
@@ -662,6 +725,7 @@ struct Result {
 struct Options {
   bool json = false;
   double scale = 1.0;
+  int repeat = 1;                      // --repeat R: every allocator R times, interleaved; medians reported
   std::vector<std::string> only;       // allocator names, empty = all
   std::vector<std::string> workloads;  // empty = all
 };
@@ -717,7 +781,7 @@ void run_allocator(A& a, const Options& o, const std::vector<int>& wls, bool f1,
     r.ns = timed_pass(a, w, steps, &faults);
     tail_pass(a, w, steps, &r.p99, &r.max);
     a.close();
-    emit(o, r);
+    if (o.repeat == 1) emit(o, r);
     note("%-14s %s  %8.1f ns/pair  p99 %llu ns  max %llu ns  (page faults in the timed loop: %ld)", a.name,
          w.name, r.ns, (unsigned long long)r.p99, (unsigned long long)r.max, faults);
     out->push_back(r);
@@ -738,7 +802,7 @@ void run_allocator(A& a, const Options& o, const std::vector<int>& wls, bool f1,
     uint64_t header = 0;
     if constexpr (A::kHasOffsets) header = a.header_bytes();
     a.close();
-    emit(o, r);
+    if (o.repeat == 1) emit(o, r);
     note("%-14s F1  fragmentation %.3f  (peak usable / peak live = %.3f: rounding alone, placement aside; "
          "the heap's header, inside the footprint, is %.1f MiB)",
          a.name, r.fragmentation, internal, double(header) / 1048576.0);
@@ -768,12 +832,14 @@ void measure_clock_cost() {
 
 void usage() {
   std::fprintf(stderr,
-               "usage: native [--json] [--scale F] [--only NAME,...] [--workloads W1,W2,W3,W4,F1]\n"
-               "  allocators: tlsf buddy bitmap shared-tlsf shared-buddy shared-bitmap glibc jemalloc mimalloc\n");
+               "usage: native [--json] [--scale F] [--repeat R] [--only NAME,...] [--workloads W1,W2,W3,W4,F1]\n"
+               "  --repeat R: run the whole sequence R times (interleaving allocators in time) and report, per\n"
+               "  allocator and workload, the median ns/pair and p99 and the largest max\n"
+               "  allocators: tlsf buddy bitmap shared-tlsf shared-buddy shared-bitmap glibc jemalloc mimalloc boost\n");
 }
 
 const char* const kAllocatorNames[] = {"glibc", "jemalloc", "mimalloc", "tlsf", "buddy", "bitmap",
-                                       "shared-tlsf", "shared-buddy", "shared-bitmap"};
+                                       "shared-tlsf", "shared-buddy", "shared-bitmap", "boost"};
 
 // jemalloc (and some mimalloc builds) use initial-exec TLS, which a dlopen'ed library can only get from the
 // small static-TLS surplus glibc reserves at start-up ("cannot allocate memory in static TLS block"). The
@@ -816,6 +882,10 @@ int main(int argc, char** argv) {
       char* end = nullptr;
       o.scale = std::strtod(v.c_str(), &end);
       if (end == v.c_str() || *end != '\0' || !(o.scale > 0)) die("bad --scale %s", v.c_str());
+    } else if (a.rfind("--repeat", 0) == 0) {
+      std::string v = value("--repeat");
+      o.repeat = std::atoi(v.c_str());
+      if (o.repeat < 1 || o.repeat > 100) die("bad --repeat %s", v.c_str());
     } else if (a.rfind("--only", 0) == 0) o.only = split_csv(value("--only"));
     else if (a.rfind("--workloads", 0) == 0) o.workloads = split_csv(value("--workloads"));
     else if (a == "-h" || a == "--help") {
@@ -856,18 +926,52 @@ int main(int argc, char** argv) {
          ns, w.name);
   }
 
-  std::vector<Result> results;
+  std::vector<Result> raw;
   auto want = [&](const char* n) { return o.only.empty() || contains(o.only, n); };
-  // glibc first, so that every later allocator has its reference from the same run.
-  if (want("glibc")) { Glibc a; run_allocator(a, o, wls, false, &results); }
-  if (want("jemalloc")) { Jemalloc a; run_allocator(a, o, wls, false, &results); }
-  if (want("mimalloc")) { Mimalloc a; run_allocator(a, o, wls, false, &results); }
-  if (want("tlsf")) { LocalHeap a("tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1, &results); }
-  if (want("buddy")) { LocalHeap a("buddy", Algorithm::buddy); run_allocator(a, o, wls, f1, &results); }
-  if (want("bitmap")) { LocalHeap a("bitmap", Algorithm::bitmap); run_allocator(a, o, wls, f1, &results); }
-  if (want("shared-tlsf")) { SharedHeap a("shared-tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1, &results); }
-  if (want("shared-buddy")) { SharedHeap a("shared-buddy", Algorithm::buddy); run_allocator(a, o, wls, f1, &results); }
-  if (want("shared-bitmap")) { SharedHeap a("shared-bitmap", Algorithm::bitmap); run_allocator(a, o, wls, f1, &results); }
+  for (int rep = 0; rep < o.repeat; ++rep) {
+    if (o.repeat > 1) note("repeat %d of %d", rep + 1, o.repeat);
+    const bool f1_now = f1 && rep == 0;  // F1 is deterministic: once
+    // glibc first, so that every later allocator has its reference from the same run.
+    if (want("glibc")) { Glibc a; run_allocator(a, o, wls, false, &raw); }
+    if (want("jemalloc")) { Jemalloc a; run_allocator(a, o, wls, false, &raw); }
+    if (want("mimalloc")) { Mimalloc a; run_allocator(a, o, wls, false, &raw); }
+    if (want("tlsf")) { LocalHeap a("tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1_now, &raw); }
+    if (want("buddy")) { LocalHeap a("buddy", Algorithm::buddy); run_allocator(a, o, wls, f1_now, &raw); }
+    if (want("bitmap")) { LocalHeap a("bitmap", Algorithm::bitmap); run_allocator(a, o, wls, f1_now, &raw); }
+    if (want("shared-tlsf")) { SharedHeap a("shared-tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1_now, &raw); }
+    if (want("shared-buddy")) { SharedHeap a("shared-buddy", Algorithm::buddy); run_allocator(a, o, wls, f1_now, &raw); }
+    if (want("shared-bitmap")) { SharedHeap a("shared-bitmap", Algorithm::bitmap); run_allocator(a, o, wls, f1_now, &raw); }
+#ifdef MEMPOOL_BENCH_BOOST
+    if (want("boost")) { BoostShm a; run_allocator(a, o, wls, false, &raw); }
+#else
+    if (want("boost") && rep == 0) note("skipping boost: built without the Boost headers (Debian: libboost-dev)");
+#endif
+  }
+  // Medians over the repeats (ns/pair, p99), the largest max; in the order first seen.
+  std::vector<Result> results;
+  for (const Result& r : raw) {
+    bool seen = false;
+    for (const Result& x : results) seen = seen || (x.allocator == r.allocator && x.workload == r.workload);
+    if (seen) continue;
+    Result m = r;
+    if (!r.frag && o.repeat > 1) {
+      std::vector<double> ns;
+      std::vector<uint64_t> p99;
+      for (const Result& x : raw) {
+        if (x.allocator != r.allocator || x.workload != r.workload) continue;
+        ns.push_back(x.ns);
+        p99.push_back(x.p99);
+        m.max = std::max(m.max, x.max);
+      }
+      std::sort(ns.begin(), ns.end());
+      std::sort(p99.begin(), p99.end());
+      size_t k = ns.size() / 2;
+      m.ns = ns.size() % 2 ? ns[k] : (ns[k - 1] + ns[k]) / 2;
+      m.p99 = p99.size() % 2 ? p99[k] : (p99[k - 1] + p99[k]) / 2;
+    }
+    if (o.repeat > 1) emit(o, m);
+    results.push_back(m);
+  }
   if (f1 && (want("glibc") || want("jemalloc") || want("mimalloc")))
     note("F1 is reported for the heaps only: system allocators have no region to measure a footprint in");
 
@@ -879,9 +983,9 @@ int main(int argc, char** argv) {
       if (r.allocator == "glibc" && r.workload == wl && !r.frag) return r.ns;
     return 0;
   };
-  std::printf("scale %g; ns/pair = timed ns / steps (one free + one alloc + one byte write); p99/max of single "
-              "operations\n\n",
-              o.scale);
+  std::printf("scale %g, %d repeat(s) (medians); ns/pair = timed ns / steps (one free + one alloc + one byte write); "
+              "p99/max of single operations\n\n",
+              o.scale, o.repeat);
   std::printf("%-4s %-14s %10s %9s %9s %10s\n", "wl", "allocator", "ns/pair", "x glibc", "p99 ns", "max ns");
   for (int wi : wls) {
     const char* wl = kWorkloads[wi].name;
