@@ -365,19 +365,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       return nullptr;
     }
     double d = m[0];
-    if (!(d >= static_cast<double>(self->bias_)) || d > static_cast<double>(kMaxSafe)) {
-      m[0] = -static_cast<double>(Status::foreign);
-      return nullptr;
-    }
-    uint64_t offset = static_cast<uint64_t>(d);
-    Guard g(self->segment_);
-    if (g.status != Status::ok) {
-      m[0] = -static_cast<double>(g.status);
-      return nullptr;
-    }
-    Status s = self->heap_ptr_->free(offset - self->bias_);
-    if (s == Status::ok && self->segment_ != nullptr) self->segment_->dir_forget_offset(offset);
-    m[0] = -static_cast<double>(s);
+    bool valid = d >= 0 && d <= static_cast<double>(kMaxSafe);
+    m[0] = -static_cast<double>(valid ? self->FreeAt(static_cast<uint64_t>(d)) : Status::foreign);
     return nullptr;
   }
 
@@ -411,16 +400,20 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return Napi::Number::New(env, static_cast<double>(offset + bias_));
   }
 
+  // Frees the allocation at region offset `offset` (both the fast and the slow path).
+  Status FreeAt(uint64_t offset) {
+    if (!in_heap(offset)) return Status::foreign;
+    Guard g(segment_);
+    if (g.status != Status::ok) return g.status;
+    Status s = heap_ptr_->free(offset - bias_);
+    if (s == Status::ok && segment_ != nullptr) segment_->dir_forget_offset(offset);
+    return s;
+  }
+
   Napi::Value Free(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
-    if (!in_heap(offset)) return status_number(env, Status::foreign);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    Status s = heap_ptr_->free(offset - bias_);
-    if (s == Status::ok && segment_ != nullptr) segment_->dir_forget_offset(offset);
-    return status_number(env, s);
+    return status_number(env, FreeAt(arg_uint(info, 0, "offset", kMaxSafe)));
   }
 
   // realloc(offset, size, align) -> new offset or -status
