@@ -573,9 +573,14 @@ export abstract class HeapPool {
       if (r !== Status.OutOfMemory) throw this.error(r, `allocating ${size} bytes`);
     }
     if (this.cache !== undefined && this.cache.releaseEmpty() > 0) {
-      // Empty slabs went back to the heap: try once more before growing.
-      r = this.current.native.alloc(size, align, -1, zero, site);
-      if (r >= 0) return this.current.base + r;
+      // Empty slabs went back to the heaps (of any region): try every region once more before growing.
+      for (const chunk of this.chunks) {
+        r = chunk.native.alloc(size, align, -1, zero, site);
+        if (r >= 0) {
+          this.current = chunk;
+          return chunk.base + r;
+        }
+      }
     }
     {
       const chunk = this.grow(size + align);
@@ -595,6 +600,13 @@ export abstract class HeapPool {
 
   /** A slab for the small-object cache: any region, growing if allowed; undefined when full. */
   protected allocSlab(bytes: number): { offset: number; usable: number } | undefined {
+    // After a failure, small requests go to the heap for a while instead of asking every region for a
+    // slab each time; and a heap that cannot hold a slab even in a new region (a buddy heap with a
+    // small maxBlock) is never grown for one again.
+    if (this.slabFailures > 0) {
+      this.slabFailures--;
+      return undefined;
+    }
     const tryChunk = (chunk: Chunk) => {
       const r = chunk.native.alloc(bytes, 4096, -1, false, 0);
       return r >= 0 ? { offset: chunk.base + r, usable: chunk.native.usableSize(r) } : undefined;
@@ -603,9 +615,15 @@ export abstract class HeapPool {
       const got = tryChunk(chunk);
       if (got) return got;
     }
-    const grown = this.grow(bytes + 4096);
-    return grown && tryChunk(grown);
+    const grown = this.slabsFitRegions ? this.grow(bytes + 4096) : undefined;
+    const got = grown && tryChunk(grown);
+    if (grown && !got) this.slabsFitRegions = false;
+    if (!got) this.slabFailures = 64;
+    return got;
   }
+
+  private slabFailures = 0;
+  private slabsFitRegions = true;
 
   protected freeSlab(offset: number): void {
     const chunk = this.chunkAt(offset)!;

@@ -77,6 +77,15 @@ for (const algorithm of ALGORITHMS) {
       pool.close();
     });
 
+    it('a heap that cannot hold a slab is not grown for one again and again', () => {
+      const pool = new Pool({ size: MiB, algorithm, maxBlock: algorithm === 'buddy' ? 2048 : undefined, grow: true });
+      for (let i = 0; i < 200; i++) pool.alloc(100);
+      expect(pool.stats().chunks).to.be.at.most(2);
+      expect(pool.stats().liveAllocations).to.equal(200);
+      pool.check();
+      pool.close();
+    });
+
     it('cache: false and debug mode use the heap for every request', () => {
       const plain = new Pool({ size: MiB, algorithm, cache: false });
       const a = plain.alloc(100);

@@ -337,6 +337,32 @@ describe('SharedPool across processes and threads', () => {
 });
 
 describe('SharedPool locks and crashes', () => {
+  it('a process in another PID namespace never takes over a lock it cannot judge: it times out', async function () {
+    if (process.getuid?.() !== 0 || spawnSync('unshare', ['--pid', '--fork', '--mount-proc', 'true']).status !== 0) {
+      this.skip(); // needs root and unshare to make a PID namespace
+    }
+    const name = uniqueName('pidns');
+    const pool = SharedPool.create(name, { size: MiB, lockTimeoutMs: 200 });
+    // The lock word names a live thread of this namespace (a sleeping child). From inside a new PID
+    // namespace that thread id does not exist: the waiter must not call the holder dead.
+    const sleeper = spawn('sleep', ['30']);
+    const lockWord = pool.view(256, 4);
+    lockWord.writeUInt32LE(sleeper.pid!);
+    const script = `const { SharedPool } = require(${JSON.stringify(root)});
+      const p = SharedPool.open(${JSON.stringify(name)}, { lockTimeoutMs: 300 });
+      try { p.alloc(8); console.log('took over'); } catch (e) { console.log(e.code); }`;
+    try {
+      const out = execFileSync('unshare', ['--pid', '--fork', '--mount-proc', process.execPath, '-e', script], { encoding: 'utf8' });
+      expect(out.trim()).to.equal('ERR_SHM_LOCK_TIMEOUT');
+      expect(pool.stats.bind(pool)).to.throw(PoolError); // still held by the sleeper, as far as we know
+    } finally {
+      await killed(sleeper);
+      lockWord.writeUInt32LE(0);
+    }
+    expect(pool.stats().recoveries).to.equal(0);
+    pool.close();
+  });
+
   for (const algorithm of ALGORITHMS) {
     it(`kill -9 during alloc/free, many times (${algorithm}): the survivor never waits, check() holds, nothing lost`, async function () {
       this.timeout(120000);

@@ -40,6 +40,8 @@ describe('MemoryManager', () => {
     expect(mm.memoryType(b)).to.equal('other');
     mm.deallocate(b, 100);
     expect(b.length).to.equal(0);
+    // more than one ArrayBuffer can view: refused cleanly, before any malloc
+    expectCode(() => mm.allocate(5 * 2 ** 30), 'ERR_POOL_OUT_OF_MEMORY', PoolError);
     expectCode(() => mm.deallocate(b), 'ERR_POOL_DOUBLE_FREE', PoolError);
     expectCode(() => mm.deallocate(Buffer.alloc(3)), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
   });

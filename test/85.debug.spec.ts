@@ -246,6 +246,20 @@ describe('Shared pools: attached processes and reclaim', () => {
     pool.check();
     pool.free(mine);
     pool.close();
+    // A pool dropped without close() leaves the table when its mapping is collected.
+    (() => {
+      for (let i = 0; i < 5; i++) SharedPool.open(name);
+    })();
+    const gc = (globalThis as { gc?: () => void }).gc!;
+    let listed = Infinity;
+    for (let i = 0; i < 50 && listed > 0; i++) {
+      gc();
+      await new Promise((r) => setTimeout(r, 20));
+      const probe = SharedPool.open(name);
+      listed = probe.processes().filter((p) => p.pid === process.pid).length - 1; // minus the probe itself
+      probe.close();
+    }
+    expect(listed).to.equal(0);
     const plain = SharedPool.create(`${name}-plain`, { size: MiB });
     expectCode(() => plain.reclaim(123456), 'ERR_POOL_NOT_DEBUG', PoolError);
     expect(plain.processes().map((p) => p.pid)).to.deep.equal([process.pid]);

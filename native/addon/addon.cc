@@ -146,7 +146,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
         env, memory_->data, memory_->size,
         [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<ExternalMemory>*>(hint); }, owner, &ab_value);
     if (st != napi_ok) {
-      delete owner;
+      // Node may already have run the finalizer (which deletes `owner`) before failing: never delete
+      // it here. Sizes are checked before this point, so this is not expected to happen.
       memory_->release();
       throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "The JavaScript engine cannot map " + std::to_string(memory_->size) + " bytes as one ArrayBuffer");
     }
@@ -158,9 +159,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4);
     mailbox_ = mailbox.Data();
     Napi::Object self = info.This().As<Napi::Object>();
-    self.Set("mailbox", mailbox);
-    self.Set("fastAlloc", MakeFast(env, "fastAlloc", FastAlloc));
-    self.Set("fastFree", MakeFast(env, "fastFree", FastFree));
+    self.DefineProperties({
+        Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),  // read-only: the C++ side keeps its address
+        Napi::PropertyDescriptor::Value("fastAlloc", MakeFast(env, "fastAlloc", FastAlloc), napi_default),
+        Napi::PropertyDescriptor::Value("fastFree", MakeFast(env, "fastFree", FastFree), napi_default),
+    });
   }
 
  private:
@@ -255,13 +258,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = segment->base();
     memory_->size = segment->size();
-    {
-      bool recovered = false;
-      if (segment->lock(&recovered) == Status::ok) {
-        segment->register_attach();
-        segment->unlock();
-      }
-    }
+    segment->attach();  // listed until unmapped, by close() or when the last view is collected
     segment_ = segment.get();
     heap_ptr_ = &segment->heap();
     bias_ = segment->heap_offset();
@@ -314,22 +311,29 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
 
   Napi::Function MakeFast(Napi::Env env, const char* name, napi_callback cb) {
     napi_value fn;
-    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, this, &fn) != napi_ok) {
+    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, nullptr, &fn) != napi_ok) {
       throw Napi::Error::New(env, "cannot create the fast path");
     }
     return Napi::Function(env, fn);
   }
 
+  // The pool the fast function was called on: unwrapped from the receiver (`native.fastAlloc()`), so a
+  // function kept after its pool was collected finds no pool instead of freed memory.
   static NativePool* FastSelf(napi_env env, napi_callback_info info) {
-    void* data = nullptr;
-    napi_get_cb_info(env, info, nullptr, nullptr, nullptr, &data);
-    return static_cast<NativePool*>(data);
+    napi_value receiver = nullptr;
+    void* self = nullptr;
+    if (napi_get_cb_info(env, info, nullptr, nullptr, &receiver, nullptr) != napi_ok || receiver == nullptr ||
+        napi_unwrap(env, receiver, &self) != napi_ok) {
+      return nullptr;
+    }
+    return static_cast<NativePool*>(self);
   }
 
   // mailbox[0] = size (an integer 1..2^53 checked by lib/) -> mailbox[0] = offset or -status.
   // Default alignment, no hint, no zeroing: the common case.
   static napi_value FastAlloc(napi_env env, napi_callback_info info) {
     NativePool* self = FastSelf(env, info);
+    if (self == nullptr) return nullptr;
     double* m = self->mailbox_;
     if (self->closed()) {
       m[0] = -static_cast<double>(kClosed);
@@ -359,6 +363,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   // mailbox[0] = offset -> mailbox[0] = 0 or -status.
   static napi_value FastFree(napi_env env, napi_callback_info info) {
     NativePool* self = FastSelf(env, info);
+    if (self == nullptr) return nullptr;
     double* m = self->mailbox_;
     if (self->closed()) {
       m[0] = -static_cast<double>(kClosed);
@@ -671,10 +676,6 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   // Frees (or unmaps) the region now and detaches the ArrayBuffer: every view becomes length 0. Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed()) {
-      if (segment_ != nullptr) {
-        Guard g(segment_);
-        if (g.status == Status::ok) segment_->unregister_attach();
-      }
       heap_ptr_ = nullptr;
       segment_ = nullptr;
       heap_.reset();
@@ -710,6 +711,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
 Napi::Value SystemAlloc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t size = arg_uint(info, 0, "size", kMaxSafe);
+  // More than one ArrayBuffer can view: refused before malloc (Node would run the finalizer and fail).
+  if (size > kMaxRegionBytes) return env.Null();
   void* mem = size > 0 ? std::malloc(size) : nullptr;
   if (mem == nullptr) return env.Null();
   auto memory = std::make_shared<ExternalMemory>();

@@ -85,6 +85,15 @@ bool process_alive(uint32_t pid, uint64_t start_ticks) {
   return start_ticks == 0 || process_start_ticks(pid) == start_ticks;
 }
 
+// The inode of this process's PID namespace (0 when /proc cannot tell).
+uint64_t current_pid_namespace() {
+  static const uint64_t ns = [] {
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : uint64_t(0);
+  }();
+  return ns;
+}
+
 uint64_t boot_unix_ms() {
   FILE* f = std::fopen("/proc/stat", "r");
   if (f == nullptr) return 0;
@@ -142,9 +151,37 @@ Segment::~Segment() { unmap(); }
 
 void Segment::unmap() {
   if (base_ == nullptr) return;
+  if (attached_) {
+    attached_ = false;
+    // Brief: this may run in a garbage-collection finalizer; an entry left behind is pruned once the
+    // process exits.
+    uint32_t timeout = lock_timeout_ms_;
+    lock_timeout_ms_ = timeout < 100 ? timeout : 100;
+    bool recovered = false;
+    if (lock(&recovered) == Status::ok) {
+      unregister_attach();
+      unlock();
+    }
+    lock_timeout_ms_ = timeout;
+  }
   heap_.reset();
   munmap(base_, size_);
   base_ = nullptr;
+}
+
+void Segment::attach() {
+  if (attached_ || base_ == nullptr) return;
+  bool recovered = false;
+  if (lock(&recovered) == Status::ok) {
+    register_attach();
+    unlock();
+    attached_ = true;
+  }
+}
+
+bool Segment::same_pid_namespace() const {
+  uint64_t mine = current_pid_namespace();
+  return mine != 0 && header()->pid_namespace == mine;
 }
 
 Status Segment::create(const std::string& name, uint64_t size, const SegmentOptions& options,
@@ -197,6 +234,7 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->heap_offset = heap_offset;
   h->heap_size = size - heap_offset;
   h->creator_pid = static_cast<uint64_t>(getpid());
+  h->pid_namespace = current_pid_namespace();
   h->created_unix_ms = now_unix_ms();
   h->lock = 0;
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, options.directory_capacity,
@@ -393,7 +431,10 @@ Status Segment::lock(bool* recovered) {
       continue;
     }
     uint32_t holder = v & ~kLockWaiters;
-    if (holder == tid) return Status::corrupted;  // this thread cannot hold it: the word was written
+    // Thread ids mean something only in the creator's PID namespace (containers sharing /dev/shm
+    // have their own): elsewhere a holder is never judged, and waiting ends with the timeout.
+    bool judge = same_pid_namespace();
+    if (judge && holder == tid) return Status::corrupted;  // this thread cannot hold it: the word was written
     uint64_t now = monotonic_ns();
     if (holder != seen_holder) {
       seen_holder = holder;
@@ -401,7 +442,7 @@ Status Segment::lock(bool* recovered) {
     }
     // Is the holder still there? Asked once it has held the lock for a millisecond (reading /proc
     // costs microseconds; live holders release far sooner), and again after every sleep.
-    if (now - seen_since >= 1000000ULL && !thread_alive(holder)) {
+    if (judge && now - seen_since >= 1000000ULL && !thread_alive(holder)) {
       // The holder died inside an operation: take the lock over, repair what it may have left
       // half-done, then go on.
       expected = v;
@@ -428,8 +469,17 @@ Status Segment::lock(bool* recovered) {
 }
 
 void Segment::unlock() {
-  uint32_t v = __atomic_exchange_n(&header()->lock, 0u, __ATOMIC_RELEASE);
-  if (v & kLockWaiters) futex(&header()->lock, FUTEX_WAKE, 1, nullptr);
+  uint32_t* word = &header()->lock;
+  uint32_t tid = my_tid();
+  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
+  // Release only a lock this thread holds: one taken over from us (judged dead by mistake) or a word
+  // a scribbler changed stays as it is.
+  while ((v & ~kLockWaiters) == tid) {
+    if (__atomic_compare_exchange_n(word, &v, 0u, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+      if (v & kLockWaiters) futex(word, FUTEX_WAKE, 1, nullptr);
+      return;
+    }
+  }
 }
 
 Status Segment::repair() {
@@ -466,8 +516,9 @@ void Segment::register_attach() {
   uint64_t ticks = process_start_ticks(pid);
   AttachEntry* t = attach_table(base_);
   AttachEntry* slot = nullptr;
+  bool judge = same_pid_namespace();  // pids of another namespace cannot be checked from here
   for (uint32_t i = 0; i < kAttachSlots; ++i) {
-    if (t[i].pid == 0 || !process_alive(t[i].pid, t[i].start_ticks)) {
+    if (t[i].pid == 0 || (judge && !process_alive(t[i].pid, t[i].start_ticks))) {
       t[i].pid = 0;  // an exited process: its slot is free
       if (slot == nullptr) slot = &t[i];
     }
@@ -494,7 +545,7 @@ void Segment::attached(std::vector<AttachedProcess>* out) {
   long hz = sysconf(_SC_CLK_TCK);
   for (uint32_t i = 0; i < kAttachSlots; ++i) {
     if (t[i].pid == 0) continue;
-    if (!process_alive(t[i].pid, t[i].start_ticks)) {
+    if (same_pid_namespace() && !process_alive(t[i].pid, t[i].start_ticks)) {
       t[i].pid = 0;
       continue;
     }

@@ -53,7 +53,8 @@ struct SegmentHeader {
   uint64_t created_unix_ms;     // 96
   uint64_t directory_live;      // 104 live entries
   uint64_t recoveries;          // 112 times a dead lock holder's work was repaired
-  uint64_t reserved_120;        // 120 zero (was the lock holder's pid: the lock word names the holder)
+  uint64_t pid_namespace;       // 120 inode of the creator's /proc/self/ns/pid (0 = unknown): thread ids in
+                                //     the lock word and pids in the attach table mean something only there
   uint8_t reserved[128];        // 128
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
@@ -77,7 +78,7 @@ static_assert(kAttachTableOffset + kAttachSlots * sizeof(AttachEntry) <= kSegmen
 static_assert(offsetof(SegmentHeader, size) == 16, "segment layout");
 static_assert(offsetof(SegmentHeader, algorithm) == 24, "segment layout");
 static_assert(offsetof(SegmentHeader, heap_offset) == 72, "segment layout");
-static_assert(offsetof(SegmentHeader, reserved_120) == 120, "segment layout");
+static_assert(offsetof(SegmentHeader, pid_namespace) == 120, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
 
@@ -161,11 +162,11 @@ class Segment {
   void dir_forget_offset(uint64_t offset);
   void dir_check(CheckResult* r) const;
 
-  // The attach table, under the lock. register_attach adds this process (once per mapping: a process
-  // that opens a segment twice appears twice until it closes both); attached() lists the processes
-  // alive now and drops entries of processes that have exited.
-  void register_attach();
-  void unregister_attach();
+  // The attach table. attach() adds this process (once per mapping: a process that opens a segment
+  // twice appears twice) and unmap() removes it again, each taking the lock briefly (skipped if it is
+  // not free soon). attached(), under the lock, lists the processes alive now and drops entries of
+  // processes that have exited (only those in this process's PID namespace can be judged).
+  void attach();
   void attached(std::vector<AttachedProcess>* out);
 
   // Unmaps now; the object stays (base() becomes null). Idempotent.
@@ -175,6 +176,10 @@ class Segment {
   Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
           Algorithm algorithm, uint32_t lock_timeout_ms);
   Status repair();
+  void register_attach();
+  void unregister_attach();
+  // Whether this process shares the creator's PID namespace (so thread ids and pids can be checked).
+  bool same_pid_namespace() const;
   DirEntry* entry(uint32_t i) const;
   uint32_t* offset_slots() const;
   bool entry_valid(const DirEntry& e) const;
@@ -190,6 +195,7 @@ class Segment {
   uint32_t capacity_;
   Algorithm algorithm_;
   uint32_t lock_timeout_ms_;
+  bool attached_ = false;
   std::unique_ptr<Heap> heap_;
 };
 
