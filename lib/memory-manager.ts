@@ -24,18 +24,26 @@ export interface InitNormalOptions extends HeapOptions {
 }
 
 /** Options of MemoryManager.initShared(). */
-export interface InitSharedOptions {
+export interface InitSharedOptions extends HeapOptions {
   /** The segment's name (/dev/shm/<name>): 1 to 250 bytes, no '/' or NUL. */
   name: string;
   /**
-   * Bytes of the whole segment when it is created. Required and checked even when attaching, where the
-   * existing segment's size applies.
+   * Bytes of the whole segment when it is created. Needed only to create; when the segment exists its
+   * own size applies (getMemorySizeBytes() tells which).
    */
-  memorySizeBytes: number;
+  memorySizeBytes?: number;
   /** The heap when the segment is created: 'tlsf' (default), 'buddy' or 'bitmap'. Ignored when attaching. */
   algorithm?: Algorithm;
   /** Create the segment when it does not exist (default true); false only attaches. */
   create?: boolean;
+  /** Longest wait for the segment's lock, in ms (default 5000). */
+  lockTimeoutMs?: number;
+  /** When creating: capacity of the directory of named allocations (default 256). */
+  maxKeys?: number;
+  /** When creating: debug mode for the segment (guards, poison, owners; see SharedPool). */
+  debug?: boolean;
+  /** When creating: permission bits of /dev/shm/<name> (default 0o600). */
+  mode?: number;
 }
 
 function notInitialized(what: string): PoolError {
@@ -102,13 +110,15 @@ export class MemoryManager {
     if (this.shared) throw new PoolError('ERR_MM_ALREADY_INITIALIZED', 'Shared memory is already initialized');
     if (typeof o.name !== 'string') throw invalidArgType('options.name', 'a string', o.name);
     const create = o.create === undefined ? true : checkBoolean(o.create, 'options.create');
-    const size = checkSize(o.memorySizeBytes, 'options.memorySizeBytes');
     if (create) {
-      this.shared = SharedPool.create(o.name, { size, algorithm: o.algorithm, exclusive: false });
+      const { name, memorySizeBytes, create: _create, ...rest } = o;
+      void _create;
+      const size = checkSize(memorySizeBytes, 'options.memorySizeBytes');
+      this.shared = SharedPool.create(name!, { ...rest, size, exclusive: false });
       return true;
     }
     try {
-      this.shared = SharedPool.open(o.name);
+      this.shared = SharedPool.open(o.name, { lockTimeoutMs: o.lockTimeoutMs });
     } catch (e) {
       if ((e as PoolError).code === 'ERR_SHM_NOT_FOUND') return false;
       throw e;

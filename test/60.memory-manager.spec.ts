@@ -97,6 +97,29 @@ describe('MemoryManager', () => {
     }
   });
 
+  it('initShared passes the segment options through, and attaching needs no size', () => {
+    const name = `mempool-test-mm-opts-${process.pid}`;
+    try {
+      expect(mm.initShared({ name, memorySizeBytes: MiB, algorithm: 'buddy', debug: true, maxKeys: 4, lockTimeoutMs: 100 })).to.equal(true);
+      const b = mm.allocateShared(10);
+      const pool = SharedPool.open(name);
+      expect(pool.algorithm).to.equal('buddy');
+      expect(pool.debug).to.equal(true);
+      expect(pool.stats().maxKeys).to.equal(4);
+      pool.close();
+      mm.deallocate(b);
+      mm.close();
+      expect(mm.initShared({ name, create: false })).to.equal(true);
+      expect(mm.getMemorySizeBytes()).to.equal(MiB);
+      expectCode(() => MemoryManager.getInstance().initShared({ name } as never), 'ERR_MM_ALREADY_INITIALIZED', PoolError);
+      mm.close();
+      expectCode(() => mm.initShared({ name: 'other' } as never), 'ERR_INVALID_ARG_TYPE', TypeError); // creating needs a size
+    } finally {
+      mm.close();
+      SharedPool.unlink(name);
+    }
+  });
+
   it('checks its arguments', () => {
     const any = mm as unknown as Record<string, (...a: unknown[]) => unknown>;
     expectCode(() => any.allocate('1'), 'ERR_INVALID_ARG_TYPE', TypeError);
