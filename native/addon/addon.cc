@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "../core/debug_heap.h"
 #include "../core/heap.h"
@@ -88,6 +89,12 @@ constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
 constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
 
 Napi::Number status_number(Napi::Env env, Status s) { return Napi::Number::New(env, -static_cast<double>(s)); }
+
+Napi::Float64Array float64_array(Napi::Env env, const std::vector<double>& values) {
+  Napi::Float64Array out = Napi::Float64Array::New(env, values.size());
+  if (!values.empty()) std::memcpy(out.Data(), values.data(), values.size() * sizeof(double));
+  return out;
+}
 
 Napi::Array number_pair(Napi::Env env, uint64_t a, uint64_t b) {
   Napi::Array out = Napi::Array::New(env, 2);
@@ -508,9 +515,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       });
     }
     if (s != Status::ok) return status_number(env, s);
-    Napi::Float64Array out = Napi::Float64Array::New(env, triples.size());
-    if (!triples.empty()) std::memcpy(out.Data(), triples.data(), triples.size() * sizeof(double));
-    return out;
+    return float64_array(env, triples);
   }
 
   // setKey(key, offset, length) -> 0 or -status. The offset must start a live allocation holding length.
@@ -614,9 +619,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       });
     }
     if (s != Status::ok) return status_number(env, s);
-    Napi::Float64Array out = Napi::Float64Array::New(env, quads.size());
-    if (!quads.empty()) std::memcpy(out.Data(), quads.data(), quads.size() * sizeof(double));
-    return out;
+    return float64_array(env, quads);
   }
 
   // reclaim(pid) -> [count, bytes] or -status (debug mode only; lib/ refuses a live pid first)
@@ -628,15 +631,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t count = 0, bytes = 0;
     Guard g(segment_);
     if (g.status != Status::ok) return status_number(env, g.status);
-    std::vector<uint64_t> freed;
-    heap_ptr_->debug()->live_allocations([&](const mempool::DebugAllocation& a) {
-      if (a.owner_pid == pid) freed.push_back(a.offset);
+    // A reclaimed block's names go with it, as with any free.
+    Status s = heap_ptr_->debug()->reclaim(pid, &count, &bytes, [&](uint64_t offset) {
+      if (segment_ != nullptr) segment_->dir_forget_offset(offset + bias_);
     });
-    Status s = heap_ptr_->debug()->reclaim(pid, &count, &bytes);
     if (s != Status::ok) return status_number(env, s);
-    if (segment_ != nullptr) {
-      for (uint64_t off : freed) segment_->dir_forget_offset(off + bias_);
-    }
     return number_pair(env, count, bytes);
   }
 

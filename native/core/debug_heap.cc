@@ -300,7 +300,8 @@ class DebugHeap final : public Heap, public DebugHeapApi {
     });
   }
 
-  Status reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes) override {
+  Status reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes,
+                 const std::function<void(uint64_t offset)>& freed) override {
     std::vector<DebugAllocation> owned;
     Status s = live_allocations([&](const DebugAllocation& a) {
       if (a.owner_pid == pid) owned.push_back(a);
@@ -313,6 +314,7 @@ class DebugHeap final : public Heap, public DebugHeapApi {
       if (f != Status::ok && f != Status::corrupted) return f;
       *count += 1;
       *bytes += a.size;
+      if (freed) freed(a.offset);
     }
     return Status::ok;
   }

@@ -52,8 +52,9 @@ class DebugHeapApi {
   virtual std::string last_violation() const = 0;
   // Visits every live allocation.
   virtual Status live_allocations(const std::function<void(const DebugAllocation&)>& visit) const = 0;
-  // Frees every live allocation owned by `pid`; counts them.
-  virtual Status reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes) = 0;
+  // Frees every live allocation owned by `pid`; counts them and tells `freed` (if given) each offset.
+  virtual Status reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes,
+                         const std::function<void(uint64_t offset)>& freed = nullptr) = 0;
 };
 
 }  // namespace mempool
