@@ -351,19 +351,9 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       m[0] = -static_cast<double>(Status::invalid_argument);
       return nullptr;
     }
-    uint64_t size = static_cast<uint64_t>(d);
-    if (size > mempool::kMaxRequest) {
-      m[0] = -static_cast<double>(Status::out_of_memory);
-      return nullptr;
-    }
-    Guard g(self->segment_);
-    if (g.status != Status::ok) {
-      m[0] = -static_cast<double>(g.status);
-      return nullptr;
-    }
     uint64_t offset = 0;
-    Status s = self->heap_ptr_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &offset);
-    m[0] = s == Status::ok ? static_cast<double>(offset + self->bias_) : -static_cast<double>(s);
+    Status s = self->AllocAt(static_cast<uint64_t>(d), mempool::kDefaultAlign, mempool::kNoHint, 0, &offset);
+    m[0] = s == Status::ok ? static_cast<double>(offset) : -static_cast<double>(s);
     return nullptr;
   }
 
@@ -396,20 +386,25 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     uint64_t hint = hint_d >= static_cast<double>(bias_) && hint_d <= static_cast<double>(kMaxSafe)
                         ? static_cast<uint64_t>(hint_d) - bias_
                         : mempool::kNoHint;
-    // Larger than any heap can represent: for the user that is simply more memory than there is.
-    if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
+    uint32_t site = info[4].IsNumber() ? info[4].As<Napi::Number>().Uint32Value() : 0;
     uint64_t offset = 0;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      if (mempool::DebugHeapApi* d = heap_ptr_->debug()) {
-        d->set_site(info[4].IsNumber() ? info[4].As<Napi::Number>().Uint32Value() : 0);
-      }
-      Status s = heap_ptr_->alloc(size, align, hint, &offset);
-      if (s != Status::ok) return status_number(env, s);
-    }
-    if (info[3].ToBoolean()) std::memset(heap_ptr_->base() + offset, 0, size);
-    return Napi::Number::New(env, static_cast<double>(offset + bias_));
+    Status s = AllocAt(size, align, hint, site, &offset);
+    if (s != Status::ok) return status_number(env, s);
+    if (info[3].ToBoolean()) std::memset(heap_ptr_->base() + (offset - bias_), 0, size);
+    return Napi::Number::New(env, static_cast<double>(offset));
+  }
+
+  // Allocates under the lock (both the fast and the slow path); *offset is a region offset. `hint` is
+  // a heap offset or kNoHint; `site` is recorded in debug mode.
+  Status AllocAt(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* offset) {
+    // Larger than any heap can represent: for the user that is simply more memory than there is.
+    if (size > mempool::kMaxRequest) return Status::out_of_memory;
+    Guard g(segment_);
+    if (g.status != Status::ok) return g.status;
+    if (mempool::DebugHeapApi* d = heap_ptr_->debug()) d->set_site(site);
+    Status s = heap_ptr_->alloc(size, align, hint, offset);
+    if (s == Status::ok) *offset += bias_;
+    return s;
   }
 
   // Frees the allocation at region offset `offset` (both the fast and the slow path).
