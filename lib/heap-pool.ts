@@ -126,20 +126,34 @@ export abstract class HeapPool {
    *   ERR_SHM_LOCK_TIMEOUT when a shared pool's lock is not free within lockTimeoutMs.
    */
   alloc(size: number, options?: AllocOptions): Buffer {
-    if (this.closed) throw closedError();
-    checkSize(size, 'size');
-    if (options === undefined && size <= SMALL_MAX && this.cache !== undefined) {
-      const offset = this.cache.alloc(size);
-      if (offset >= 0) {
-        const chunk = this.chunks.length === 1 ? this.chunks[0] : this.chunkAt(offset)!;
-        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
-        return Buffer.from(chunk.buffer, offset - chunk.base, size);
+    const cache = this.cache; // undefined once closed
+    if (cache !== undefined && options === undefined && typeof size === 'number' && (size | 0) === size && size > 0 && size <= SMALL_MAX) {
+      let view = cache.allocView(size);
+      if (view === undefined) {
+        const offset = cache.alloc(size);
+        if (offset >= 0) view = cache.stamp(this.makeView(offset, size), offset);
+      }
+      if (view !== undefined) {
+        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset: cache.offsetOfView(view), size });
+        return view;
       }
     }
+    return this.allocSlow(size, options);
+  }
+
+  // The fast paths above are kept small so that V8 inlines them into the caller; the rest is here.
+  private allocSlow(size: number, options: AllocOptions | undefined): Buffer {
+    if (this.closed) throw closedError();
+    checkSize(size, 'size');
     const offset = this.allocate(size, options, true);
     if (offset < 0) return this.fallbackBlocks.alloc(size, options?.zero === true);
-    const chunk = this.current;
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
+    return this.makeView(offset, size);
+  }
+
+  /** A new Buffer over [offset, offset + size) of the region that holds it. */
+  private makeView(offset: number, size: number): Buffer {
+    const chunk = this.chunks.length === 1 ? this.chunks[0] : this.chunkAt(offset)!;
     return Buffer.from(chunk.buffer, offset - chunk.base, size);
   }
 
@@ -148,15 +162,20 @@ export abstract class HeapPool {
    * The fallback never serves it. Throws the same errors as alloc(), ERR_POOL_OUT_OF_MEMORY included.
    */
   allocOffset(size: number, options?: AllocOptions): number {
-    if (this.closed) throw closedError();
-    checkSize(size, 'size');
-    if (options === undefined && size <= SMALL_MAX && this.cache !== undefined) {
-      const offset = this.cache.alloc(size);
+    const cache = this.cache; // undefined once closed
+    if (cache !== undefined && options === undefined && typeof size === 'number' && (size | 0) === size && size > 0 && size <= SMALL_MAX) {
+      const offset = cache.alloc(size);
       if (offset >= 0) {
         if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
         return offset;
       }
     }
+    return this.allocOffsetSlow(size, options);
+  }
+
+  private allocOffsetSlow(size: number, options: AllocOptions | undefined): number {
+    if (this.closed) throw closedError();
+    checkSize(size, 'size');
     const offset = this.allocate(size, options, false);
     if (offset < 0) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes`);
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
@@ -177,11 +196,24 @@ export abstract class HeapPool {
    *   changes); ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
    */
   free(bufferOrOffset: Uint8Array | number, size?: number): void {
+    const cache = this.cache; // undefined once closed
+    // The common case first: a slot of the small-object cache, as an offset or a view the cache made.
+    if (cache !== undefined && size === undefined && cache.free(bufferOrOffset)) {
+      if (freeChannel.hasSubscribers) {
+        const offset = typeof bufferOrOffset === 'number' ? bufferOrOffset : cache.offsetOfView(bufferOrOffset);
+        freeChannel.publish({ pool: this, offset });
+      }
+      return;
+    }
+    this.freeSlow(bufferOrOffset, size);
+  }
+
+  private freeSlow(bufferOrOffset: Uint8Array | number, size: number | undefined): void {
     if (this.closed) throw closedError();
     if (typeof bufferOrOffset === 'number') {
       checkOffset(bufferOrOffset);
       if (size !== undefined) checkSize(size, 'size');
-      if (this.cache !== undefined && this.cache.free(bufferOrOffset, size)) {
+      if (this.cache !== undefined && (size === undefined ? this.cache.free(bufferOrOffset) : this.cache.freeSized(bufferOrOffset, size))) {
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: bufferOrOffset });
         return;
       }

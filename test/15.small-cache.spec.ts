@@ -86,6 +86,89 @@ for (const algorithm of ALGORITHMS) {
       pool.close();
     });
 
+    it('hands a freed Buffer out again for the same length, and still refuses it freed twice', () => {
+      const pool = new Pool({ size: MiB, algorithm });
+      const a = pool.alloc(64);
+      const at = pool.offsetOf(a);
+      pool.free(a);
+      expectCode(() => pool.free(a), 'ERR_POOL_DOUBLE_FREE', PoolError);
+      const other = pool.alloc(60); // another length of the same class: a new Buffer
+      expect(other).to.not.equal(a);
+      const again = pool.alloc(64);
+      expect(again).to.equal(a); // the same object, at the same slot, whole again
+      expect(pool.offsetOf(again)).to.equal(at);
+      expect(again.length).to.equal(64);
+      expect(pool.stats().liveAllocations).to.equal(2);
+      pattern(again, 5);
+      pool.free(again);
+      expectCode(() => pool.free(again), 'ERR_POOL_DOUBLE_FREE', PoolError);
+      expectCode(() => pool.free(at), 'ERR_POOL_DOUBLE_FREE', PoolError);
+      expect(pool.stats().liveAllocations).to.equal(1);
+      pool.check();
+      pool.free(other);
+      expect(pool.stats()).to.include({ used: 0, liveAllocations: 0 });
+      pool.check();
+      pool.close();
+    });
+
+    it('a Buffer of one pool is foreign to another, whatever offset it has there', () => {
+      const one = new Pool({ size: MiB, algorithm });
+      const two = new Pool({ size: MiB, algorithm });
+      const a = one.alloc(32);
+      const b = two.alloc(32);
+      expect(one.offsetOf(a)).to.equal(two.offsetOf(b)); // same offset in each pool
+      expectCode(() => two.free(a), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
+      expectCode(() => one.free(b), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
+      expect(one.stats().liveAllocations).to.equal(1);
+      expect(two.stats().liveAllocations).to.equal(1);
+      pattern(b, 3);
+      one.free(a);
+      expect(hasPattern(b, 3)).to.equal(true);
+      one.close();
+      expectCode(() => one.free(a), 'ERR_POOL_CLOSED');
+      two.free(b);
+      two.close();
+    });
+
+    it('a kept Buffer whose slab went back to the heap is refused, not reused', () => {
+      const pool = new Pool({ size: 2 * MiB, algorithm });
+      const views = Array.from({ length: 3000 }, () => pool.alloc(48));
+      for (const v of views) pool.free(v);
+      expect(pool.trim()).to.equal(0); // gives the empty slabs back
+      const big = pool.alloc(pool.stats().largestFreeBlock); // covers where the slabs were
+      pattern(big, 7);
+      for (const v of views.slice(0, 50)) {
+        if (pool.offsetOf(v) === pool.offsetOf(big)) continue; // the start of a live block: freeing it is legal
+        const e = (() => {
+          try {
+            pool.free(v);
+          } catch (err) {
+            return err as PoolError;
+          }
+          return undefined;
+        })();
+        expect(e?.code).to.be.oneOf(['ERR_POOL_DOUBLE_FREE', 'ERR_POOL_FOREIGN_BUFFER']);
+      }
+      expect(hasPattern(big, 7)).to.equal(true);
+      pool.free(big);
+      const fresh = pool.alloc(48);
+      expect(views).to.not.include(fresh);
+      pool.free(fresh);
+      pool.check();
+      pool.close();
+    });
+
+    it('offsets past 2^31 and odd values go to the heap, which refuses them', () => {
+      const pool = new Pool({ size: MiB, algorithm });
+      const a = pool.allocOffset(16);
+      for (const bad of [2 ** 31, 2 ** 31 + a, 2 ** 32 + a, 2 ** 40]) expectCode(() => pool.free(bad), 'ERR_POOL_FOREIGN_BUFFER', PoolError);
+      expectCode(() => pool.free(a + 0.5), 'ERR_OUT_OF_RANGE', RangeError);
+      expectCode(() => pool.free(-a), 'ERR_OUT_OF_RANGE', RangeError);
+      expect(pool.stats().liveAllocations).to.equal(1);
+      pool.free(a);
+      pool.close();
+    });
+
     it('cache: false and debug mode use the heap for every request', () => {
       const plain = new Pool({ size: MiB, algorithm, cache: false });
       const a = plain.alloc(100);

@@ -7,6 +7,8 @@ import { hasPattern, pattern } from './helpers';
 type Op =
   | { kind: 'alloc'; size: number; align: number; zero: boolean }
   | { kind: 'allocOffset'; size: number }
+  | { kind: 'allocView'; size: number }
+  | { kind: 'freeStale'; pick: number }
   | { kind: 'free'; pick: number }
   | { kind: 'realloc'; pick: number; size: number }
   | { kind: 'view'; pick: number };
@@ -19,6 +21,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     zero: fc.boolean(),
   }),
   fc.record({ kind: fc.constant('allocOffset' as const), size: fc.integer({ min: 1, max: 600 }) }),
+  // alloc() without options: the small-object cache's path, whose freed Buffers come back from alloc().
+  fc.record({ kind: fc.constant('allocView' as const), size: fc.constantFrom(1, 16, 17, 64, 100, 1024, 1025) }),
+  fc.record({ kind: fc.constant('freeStale' as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant('free' as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant('free' as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant('realloc' as const), pick: fc.nat(), size: fc.integer({ min: 1, max: 5000 }) }),
@@ -29,11 +34,14 @@ interface Live {
   offset: number;
   size: number;
   seed: number;
+  /** The Buffer alloc() returned, freed by Buffer. */
+  view?: Buffer;
 }
 
 function run(algorithm: (typeof ALGORITHMS)[number], ops: Op[]): void {
   const pool = new Pool({ size: 128 * 1024, algorithm });
   const live: Live[] = [];
+  const freed: Buffer[] = []; // Buffers freed earlier: freeing one again must be refused unless it is live again
   let seed = 1;
   const intact = (l: Live) => hasPattern(pool.view(l.offset, l.size), l.seed);
   try {
@@ -58,11 +66,45 @@ function run(algorithm: (typeof ALGORITHMS)[number], ops: Op[]): void {
           live.push(l);
           break;
         }
+        case 'allocView': {
+          let view: Buffer;
+          try {
+            view = pool.alloc(o.size);
+          } catch (e) {
+            expect((e as { code: string }).code).to.equal('ERR_POOL_OUT_OF_MEMORY');
+            break;
+          }
+          expect(view.length).to.equal(o.size);
+          const offset = pool.offsetOf(view);
+          for (const l of live) expect(offset + o.size <= l.offset || l.offset + l.size <= offset, 'no overlap').to.equal(true);
+          const l = { offset, size: o.size, seed: seed++, view };
+          pattern(view, l.seed);
+          live.push(l);
+          break;
+        }
         case 'free': {
           if (live.length === 0) break;
           const [l] = live.splice(o.pick % live.length, 1);
           expect(intact(l)).to.equal(true);
-          pool.free(l.offset);
+          if (l.view) {
+            pool.free(l.view);
+            freed.push(l.view);
+          } else {
+            pool.free(l.offset);
+          }
+          break;
+        }
+        case 'freeStale': {
+          if (freed.length === 0) break;
+          const stale = freed[o.pick % freed.length];
+          if (live.some((l) => l.view === stale || l.offset === pool.offsetOf(stale))) break; // handed out again: a legal free
+          let code = '';
+          try {
+            pool.free(stale);
+          } catch (e) {
+            code = (e as { code: string }).code;
+          }
+          expect(code).to.be.oneOf(['ERR_POOL_DOUBLE_FREE', 'ERR_POOL_FOREIGN_BUFFER']);
           break;
         }
         case 'realloc': {
@@ -82,6 +124,7 @@ function run(algorithm: (typeof ALGORITHMS)[number], ops: Op[]): void {
           // the kept prefix moved with the block
           expect(hasPattern(moved.subarray(0, kept), l.seed) || kept === 0).to.equal(true);
           void old;
+          if (l.view) freed.push(l.view);
           live[i] = { offset: pool.offsetOf(moved), size: o.size, seed: seed++ };
           pattern(moved, live[i].seed);
           break;
