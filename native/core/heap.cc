@@ -47,22 +47,6 @@ bool algorithm_from_name(const std::string& name, Algorithm* out) {
   return true;
 }
 
-void Heap::count_alloc(uint64_t usable) {
-  HeapCounters& c = region_header()->counters;
-  c.used += usable;
-  if (c.used > c.peak_used) c.peak_used = c.used;
-  c.live += 1;
-  c.allocations += 1;
-}
-
-void Heap::count_free(uint64_t usable) {
-  HeapCounters& c = region_header()->counters;
-  // The counters live in memory others can write; never let them wrap below zero.
-  c.used = c.used >= usable ? c.used - usable : 0;
-  c.live = c.live > 0 ? c.live - 1 : 0;
-  c.frees += 1;
-}
-
 void Heap::count_failure() { region_header()->counters.failed += 1; }
 
 void Heap::count_resize(uint64_t old_usable, uint64_t new_usable) {

@@ -172,9 +172,10 @@ class Heap {
  protected:
   Heap(uint8_t* base, uint64_t size) : base_(base), size_(size) {}
   RegionHeader* region_header() const { return reinterpret_cast<RegionHeader*>(base_); }
-  // Counter bookkeeping shared by every heap.
-  void count_alloc(uint64_t usable);
-  void count_free(uint64_t usable);
+  // Counter bookkeeping shared by every heap. count_alloc and count_free run on every operation's fast
+  // path, so they are defined here (inline: no call across translation units).
+  inline void count_alloc(uint64_t usable);
+  inline void count_free(uint64_t usable);
   void count_failure();
   void count_resize(uint64_t old_usable, uint64_t new_usable);
   void fill_counter_stats(HeapStats* out) const;
@@ -182,6 +183,22 @@ class Heap {
   uint8_t* const base_;
   const uint64_t size_;
 };
+
+inline void Heap::count_alloc(uint64_t usable) {
+  HeapCounters& c = region_header()->counters;
+  c.used += usable;
+  if (c.used > c.peak_used) c.peak_used = c.used;
+  c.live += 1;
+  c.allocations += 1;
+}
+
+inline void Heap::count_free(uint64_t usable) {
+  HeapCounters& c = region_header()->counters;
+  // The counters live in memory others can write; never let them wrap below zero.
+  c.used = c.used >= usable ? c.used - usable : 0;
+  c.live = c.live > 0 ? c.live - 1 : 0;
+  c.frees += 1;
+}
 
 // Formats a new heap over [base, base + size). base must be aligned to kMaxAlign. Returns
 // invalid_argument for options out of range and out_of_memory when the region is too small to hold
@@ -205,8 +222,8 @@ uint64_t heap_min_region_size(Algorithm algorithm, const HeapOptions& options);
 inline bool is_power_of_two(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 inline bool valid_align(uint64_t a) { return is_power_of_two(a) && a <= kMaxAlign; }
 // Rounds x up to a multiple of the power of two a. Caller guarantees x <= kMaxRequest-ish so no wrap.
-inline uint64_t round_up(uint64_t x, uint64_t a) { return (x + (a - 1)) & ~(a - 1); }
-inline uint64_t round_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
+constexpr uint64_t round_up(uint64_t x, uint64_t a) { return (x + (a - 1)) & ~(a - 1); }
+constexpr uint64_t round_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
 inline uint32_t floor_log2(uint64_t x) { return 63u - static_cast<uint32_t>(__builtin_clzll(x)); }
 
 }  // namespace mempool

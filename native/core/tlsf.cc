@@ -2,9 +2,14 @@
 //
 // Region layout (all offsets from base):
 //   [0, sizeof(TlsfHeader))        header: RegionHeader, geometry, free-list heads and their bitmaps
-//   [live_map, +map_words*8)       one bit per 16-byte granule of the area: set where a live payload starts
-//   [freed_map, +map_words*8)      one bit per granule: set where a payload was freed and no allocation has
-//                                  covered it since (tells a double free from a foreign offset)
+//   [live_map, +map_words*16)      two interleaved bitmaps, one bit per 16-byte granule of the area each:
+//                                  word 2k (at live_map + 16k) holds the live bits of granules 64k..64k+63,
+//                                  word 2k + 1 (at freed_map + 16k, freed_map = live_map + 8) their freed
+//                                  bits. live: set where a live payload starts. freed: set where a payload
+//                                  was freed and no allocation has covered it since (tells a double free
+//                                  from a foreign offset). Interleaved (version 2; version 1 had two
+//                                  separate maps) so that both bits of a granule share one cache line: a
+//                                  free or an allocation touches one line of map, not two.
 //   [area_start, area_end)         the blocks, ending with a zero-size sentinel block marked used
 //
 // A block at offset b (b % 16 == 0):
@@ -30,7 +35,7 @@
 namespace mempool {
 namespace {
 
-constexpr uint32_t kTlsfVersion = 1;
+constexpr uint32_t kTlsfVersion = 2;  // 2: live and freed map words interleaved
 constexpr uint32_t kSlLog2 = 5;
 constexpr uint32_t kSlCount = 1u << kSlLog2;
 // Footprints up to 2^48 bytes = 2^44 granules map to first levels up to 40.
@@ -42,6 +47,8 @@ constexpr uint64_t kFree = 1;
 constexpr uint64_t kPrevFree = 2;
 constexpr uint64_t kQuick = 4;  // on a quick list: free for users, still "used" for coalescing
 constexpr uint64_t kFlagMask = 7;
+// The live and freed maps interleave: word k of either is 16 bytes after word k - 1.
+constexpr uint64_t kMapStride = 16;
 // Quick lists (dlmalloc's fastbins, glibc's tcache): a freed small block goes onto a LIFO list of its
 // exact size without coalescing, and the next request of that size takes it back in O(1) with a few
 // loads. Lists are bounded so that little memory stays uncoalesced; when the heap runs out, every quick
@@ -49,6 +56,7 @@ constexpr uint64_t kFlagMask = 7;
 constexpr uint32_t kQuickClasses = 64;
 constexpr uint64_t kQuickMaxPayload = kMinPayload + (kQuickClasses - 1) * kGranule;  // 1032
 constexpr uint32_t kQuickLimit = 64;
+
 // Bounded searches: how many list entries a hinted or exact-fit search may look at.
 constexpr int kSearchBudget = 64;
 
@@ -56,9 +64,9 @@ struct TlsfHeader {
   RegionHeader region;
   uint64_t area_start;  // offset of the first block
   uint64_t area_end;    // end of the area; the sentinel block sits at area_end - 16
-  uint64_t live_map;    // offset of the live-payload bitmap
-  uint64_t freed_map;   // offset of the freed-payload bitmap
-  uint64_t map_words;   // 64-bit words in each bitmap
+  uint64_t live_map;    // offset of the first live-payload word (the maps' words interleave, stride 16)
+  uint64_t freed_map;   // offset of the first freed-payload word: live_map + 8
+  uint64_t map_words;   // 64-bit words in each bitmap (the two take map_words * 16 bytes together)
   uint64_t free_bytes;  // sum of payload sizes of free blocks
   uint64_t free_blocks;
   uint64_t fl_bitmap;
@@ -72,6 +80,8 @@ static_assert(sizeof(TlsfHeader) == 80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * k
               "TlsfHeader is part of the shared layout");
 static_assert(offsetof(TlsfHeader, area_start) == 80, "TlsfHeader is part of the shared layout");
 static_assert(offsetof(TlsfHeader, heads) % 8 == 0, "heads must be 8-aligned");
+// The area starts after the header, so sentinel - 8 - kQuickMaxPayload (the quick pop's bound) cannot wrap.
+static_assert(sizeof(TlsfHeader) > kQuickMaxPayload + 8 + kMinFootprint, "the quick pop's bound must not wrap");
 
 struct Geometry {
   uint64_t live_map, freed_map, map_words, area_start, area_end;
@@ -84,17 +94,18 @@ bool compute_geometry(uint64_t size, Geometry* g) {
   uint64_t granules = (size - header_end) / kGranule;
   g->map_words = (granules + 63) / 64;
   g->live_map = header_end;
-  g->freed_map = g->live_map + g->map_words * 8;
-  g->area_start = round_up(g->freed_map + g->map_words * 8, kGranule);
+  g->freed_map = g->live_map + 8;  // interleaved: word k of a map is at map + 16k
+  g->area_start = round_up(g->live_map + g->map_words * 16, kGranule);
   g->area_end = round_down(size, kGranule);
   return g->area_end > g->area_start && g->area_end - g->area_start >= kMinFootprint + 16;
 }
 
 // Payload size for a request: the smallest 16k + 8 that holds it, at least kMinPayload.
-inline uint64_t adjust_request(uint64_t size) {
+constexpr uint64_t adjust_request(uint64_t size) {
   uint64_t s = round_up(size + 8, kGranule) - 8;
   return s < kMinPayload ? kMinPayload : s;
 }
+static_assert(adjust_request(kQuickMaxPayload) == kQuickMaxPayload, "requests up to kQuickMaxPayload bytes are quick");
 
 // mapping(size) -> (fl, sl) on the footprint in granules, g = (size + 8) / 16 >= 2.
 // Below 32 granules each granule count has its own list (fl 0); above, fl is the power of two and sl
@@ -156,56 +167,83 @@ class TlsfHeap final : public Heap {
     insert_free(first, first_size);
   }
 
+  // The fast paths (a quick list pop or push) are written out here with the loads and checks that case
+  // needs and nothing else: the offsets come from the region, so each is bounds-checked as read_block()
+  // and valid_block_offset() would, folded into fewer comparisons. Members are copied into locals first:
+  // a store into the region may alias them as far as the compiler knows. Anything but the plain case
+  // (an empty or untrustworthy list, a full list, a refused offset) goes to the general path, which does
+  // everything again from the start and gives the exact status.
   Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* offset) override {
-    if (size == 0 || size > kMaxRequest || !valid_align(align) || align < kDefaultAlign) {
-      return Status::invalid_argument;
+    if (align == kDefaultAlign && hint == kNoHint && size != 0 && size <= kQuickMaxPayload) {
+      const uint64_t need = adjust_request(size);
+      const uint32_t q = quick_class(need);
+      uint8_t* const base = base_;
+      const uint64_t start = g_.area_start, sentinel = sentinel_, live_map = g_.live_map;
+      TlsfHeader* h = header();
+      const uint64_t b = h->quick[q];
+      // A quick block of exactly `need` bytes inside the area: read_block()'s conditions, with size == need
+      // (a valid payload size) standing for the size checks.
+      if (b != 0 && b >= start && b <= sentinel - 8 - need && (b & (kGranule - 1)) == 0) {
+        const uint64_t sf = load_at(base + b + 8);
+        const uint64_t next = load_at(base + b + 16);
+        if ((sf & ~kPrevFree) == (need | kQuick) &&
+            (next == 0 || (next >= start && next <= sentinel - kMinFootprint && (next & (kGranule - 1)) == 0))) {
+          h->quick[q] = next;
+          const uint32_t n = h->quick_count[q];
+          h->quick_count[q] = n > 0 ? n - 1 : 0;
+          store_at(base + b + 8, sf & ~kQuick);  // one store: the block is used again
+          const uint64_t fb = h->free_bytes;
+          h->free_bytes = fb >= need ? fb - need : 0;
+          // Live bit set, freed bit cleared (both words in one line). Only the start bit can be set in
+          // the freed map: the interior was cleared when the block was last handed out.
+          const uint64_t i = (b + 16 - start) / kGranule;
+          uint8_t* const pair = base + live_map + (i / 64) * kMapStride;
+          const uint64_t bit = uint64_t(1) << (i % 64);
+          store_at(pair, load_at(pair) | bit);
+          store_at(pair + 8, load_at(pair + 8) & ~bit);
+          count_alloc(need);
+          *offset = b + 16;
+          return Status::ok;
+        }
+      }
     }
-    uint64_t need = adjust_request(size);
-    if (align == kDefaultAlign && hint == kNoHint && need <= kQuickMaxPayload) {
-      Status q = quick_pop(need, offset);
-      if (q != Status::out_of_memory) return q;
-    }
-    uint64_t block = 0, payload = 0;
-    Status s = find_any(need, align, hint, &block, &payload);
-    if (s == Status::out_of_memory && any_quick()) {
-      s = flush_quick();
-      if (s == Status::ok) s = find_any(need, align, hint, &block, &payload);
-    }
-    if (s == Status::out_of_memory) count_failure();
-    if (s != Status::ok) return s;
-    s = take(block, payload, need);
-    if (s != Status::ok) return s;
-    *offset = payload;
-    return Status::ok;
+    return alloc_general(size, align, hint, offset);
   }
 
   Status free(uint64_t offset) override {
-    Status s = check_live_payload(offset);
-    if (s != Status::ok) return s;
-    uint64_t b = offset - 16;
-    uint64_t size = 0, flags = 0;
-    if (!read_block(b, &size, &flags) || (flags & (kFree | kQuick))) return Status::corrupted;
-    TlsfHeader* h = header();
-    if (size <= kQuickMaxPayload) {
-      uint32_t q = quick_class(size);
-      if (h->quick_count[q] < kQuickLimit) {
-        clear_bit(g_.live_map, offset);
-        set_bit(g_.freed_map, offset);
-        count_free(size);
-        store(offset, h->quick[q]);               // link first: inside a block nobody uses now
-        set_size_flags(b, size, flags | kQuick);  // one store: the block is free for users
-        h->quick[q] = b;
-        h->quick_count[q] += 1;
-        h->free_bytes += size;
-        return Status::ok;
+    uint8_t* const base = base_;
+    const uint64_t start = g_.area_start, sentinel = sentinel_, live_map = g_.live_map;
+    // A payload offset: then b = offset - 16 is a valid block offset (start <= b <= sentinel - 32).
+    if (offset >= start + 16 && offset < sentinel && (offset & (kGranule - 1)) == 0) {
+      const uint64_t i = (offset - start) / kGranule;
+      uint8_t* const pair = base + live_map + (i / 64) * kMapStride;
+      const uint64_t bit = uint64_t(1) << (i % 64);
+      const uint64_t live = load_at(pair);
+      if (live & bit) {
+        const uint64_t b = offset - 16;
+        const uint64_t sf = load_at(base + b + 8);
+        const uint64_t size = sf & ~kFlagMask;
+        // Used (neither kFree nor kQuick), size 16k + 8 of a quick class, and inside the area.
+        if ((sf & (kFree | kQuick | 8)) == 8 && size >= kMinPayload && size <= kQuickMaxPayload &&
+            size <= sentinel - b - 8) {
+          TlsfHeader* h = header();
+          const uint32_t q = quick_class(size);
+          const uint32_t n = h->quick_count[q];
+          if (n < kQuickLimit) {
+            store_at(base + offset, h->quick[q]);  // link first: inside a block nobody uses now
+            store_at(base + b + 8, sf | kQuick);    // one store: the block is free for users
+            h->quick[q] = b;
+            h->quick_count[q] = n + 1;
+            h->free_bytes += size;
+            store_at(pair, live & ~bit);
+            store_at(pair + 8, load_at(pair + 8) | bit);
+            count_free(size);
+            return Status::ok;
+          }
+        }
       }
     }
-    s = release(b, size, flags, false);
-    if (s != Status::ok) return s;
-    clear_bit(g_.live_map, offset);
-    set_bit(g_.freed_map, offset);
-    count_free(size);
-    return Status::ok;
+    return free_general(offset);
   }
 
   Status resize_in_place(uint64_t offset, uint64_t size) override {
@@ -311,7 +349,7 @@ class TlsfHeap final : public Heap {
     // 2. The live map has no bits but those of used blocks.
     uint64_t live_bits = 0;
     for (uint64_t w = 0; w < g_.map_words; ++w) {
-      live_bits += static_cast<uint64_t>(__builtin_popcountll(load(g_.live_map + w * 8)));
+      live_bits += static_cast<uint64_t>(__builtin_popcountll(load(g_.live_map + w * kMapStride)));
     }
     if (live_bits != live) r->report("tlsf: live map has " + std::to_string(live_bits) + " bits for " + std::to_string(live) + " used blocks");
     // 3. The free lists: every entry free, on its own list, linked both ways; bitmaps agree.
@@ -390,7 +428,7 @@ class TlsfHeap final : public Heap {
     h->free_bytes = 0;
     h->free_blocks = 0;
     h->damaged = 0;
-    std::memset(base_ + g_.live_map, 0, g_.map_words * 8);
+    for (uint64_t w = 0; w < g_.map_words; ++w) store(g_.live_map + w * kMapStride, 0);  // freed words stay
     uint64_t used = 0, live = 0;
     uint64_t run = 0;  // start of the free run being gathered, 0 = none
     uint64_t b = g_.area_start;
@@ -441,6 +479,60 @@ class TlsfHeap final : public Heap {
 
  private:
   TlsfHeader* header() const { return reinterpret_cast<TlsfHeader*>(base_); }
+
+  // The general paths: every case, every check, the exact status.
+  __attribute__((noinline)) Status alloc_general(uint64_t size, uint64_t align, uint64_t hint, uint64_t* offset) {
+    if (size == 0 || size > kMaxRequest || !valid_align(align) || align < kDefaultAlign) {
+      return Status::invalid_argument;
+    }
+    uint64_t need = adjust_request(size);
+    if (align == kDefaultAlign && hint == kNoHint && need <= kQuickMaxPayload) {
+      Status q = quick_pop(need, offset);
+      if (q != Status::out_of_memory) return q;
+    }
+    uint64_t block = 0, payload = 0;
+    Status s = find_any(need, align, hint, &block, &payload);
+    if (s == Status::out_of_memory && any_quick()) {
+      s = flush_quick();
+      if (s == Status::ok) s = find_any(need, align, hint, &block, &payload);
+    }
+    if (s == Status::out_of_memory) count_failure();
+    if (s != Status::ok) return s;
+    s = take(block, payload, need);
+    if (s != Status::ok) return s;
+    *offset = payload;
+    return Status::ok;
+  }
+
+  __attribute__((noinline)) Status free_general(uint64_t offset) {
+    Status s = check_live_payload(offset);
+    if (s != Status::ok) return s;
+    uint64_t b = offset - 16;
+    uint64_t size = 0, flags = 0;
+    if (!read_block(b, &size, &flags) || (flags & (kFree | kQuick))) return Status::corrupted;
+    TlsfHeader* h = header();
+    if (size <= kQuickMaxPayload) {
+      uint32_t q = quick_class(size);
+      if (h->quick_count[q] < kQuickLimit) {
+        clear_bit(g_.live_map, offset);
+        set_bit(g_.freed_map, offset);
+        count_free(size);
+        store(offset, h->quick[q]);               // link first: inside a block nobody uses now
+        set_size_flags(b, size, flags | kQuick);  // one store: the block is free for users
+        h->quick[q] = b;
+        h->quick_count[q] += 1;
+        h->free_bytes += size;
+        return Status::ok;
+      }
+    }
+    s = release(b, size, flags, false);
+    if (s != Status::ok) return s;
+    clear_bit(g_.live_map, offset);
+    set_bit(g_.freed_map, offset);
+    count_free(size);
+    return Status::ok;
+  }
+
 
   // Returns block b (used or quick, `size` payload bytes) to the free lists, coalescing with free
   // physical neighbours. Validates everything it will touch before it writes anything.
@@ -562,6 +654,12 @@ class TlsfHeap final : public Heap {
     return v;
   }
   void store(uint64_t off, uint64_t v) { std::memcpy(base_ + off, &v, 8); }
+  static uint64_t load_at(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+  }
+  static void store_at(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
 
   // A block offset that could hold a block header and a minimal payload before the sentinel.
   bool valid_block_offset(uint64_t b) const {
@@ -593,18 +691,19 @@ class TlsfHeap final : public Heap {
     }
   }
 
+  // Map bits: `map` is g_.live_map or g_.freed_map; a map's word k is at map + 16k (interleaved).
   bool test_bit(uint64_t map, uint64_t payload) const {
     uint64_t i = (payload - g_.area_start) / kGranule;
-    return (load(map + (i / 64) * 8) >> (i % 64)) & 1;
+    return (load(map + (i / 64) * kMapStride) >> (i % 64)) & 1;
   }
   void set_bit(uint64_t map, uint64_t payload) {
     uint64_t i = (payload - g_.area_start) / kGranule;
-    uint64_t w = map + (i / 64) * 8;
+    uint64_t w = map + (i / 64) * kMapStride;
     store(w, load(w) | (uint64_t(1) << (i % 64)));
   }
   void clear_bit(uint64_t map, uint64_t payload) {
     uint64_t i = (payload - g_.area_start) / kGranule;
-    uint64_t w = map + (i / 64) * 8;
+    uint64_t w = map + (i / 64) * kMapStride;
     store(w, load(w) & ~(uint64_t(1) << (i % 64)));
   }
   // Clears the bits of payload granules [from, to).
@@ -612,7 +711,7 @@ class TlsfHeap final : public Heap {
     if (to <= from) return;
     uint64_t i = (from - g_.area_start) / kGranule, j = (to - g_.area_start + kGranule - 1) / kGranule;
     while (i < j) {
-      uint64_t w = map + (i / 64) * 8;
+      uint64_t w = map + (i / 64) * kMapStride;
       uint64_t bit = i % 64;
       uint64_t n = 64 - bit < j - i ? 64 - bit : j - i;
       uint64_t mask = (n == 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1)) << bit;

@@ -8,7 +8,9 @@
 // shared-bitmap (the same heaps in a real mempool segment, native/core/segment.h, its process-shared robust
 // mutex taken around every alloc and every free as SharedPool does); glibc (malloc/free); jemalloc and
 // mimalloc loaded with dlopen at run time (skipped with a note on stderr when not installed); boost
-// (Boost.Interprocess managed_shared_memory, compiled in only when the Boost headers are installed).
+// (Boost.Interprocess managed_shared_memory, compiled in only when the Boost headers are installed);
+// floor (no allocator at all: the same trace over fixed cells, so the workload's own memory cost shows and
+// every other line can be read as that cost plus what the allocator adds).
 //
 // stdout: with --json exactly one JSON object per result line and nothing else; without --json a table.
 // Everything else (notes, clock cost, progress) goes to stderr.
@@ -34,6 +36,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "heap.h"
@@ -548,6 +551,70 @@ class NullAlloc final {
   void close() {}
 };
 
+// The floor: the very same trace with no allocator. Each slot owns a fixed cell of the workload's largest
+// size (rounded up to 16) in one 1 GiB region from aligned_alloc, as the local heaps' region: cell k at
+// offset 4096 + k * cell. free() only remembers the handle it was given and alloc() returns that cell (the
+// trace always frees slot i right before it allocates into slot i); during set-up, with nothing freed,
+// alloc() hands out the cells in slot order. So its ns/pair is the workload's own memory cost (the slots
+// array, the trace, the byte written into a cell spread over slots * cell bytes) and nothing else; the
+// difference to another allocator's line is what that allocator adds. Not a heap: no F1.
+class Floor final {
+ public:
+  const char* name = "floor";
+  static constexpr bool kHasOffsets = false;
+  void set_workload(const Workload& w) {
+    cell_ = (w.hi + 15) & ~uint64_t(15);
+    slots_ = w.slots;
+  }
+  bool open(std::string* why) {
+    if (kFirstCell + slots_ * cell_ > kRegionBytes) {
+      *why = "the workload's cells do not fit the region";
+      return false;
+    }
+    region_ = static_cast<uint8_t*>(aligned_alloc(4096, kRegionBytes));
+    if (region_ == nullptr) {
+      *why = "aligned_alloc(4096, 1 GiB) failed";
+      return false;
+    }
+    return true;
+  }
+  void setup() {
+    next_ = kFirstCell;
+  }
+  inline uint64_t alloc(uint64_t) {
+    const uint64_t h = next_;
+    next_ = h + cell_;  // only used by the set-up, where no free comes first
+    return h;
+  }
+  inline void free(uint64_t h) { next_ = h; }
+  inline uint8_t* pointer(uint64_t h) const { return region_ + h; }
+  uint64_t extent(uint64_t) const { return 0; }
+  bool teardown(std::string* err) {
+    // The tear-down frees the slots in order, so the last handle freed must be the last slot's own cell:
+    // otherwise a slot ended up with another slot's cell and the trace was not the one measured.
+    if (next_ != kFirstCell + (slots_ - 1) * cell_) {
+      *err = "floor: the last slot does not hold its own cell after the pass";
+      return false;
+    }
+    return true;
+  }
+  void close() {
+    std::free(region_);
+    region_ = nullptr;
+  }
+
+ private:
+  static constexpr uint64_t kFirstCell = 4096;
+  uint8_t* region_ = nullptr;
+  uint64_t cell_ = 16, slots_ = 0, next_ = kFirstCell;
+};
+
+template <class A, class = void>
+struct TakesWorkload : std::false_type {};
+template <class A>
+struct TakesWorkload<A, std::void_t<decltype(std::declval<A&>().set_workload(std::declval<const Workload&>()))>>
+    : std::true_type {};
+
 // ---------------------------------------------------------------------------------------------------------
 // The passes.
 
@@ -769,6 +836,7 @@ void run_allocator(A& a, const Options& o, const std::vector<int>& wls, bool f1,
   for (int wi : wls) {
     const Workload& w = kWorkloads[wi];
     std::string why;
+    if constexpr (TakesWorkload<A>::value) a.set_workload(w);
     if (!a.open(&why)) {
       note("skipping %s: %s", a.name, why.c_str());
       return;
@@ -835,10 +903,11 @@ void usage() {
                "usage: native [--json] [--scale F] [--repeat R] [--only NAME,...] [--workloads W1,W2,W3,W4,F1]\n"
                "  --repeat R: run the whole sequence R times (interleaving allocators in time) and report, per\n"
                "  allocator and workload, the median ns/pair and p99 and the largest max\n"
-               "  allocators: tlsf buddy bitmap shared-tlsf shared-buddy shared-bitmap glibc jemalloc mimalloc boost\n");
+               "  allocators: tlsf buddy bitmap shared-tlsf shared-buddy shared-bitmap glibc jemalloc mimalloc boost\n"
+               "  floor (no allocator: the trace over fixed cells, the workload's own cost)\n");
 }
 
-const char* const kAllocatorNames[] = {"glibc", "jemalloc", "mimalloc", "tlsf", "buddy", "bitmap",
+const char* const kAllocatorNames[] = {"glibc", "floor", "jemalloc", "mimalloc", "tlsf", "buddy", "bitmap",
                                        "shared-tlsf", "shared-buddy", "shared-bitmap", "boost"};
 
 // jemalloc (and some mimalloc builds) use initial-exec TLS, which a dlopen'ed library can only get from the
@@ -933,6 +1002,7 @@ int main(int argc, char** argv) {
     const bool f1_now = f1 && rep == 0;  // F1 is deterministic: once
     // glibc first, so that every later allocator has its reference from the same run.
     if (want("glibc")) { Glibc a; run_allocator(a, o, wls, false, &raw); }
+    if (want("floor")) { Floor a; run_allocator(a, o, wls, false, &raw); }
     if (want("jemalloc")) { Jemalloc a; run_allocator(a, o, wls, false, &raw); }
     if (want("mimalloc")) { Mimalloc a; run_allocator(a, o, wls, false, &raw); }
     if (want("tlsf")) { LocalHeap a("tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1_now, &raw); }
