@@ -54,14 +54,20 @@ class Stamp {
 class ViewStamp extends Stamp {
   #cache: SmallCache;
   #offset: number;
-  constructor(view: Buffer, cache: SmallCache, offset: number) {
+  #granule: number;
+  constructor(view: Buffer, cache: SmallCache, offset: number, granule: number) {
     super(view);
     this.#cache = cache;
     this.#offset = offset;
+    this.#granule = granule;
   }
   /** The pool offset of a view `cache` made, or -1 for any other object. */
   static offsetOf(view: object, cache: SmallCache): number {
     return #cache in view && view.#cache === cache ? view.#offset : -1;
+  }
+  /** The granule index of a stamped view's slot when it was made: true only while its slab is held. */
+  static granuleOf(view: Buffer): number {
+    return (view as unknown as ViewStamp).#granule;
   }
 }
 
@@ -90,8 +96,9 @@ export class SmallCache {
   private slabLive = new Int32Array(16);
   private readonly freeIds: number[] = [];
   private readonly stacks: number[][] = Array.from({ length: CLASSES + 1 }, () => []);
-  /** Per exact length: freed stamped Buffers of that length. */
-  private readonly views: Buffer[][] = Array.from({ length: SMALL_MAX + 1 }, () => []);
+  /** Freed stamped Buffers kept for reuse: those of length n at [n * VIEWS_PER_LENGTH, + keptCount[n]). */
+  private readonly kept: (Buffer | undefined)[] = new Array((SMALL_MAX + 1) * VIEWS_PER_LENGTH).fill(undefined);
+  private readonly keptCount = new Int32Array(SMALL_MAX + 1);
   private readonly emptySlabs = new Int32Array(CLASSES + 1);
 
   /** Bytes per slab (a power of two): 64 KiB, less in small pools so that 64 classes never take more than a quarter. */
@@ -123,14 +130,19 @@ export class SmallCache {
 
   /** A Buffer freed earlier with exactly `size` (an integer 1..SMALL_MAX) bytes, now allocated again; or undefined. */
   allocView(size: number): Buffer | undefined {
-    const view = this.views[size].pop();
-    if (view !== undefined) this.lend(ViewStamp.offsetOf(view, this), (size + 15) >>> 4);
+    const n = this.keptCount[size];
+    if (n === 0) return undefined;
+    const at = size * VIEWS_PER_LENGTH + n - 1;
+    const view = this.kept[at]!;
+    this.kept[at] = undefined;
+    this.keptCount[size] = n - 1;
+    this.lendAt(ViewStamp.granuleOf(view), (size + 15) >>> 4); // a kept view's slab is held: its granule is right
     return view;
   }
 
-  /** Marks `view`, just made over the slot at `offset`, as the cache's (see ViewStamp). */
+  /** Marks `view`, just made over the live slot at `offset`, as the cache's (see ViewStamp). */
   stamp(view: Buffer, offset: number): Buffer {
-    new ViewStamp(view, this, offset);
+    new ViewStamp(view, this, offset, this.granuleOf(offset));
     return view;
   }
 
@@ -165,8 +177,13 @@ export class SmallCache {
     const cls = st ^ LIVE;
     this.state[g] = cls;
     const length = typeof what === 'number' ? 0 : (what as Buffer).length;
-    if (length > (cls - 1) << 4 && this.views[length].length < VIEWS_PER_LENGTH) this.views[length].push(what as Buffer);
-    else this.stacks[cls].push(offset);
+    const n = this.keptCount[length];
+    if (length > (cls - 1) << 4 && n < VIEWS_PER_LENGTH) {
+      this.kept[length * VIEWS_PER_LENGTH + n] = what as Buffer;
+      this.keptCount[length] = n + 1;
+    } else {
+      this.stacks[cls].push(offset);
+    }
     this.liveBytes -= cls << 4;
     this.slotFrees++;
     const slab = g >>> this.granuleShift;
@@ -256,7 +273,7 @@ export class SmallCache {
       }
     }
     for (let length = 1; length <= SMALL_MAX; length++) {
-      for (const view of this.views[length]) {
+      for (const view of this.keptViews(length)) {
         if (view.length !== length) return `small-object cache: a kept view of length ${length} has length ${view.length}`;
         const problem = stacked(this.offsetOfView(view), (length + 15) >>> 4);
         if (problem) return problem;
@@ -288,8 +305,17 @@ export class SmallCache {
     return '';
   }
 
+  /** The Buffers kept for reuse with length `length`. */
+  private keptViews(length: number): Buffer[] {
+    return this.kept.slice(length * VIEWS_PER_LENGTH, length * VIEWS_PER_LENGTH + this.keptCount[length]) as Buffer[];
+  }
+
   private lend(offset: number, cls: number): void {
-    const g = this.pageTable[offset >>> PAGE_SHIFT] - 1 + ((offset & (PAGE - 1)) >>> 4);
+    this.lendAt(this.pageTable[offset >>> PAGE_SHIFT] - 1 + ((offset & (PAGE - 1)) >>> 4), cls);
+  }
+
+  /** Marks the free slot at granule `g` (of class `cls`) live. */
+  private lendAt(g: number, cls: number): void {
     this.state[g] = cls | LIVE;
     if (this.slabLive[g >>> this.granuleShift]++ === 0) this.emptySlabs[cls]--;
     this.liveBytes += cls << 4;
@@ -308,9 +334,9 @@ export class SmallCache {
   private refill(cls: number): boolean {
     const stack = this.stacks[cls];
     for (let length = (cls - 1) * 16 + 1; length <= cls * 16; length++) {
-      const views = this.views[length];
-      for (const view of views) stack.push(this.offsetOfView(view));
-      views.length = 0;
+      for (const view of this.keptViews(length)) stack.push(this.offsetOfView(view));
+      this.kept.fill(undefined, length * VIEWS_PER_LENGTH, (length + 1) * VIEWS_PER_LENGTH);
+      this.keptCount[length] = 0;
     }
     if (stack.length > 0) return true;
     const got = this.host.allocSlab(this.slabSize);
@@ -367,10 +393,10 @@ export class SmallCache {
     for (let i = 0; i < stack.length; i++) if (outside(stack[i])) stack[kept++] = stack[i];
     stack.length = kept;
     for (let length = (cls - 1) * 16 + 1; length <= cls * 16; length++) {
-      const views = this.views[length];
-      kept = 0;
-      for (let i = 0; i < views.length; i++) if (outside(this.offsetOfView(views[i]))) views[kept++] = views[i];
-      views.length = kept;
+      const views = this.keptViews(length).filter((view) => outside(this.offsetOfView(view)));
+      this.kept.fill(undefined, length * VIEWS_PER_LENGTH, (length + 1) * VIEWS_PER_LENGTH);
+      views.forEach((view, i) => (this.kept[length * VIEWS_PER_LENGTH + i] = view));
+      this.keptCount[length] = views.length;
     }
     this.pageTable.fill(0, base / PAGE, base / PAGE + this.slabSize / PAGE);
     this.emptySlabs[cls]--;
