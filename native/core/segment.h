@@ -64,8 +64,11 @@ struct SegmentHeader {
   uint64_t orphan_lent_count;   // 152 slots lent out of slabs that have no owner
   uint64_t orphan_lent_bytes;   // 160 their bytes
   uint64_t cached_allocations;  // 168 slot allocations of caches that have gone (statistics)
-  uint64_t cached_frees;        // 176 slot frees of caches that have gone
-  uint8_t reserved[72];         // 184
+  uint64_t cached_frees;        // 176 slot frees of caches that have gone, and every slot free made under
+                                //     the lock by a non-owner
+  uint64_t slab_allocations;    // 184 heap allocations that became slabs, ever (statistics count slots,
+  uint64_t slab_frees;          // 192 not slabs); slabs given back, ever
+  uint8_t reserved[56];         // 200
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
@@ -92,6 +95,7 @@ static_assert(offsetof(SegmentHeader, pid_namespace) == 120, "segment layout");
 static_assert(offsetof(SegmentHeader, slab_size) == 128, "segment layout");
 static_assert(offsetof(SegmentHeader, slab_count) == 136, "segment layout");
 static_assert(offsetof(SegmentHeader, cached_frees) == 176, "segment layout");
+static_assert(offsetof(SegmentHeader, slab_frees) == 192, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
 

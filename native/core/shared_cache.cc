@@ -72,6 +72,7 @@ uint64_t sat_sub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 void release_slab(Segment& seg, uint64_t off, uint64_t usable) {
   SegmentHeader* h = seg.header();
   h->slab_count = sat_sub(h->slab_count, 1);
+  h->slab_frees += 1;
   h->slab_bytes = sat_sub(h->slab_bytes, usable);
   __atomic_store_n(&reinterpret_cast<SlabHeader*>(heap_base(seg) + off)->magic, uint64_t(0), __ATOMIC_RELEASE);
   seg.heap().free(off);
@@ -127,6 +128,7 @@ Status free_foreign_slot(Segment& seg, const SlotRef& ref, uint64_t off) {
     if (__atomic_compare_exchange_n(ref.state, &v, to, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
   }
   if (v & kSlotNamed) seg.dir_forget_offset(off + seg.heap_offset());
+  seg.header()->cached_frees += 1;
   if (owner != kNoOwner) {
     CacheEntry& e = cache_table(seg)[owner];
     e.remote_count += 1;
@@ -323,10 +325,11 @@ void shared_adjust_stats(const Segment& seg, HeapStats* s) {
     std::memcpy(&e, bytes + kCacheTableOffset + i * sizeof(CacheEntry), sizeof e);
     if (e.pid == 0) continue;
     allocs += e.allocations;
-    frees += e.frees + e.remote_count;
+    frees += e.frees;
   }
-  s->allocations += allocs;
-  s->frees += frees;
+  // The heap counted each slab as one allocation (and one free when it went back).
+  s->allocations = sat_sub(s->allocations, h->slab_allocations) + allocs;
+  s->frees = sat_sub(s->frees, h->slab_frees) + frees;
   // Free slots inside slabs are neither used nor free to the heap: they count as overhead.
   if (s->used > s->capacity - s->free) s->used = s->capacity - s->free;
   s->overhead = s->capacity - s->used - s->free;
@@ -397,7 +400,7 @@ uint32_t shared_collect_dead(Segment& seg) {
   for (uint32_t i = 0; i < kCacheEntries; ++i) {
     if (!dead[i]) continue;
     sh->cached_allocations += t[i].allocations;
-    sh->cached_frees += t[i].frees + t[i].remote_count;
+    sh->cached_frees += t[i].frees;
     __atomic_store_n(&t[i].pid, 0u, __ATOMIC_RELEASE);
     std::memset(reinterpret_cast<uint8_t*>(&t[i]) + 4, 0, sizeof(CacheEntry) - 4);
   }
@@ -688,6 +691,7 @@ bool SharedCache::new_slab(uint32_t cls) {
   SegmentHeader* sh = seg_->header();
   sh->slab_count += 1;
   sh->slab_bytes += usable;
+  sh->slab_allocations += 1;
 
   uint32_t r = static_cast<uint32_t>(slabs_.size());
   for (uint32_t i = 0; i < slabs_.size(); ++i) {
@@ -769,7 +773,7 @@ void SharedCache::close(uint32_t lock_ms) {
   }
   SegmentHeader* sh = seg_->header();
   sh->cached_allocations += allocations_;
-  sh->cached_frees += frees_ + entry_->remote_count;
+  sh->cached_frees += frees_;
   __atomic_store_n(&entry_->pid, 0u, __ATOMIC_RELEASE);
   std::memset(reinterpret_cast<uint8_t*>(entry_) + 4, 0, sizeof(CacheEntry) - 4);
   seg_->unlock();
