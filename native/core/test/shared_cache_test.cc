@@ -330,7 +330,10 @@ void cross_stress(Algorithm algo, uint64_t ops) {
       }
       used -= usable(*f.a, o);
       REQUIRE(c.free(o) == Status::ok);
-      REQUIRE(caches[rng() % 2]->free(o) == Status::double_free);
+      // Refused: double_free, or foreign once the block is gone (a heap block merged with its neighbours,
+      // or the last slot of an ownerless slab, which then went back to the heap).
+      Status again = caches[rng() % 2]->free(o);
+      REQUIRE(again == Status::double_free || again == Status::foreign);
       if (r % 7 == 0) REQUIRE(c.free(o + 8) == Status::foreign || c.free(o + 8) == Status::double_free);
       live.erase(it);
     }
