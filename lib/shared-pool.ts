@@ -129,6 +129,10 @@ function checkTimeout(value: unknown): number {
  * per block, readers after a key is published). A view stays usable after its block is freed, here or
  * in another process, and then shows memory that may be handed to someone else.
  *
+ * Small blocks (up to 1024 bytes, default alignment) come from slabs this attachment owns, so most of
+ * their allocs and frees take no lock; any process may still free, name or reallocate them
+ * (docs/segment-format.md, "Slabs"). A debug pool uses no slabs.
+ *
  * @example
  * const pool = SharedPool.create('orders', { size: 256 << 20 });
  * pool.set('latest', pool.alloc(64));

@@ -20,7 +20,7 @@ const core = path.join(root, 'native', 'core');
 const out = path.join(root, 'build', 'bench', 'native');
 const sources = [
   path.join(__dirname, 'bench', 'native.cc'),
-  ...['heap', 'tlsf', 'buddy', 'bitmap', 'debug_heap', 'segment'].map((n) => path.join(core, `${n}.cc`)),
+  ...['heap', 'tlsf', 'buddy', 'bitmap', 'debug_heap', 'segment', 'shared_cache'].map((n) => path.join(core, `${n}.cc`)),
 ];
 const headers = fs.readdirSync(core).filter((f) => f.endsWith('.h')).map((f) => path.join(core, f));
 

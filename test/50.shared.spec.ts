@@ -377,8 +377,9 @@ describe('SharedPool locks and crashes', () => {
       // machine the child may get little CPU, and a run without a recovery would not test one.
       const kills = 30;
       for (let k = 0; k < kills || (k < 300 && pool.stats().recoveries === 0); k++) {
-        // Alternate a child that verifies its blocks with one that does little but hold the lock.
-        const c = await startChild(k % 3 === 0 ? ['churn', name, String(k + 1)] : ['hammer', name]);
+        // Alternate a child that verifies its blocks with one that does little but hold the lock (blocks
+        // too large for the slab cache, so every operation takes the lock), or one on the cache's fast path.
+        const c = await startChild(k % 3 === 0 ? ['churn', name, String(k + 1)] : ['hammer', name, k % 3 === 1 ? '2048' : '64']);
         await sleep(5 + (k * 7) % 40);
         await killed(c);
         const started = Date.now();
@@ -398,25 +399,28 @@ describe('SharedPool locks and crashes', () => {
   it('a lock held by a stopped process, or a lock word damaged by a stray write, times out with ERR_SHM_LOCK_TIMEOUT', async () => {
     const name = uniqueName('lock');
     const pool = SharedPool.create(name, { size: MiB, lockTimeoutMs: 100 });
+    // Too large for the slab cache: every alloc and free takes the lock. (Small blocks served from this
+    // process's cache need no lock, so a stuck lock is only met when the cache runs dry.)
+    const BIG = 2048;
     // Damage: the lock word now names a live thread of another process as its holder.
     const sleeper = spawn('sleep', ['30']);
     const lockWord = pool.view(256, 4);
     const saved = Buffer.from(lockWord);
     lockWord.writeUInt32LE(sleeper.pid!);
     const started = Date.now();
-    expectCode(() => pool.alloc(8), 'ERR_SHM_LOCK_TIMEOUT', PoolError);
+    expectCode(() => pool.alloc(BIG), 'ERR_SHM_LOCK_TIMEOUT', PoolError);
     expect(Date.now() - started).to.be.within(90, 2000);
     await killed(sleeper);
     lockWord.set(saved);
-    pool.free(pool.alloc(8)); // usable again once the word is restored
+    pool.free(pool.alloc(BIG)); // usable again once the word is restored
     // Damage naming a thread that does not exist: treated as a dead holder, repaired, not a hang.
     const recoveries = pool.stats().recoveries;
     lockWord.writeUInt32LE(0x3ffffff0);
-    pool.free(pool.alloc(8));
+    pool.free(pool.alloc(BIG));
     expect(pool.stats().recoveries).to.equal(recoveries + 1);
     // This process's own thread id in the word: it cannot hold the lock, so the word is damage.
     lockWord.writeUInt32LE(process.pid);
-    expectCode(() => pool.alloc(8), 'ERR_POOL_CORRUPTED', PoolError);
+    expectCode(() => pool.alloc(BIG), 'ERR_POOL_CORRUPTED', PoolError);
     lockWord.set(saved);
     // A holder stopped with SIGSTOP: retry until a stop lands while it holds the lock.
     const c = await startChild(['churn', name, '5']);
@@ -425,7 +429,7 @@ describe('SharedPool locks and crashes', () => {
       c.kill('SIGSTOP');
       await sleep(2);
       try {
-        pool.free(pool.alloc(8));
+        pool.free(pool.alloc(BIG));
       } catch (e) {
         expect((e as PoolError).code).to.equal('ERR_SHM_LOCK_TIMEOUT');
         timedOut = true;

@@ -16,6 +16,7 @@
 #include "../core/debug_heap.h"
 #include "../core/heap.h"
 #include "../core/segment.h"
+#include "../core/shared_cache.h"
 
 namespace mempool_addon {
 
@@ -33,8 +34,12 @@ struct ExternalMemory {
   uint64_t size = 0;
   bool released = false;
   std::unique_ptr<mempool::Segment> segment;  // set for a shared segment: released by unmapping
+  // This attachment's slab cache (shared_cache.h): closed (its slabs returned) before the unmap.
+  std::unique_ptr<mempool::SharedCache> cache;
   void release() {
     if (!released) {
+      if (cache) cache->close(100);
+      cache.reset();
       if (segment) segment->unmap();
       else std::free(data);
     }
@@ -267,6 +272,12 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     memory_->size = segment->size();
     segment->attach();  // listed until unmapped, by close() or when the last view is collected
     segment_ = segment.get();
+    // Each NativePool (each 'open'/'create', so each worker thread) has its own cache; debug segments
+    // have no slabs and use none.
+    if (segment->slab_size() != 0) {
+      memory_->cache = std::make_unique<mempool::SharedCache>(segment.get());
+      cache_ = memory_->cache.get();
+    }
     heap_ptr_ = &segment->heap();
     bias_ = segment->heap_offset();
     algorithm_ = segment->algorithm();
@@ -399,6 +410,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Status AllocAt(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* offset) {
     // Larger than any heap can represent: for the user that is simply more memory than there is.
     if (size > mempool::kMaxRequest) return Status::out_of_memory;
+    if (cache_ != nullptr) {  // takes the lock only when it must
+      Status s = cache_->alloc(size, align, hint, offset);
+      if (s == Status::ok) *offset += bias_;
+      return s;
+    }
     Guard g(segment_);
     if (g.status != Status::ok) return g.status;
     if (mempool::DebugHeapApi* d = heap_ptr_->debug()) d->set_site(site);
@@ -410,6 +426,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   // Frees the allocation at region offset `offset` (both the fast and the slow path).
   Status FreeAt(uint64_t offset) {
     if (!in_heap(offset)) return Status::foreign;
+    if (cache_ != nullptr) return cache_->free(offset - bias_);  // drops the names itself
     Guard g(segment_);
     if (g.status != Status::ok) return g.status;
     Status s = heap_ptr_->free(offset - bias_);
@@ -435,7 +452,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Guard g(segment_);
     if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t moved = 0;
-    Status s = mempool::heap_realloc(*heap_ptr_, offset - bias_, size, align, &moved);
+    Status s = cache_ != nullptr ? cache_->realloc_locked(offset - bias_, size, align, &moved)
+                                 : mempool::heap_realloc(*heap_ptr_, offset - bias_, size, align, &moved);
     if (s != Status::ok) return status_number(env, s);
     // Names describe the allocation as set() saw it: a moved block's would point at freed memory and
     // a shrunk block's past its end, so a reallocated block loses its names.
@@ -451,7 +469,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Guard g(segment_);
     if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t n = 0;
-    Status s = heap_ptr_->usable_size(offset - bias_, &n);
+    Status s = segment_ != nullptr ? segment_->usable_any(offset - bias_, &n) : heap_ptr_->usable_size(offset - bias_, &n);
     if (s != Status::ok) return status_number(env, s);
     return Napi::Number::New(env, static_cast<double>(n));
   }
@@ -465,7 +483,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     {
       Guard g(segment_);
       if (g.status != Status::ok) return status_number(env, g.status);
+      if (cache_ != nullptr) mempool::shared_collect_dead(*segment_);  // exact figures for dead owners' slots
       heap_ptr_->stats(&s);
+      // Slabs are allocations to the heap; the user's are the slots lent out of them.
+      if (segment_ != nullptr) mempool::shared_adjust_stats(*segment_, &s);
     }
     s.capacity += bias_;
     s.overhead += bias_;
@@ -485,6 +506,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       Guard g(segment_);
       if (g.status != Status::ok) return status_number(env, g.status);
       heap_ptr_->check(&r);
+      if (segment_ != nullptr) mempool::shared_check(*segment_, &r);
       if (segment_ != nullptr) segment_->dir_check(&r);
     }
     Napi::Array out = Napi::Array::New(env, 2);
@@ -502,12 +524,19 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     {
       Guard g(segment_);
       if (g.status != Status::ok) return status_number(env, g.status);
-      s = heap_ptr_->walk([&](const mempool::BlockInfo& b) {
+      auto visit = [&](const mempool::BlockInfo& b) {
         triples.push_back(static_cast<double>(b.offset + bias_));
         triples.push_back(static_cast<double>(b.size));
         triples.push_back(b.used ? 1 : 0);
         return true;
-      });
+      };
+      // A shared pool shows each slab as its slots (lent = used).
+      if (segment_ != nullptr) {
+        if (cache_ != nullptr) mempool::shared_collect_dead(*segment_);
+        s = mempool::shared_walk(*segment_, visit);
+      } else {
+        s = heap_ptr_->walk(visit);
+      }
     }
     if (s != Status::ok) return status_number(env, s);
     return float64_array(env, triples);
@@ -525,9 +554,12 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Guard g(segment_);
     if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t usable = 0;
-    Status s = heap_ptr_->usable_size(offset - bias_, &usable);
+    Status s = segment_->usable_any(offset - bias_, &usable);
     if (s != Status::ok) return status_number(env, s);
     if (length > usable) return status_number(env, Status::foreign);
+    // A named slot is freed through the lock, so that its names go with it.
+    s = mempool::shared_mark_named(*segment_, offset - bias_);
+    if (s != Status::ok) return status_number(env, s);
     return status_number(env, segment_->dir_set(key, offset, length));
   }
 
@@ -672,6 +704,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     if (!closed()) {
       heap_ptr_ = nullptr;
       segment_ = nullptr;
+      cache_ = nullptr;
       heap_.reset();
       Napi::ArrayBuffer ab = buffer_.Value();
       if (!ab.IsDetached()) ab.Detach();
@@ -695,6 +728,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   std::unique_ptr<Heap> heap_;       // malloc'd pools own their heap; a segment owns its own
   Heap* heap_ptr_ = nullptr;         // the heap either way; null once closed
   mempool::Segment* segment_ = nullptr;
+  mempool::SharedCache* cache_ = nullptr;  // owned by memory_; null for private and debug pools
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
   double* mailbox_ = nullptr;        // the fast path's arguments and results (kept alive by this object)

@@ -1,5 +1,7 @@
 #include "segment.h"
 
+#include "shared_cache.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +60,8 @@ Status errno_status(int e) {
   }
 }
 
+}  // namespace
+
 // Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot; 0 if unknown.
 uint64_t process_start_ticks(uint32_t pid) {
   char path[64];
@@ -84,6 +88,8 @@ bool process_alive(uint32_t pid, uint64_t start_ticks) {
   if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
   return start_ticks == 0 || process_start_ticks(pid) == start_ticks;
 }
+
+namespace {
 
 // The inode of this process's PID namespace (0 when /proc cannot tell).
 uint64_t current_pid_namespace() {
@@ -116,6 +122,7 @@ bool header_consistent(const SegmentHeader& h, uint64_t real_size, uint64_t* hea
   if (h.directory_offset != kSegmentHeaderSize) return false;
   if (h.directory_capacity < 1 || h.directory_capacity > kMaxDirectoryCapacity) return false;
   if (!Segment::layout(real_size, static_cast<uint32_t>(h.directory_capacity), heap_offset)) return false;
+  if (h.slab_size != 0 && (!is_power_of_two(h.slab_size) || h.slab_size < kMinSlabSize || h.slab_size > kMaxSlabSize)) return false;
   return h.heap_offset == *heap_offset && h.heap_size == real_size - *heap_offset;
 }
 
@@ -237,8 +244,10 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->pid_namespace = current_pid_namespace();
   h->created_unix_ms = now_unix_ms();
   h->lock = 0;
+  h->slab_size = options.heap.debug ? 0 : choose_slab_size(size - heap_offset);
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, options.directory_capacity,
                                            options.algorithm, options.lock_timeout_ms));
+  seg->slab_size_ = h->slab_size;
   Status s = heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_);
   if (s != Status::ok) {
     seg->unmap();
@@ -304,7 +313,9 @@ Status Segment::open(const std::string& name, uint32_t lock_timeout_ms, std::uni
     seg->unmap();
     return s == Status::incompatible ? Status::corrupted : s;
   }
-  if (seg->heap_->algorithm() != seg->algorithm_) {
+  seg->slab_size_ = h.slab_size;
+  // Slabs only live in heaps that are not in debug mode (debug pools do not cache).
+  if (seg->heap_->algorithm() != seg->algorithm_ || (seg->slab_size_ != 0 && seg->heap_->debug() != nullptr)) {
     seg->unmap();
     return Status::corrupted;
   }
@@ -332,10 +343,12 @@ void Segment::list(std::vector<SegmentInfo>* out) {
     int fd = shm_open(("/" + name).c_str(), O_RDONLY, 0);
     if (fd < 0) continue;
     struct stat st;
+    uint8_t page[kSegmentHeaderSize];
     SegmentHeader h;
     uint64_t heap_offset = 0;
     if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) >= kSegmentHeaderSize + kMaxAlign &&
-        pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) && h.magic == kSegmentMagic &&
+        pread(fd, page, sizeof page, 0) == static_cast<ssize_t>(sizeof page) && (std::memcpy(&h, page, sizeof h), true) &&
+        h.magic == kSegmentMagic &&
         h.state == kStateReady && header_consistent(h, static_cast<uint64_t>(st.st_size), &heap_offset)) {
       SegmentInfo info;
       info.name = name;
@@ -346,6 +359,8 @@ void Segment::list(std::vector<SegmentInfo>* out) {
           rh.magic == kRegionMagic) {
         info.used = rh.counters.used;
         info.live_allocations = rh.counters.live;
+        // Slabs are heap allocations; the slots lent out of them are what users hold.
+        shared_adjust_counters(page, &info.used, &info.live_allocations);
       }
       out->push_back(info);
     }
@@ -406,6 +421,14 @@ uint64_t monotonic_ns() {
 }
 
 }  // namespace
+
+Status Segment::lock_within(uint32_t ms, bool* recovered) {
+  uint32_t timeout = lock_timeout_ms_;
+  lock_timeout_ms_ = timeout < ms ? timeout : ms;
+  Status s = lock(recovered);
+  lock_timeout_ms_ = timeout;
+  return s;
+}
 
 Status Segment::lock(bool* recovered) {
   *recovered = false;
@@ -485,6 +508,8 @@ void Segment::unlock() {
 Status Segment::repair() {
   Status s = heap_->rebuild();
   if (s != Status::ok) return s;
+  // The slab totals are derived from the slabs themselves (their headers and slot states).
+  shared_recount(*this);
   // Directory entries become live with one store of their state, so a half-written entry is simply
   // not live; names of allocations that no longer exist are dropped, and the index is rebuilt.
   uint64_t live = 0;
@@ -495,7 +520,7 @@ Status Segment::repair() {
       continue;
     }
     uint64_t usable = 0;
-    if (!entry_valid(*e) || heap_->usable_size(e->offset - heap_offset_, &usable) != Status::ok || e->length > usable) {
+    if (!entry_valid(*e) || usable_any(e->offset - heap_offset_, &usable) != Status::ok || e->length > usable) {
       e->state = kDirDeleted;
       continue;
     }
@@ -505,6 +530,7 @@ Status Segment::repair() {
   index_rebuild();
   CheckResult r;
   heap_->check(&r);
+  shared_check(*this, &r);
   dir_check(&r);
   return r.violations == 0 ? Status::ok : Status::corrupted;
 }
@@ -702,7 +728,7 @@ void Segment::dir_check(CheckResult* r) const {
       continue;
     }
     uint64_t usable = 0;
-    if (heap_->usable_size(e.offset - heap_offset_, &usable) != Status::ok || e.length > usable) {
+    if (usable_any(e.offset - heap_offset_, &usable) != Status::ok || e.length > usable) {
       r->report("directory: key '" + std::string(e.key, e.key_len) + "' names no live allocation");
     }
     if (fnv1a(std::string(e.key, e.key_len)) != e.hash) r->report("directory: entry " + std::to_string(i) + " has a wrong hash");

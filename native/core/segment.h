@@ -26,7 +26,7 @@
 namespace mempool {
 
 constexpr uint64_t kSegmentMagic = 0x3147455350504d4dULL;  // "MMPPSEG1" little-endian
-constexpr uint32_t kSegmentVersion = 1;
+constexpr uint32_t kSegmentVersion = 2;  // 2: slab caches (shared_cache.h)
 constexpr uint64_t kSegmentHeaderSize = 4096;
 constexpr size_t kMaxNameBytes = 250;
 constexpr size_t kMaxKeyBytes = 224;
@@ -55,7 +55,20 @@ struct SegmentHeader {
   uint64_t recoveries;          // 112 times a dead lock holder's work was repaired
   uint64_t pid_namespace;       // 120 inode of the creator's /proc/self/ns/pid (0 = unknown): thread ids in
                                 //     the lock word and pids in the attach table mean something only there
-  uint8_t reserved[128];        // 128
+  // 128..255: the slab caches (shared_cache.h). Written under the lock only.
+  uint32_t slab_size;           // 128 bytes per slab: 0 = no slab caches (debug or tiny segments), else a
+                                //     power of two in [4096, 65536]
+  uint32_t cache_serial;        // 132 last serial given to a cache entry (0 is never given)
+  uint64_t slab_count;          // 136 live slabs (each one heap allocation)
+  uint64_t slab_bytes;          // 144 usable bytes of those heap allocations
+  uint64_t orphan_lent_count;   // 152 slots lent out of slabs that have no owner
+  uint64_t orphan_lent_bytes;   // 160 their bytes
+  uint64_t cached_allocations;  // 168 slot allocations of caches that have gone (statistics)
+  uint64_t cached_frees;        // 176 slot frees of caches that have gone, and every slot free made under
+                                //     the lock by a non-owner
+  uint64_t slab_allocations;    // 184 heap allocations that became slabs, ever (statistics count slots,
+  uint64_t slab_frees;          // 192 not slabs); slabs given back, ever
+  uint8_t reserved[56];         // 200
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
@@ -79,6 +92,10 @@ static_assert(offsetof(SegmentHeader, size) == 16, "segment layout");
 static_assert(offsetof(SegmentHeader, algorithm) == 24, "segment layout");
 static_assert(offsetof(SegmentHeader, heap_offset) == 72, "segment layout");
 static_assert(offsetof(SegmentHeader, pid_namespace) == 120, "segment layout");
+static_assert(offsetof(SegmentHeader, slab_size) == 128, "segment layout");
+static_assert(offsetof(SegmentHeader, slab_count) == 136, "segment layout");
+static_assert(offsetof(SegmentHeader, cached_frees) == 176, "segment layout");
+static_assert(offsetof(SegmentHeader, slab_frees) == 192, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
 
@@ -94,6 +111,11 @@ struct DirEntry {
 };
 static_assert(sizeof(DirEntry) == 256, "directory entries are 256 bytes");
 static_assert(offsetof(DirEntry, offset) == 8 && offsetof(DirEntry, key) == 32, "directory layout");
+
+// Whether process `pid` that started at `start_ticks` (/proc/<pid>/stat field 22; 0 = unknown) still runs,
+// and the start ticks of a process (0 when unknown).
+bool process_alive(uint32_t pid, uint64_t start_ticks);
+uint64_t process_start_ticks(uint32_t pid);
 
 struct SegmentOptions {
   Algorithm algorithm = Algorithm::tlsf;
@@ -169,6 +191,16 @@ class Segment {
   void attach();
   void attached(std::vector<AttachedProcess>* out);
 
+  // Like lock(), but waits at most `ms` (for finalizers and close paths that must not hang).
+  Status lock_within(uint32_t ms, bool* recovered);
+
+  // Slab caches (shared_cache.h). slab_size() is 0 when this segment has none.
+  uint32_t slab_size() const { return slab_size_; }
+  // Usable size of a live allocation at heap offset `off`: a heap block or a lent slab slot; a slab
+  // itself is not an allocation (foreign). Under the lock.
+  Status usable_any(uint64_t off, uint64_t* size) const;
+  bool same_pid_namespace() const;
+
   // Unmaps now; the object stays (base() becomes null). Idempotent.
   void unmap();
 
@@ -178,8 +210,6 @@ class Segment {
   Status repair();
   void register_attach();
   void unregister_attach();
-  // Whether this process shares the creator's PID namespace (so thread ids and pids can be checked).
-  bool same_pid_namespace() const;
   DirEntry* entry(uint32_t i) const;
   uint32_t* offset_slots() const;
   bool entry_valid(const DirEntry& e) const;
@@ -196,6 +226,7 @@ class Segment {
   Algorithm algorithm_;
   uint32_t lock_timeout_ms_;
   bool attached_ = false;
+  uint32_t slab_size_ = 0;
   std::unique_ptr<Heap> heap_;
 };
 

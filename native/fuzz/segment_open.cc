@@ -21,6 +21,7 @@
 
 #include "fuzz_util.h"
 #include "segment.h"
+#include "shared_cache.h"
 
 using namespace mempool;
 
@@ -107,11 +108,17 @@ void exercise(Segment& seg, fuzz::Reader& in, const std::vector<uint64_t>& known
   }
   CheckResult r;
   h.check(&r);
+  shared_check(seg, &r);
   seg.dir_check(&r);
   HeapStats st;
   h.stats(&st);
+  shared_adjust_stats(seg, &st);
   h.walk([&](const BlockInfo& b) {
     expect_inside(seg, b.offset + bias, b.size, "walk");
+    return true;
+  });
+  shared_walk(seg, [&](const BlockInfo& b) {  // slabs (if the header claims any) shown as slots
+    expect_inside(seg, b.offset + bias, b.size, "shared_walk");
     return true;
   });
   for (int n = 0; n < 32 && !in.empty(); ++n) {
@@ -134,6 +141,7 @@ void exercise(Segment& seg, fuzz::Reader& in, const std::vector<uint64_t>& known
       case 2: {
         uint64_t u = 0;
         if (off >= bias && h.usable_size(off - bias, &u) == Status::ok) expect_inside(seg, off, u, "usable_size");
+        if (off >= bias && seg.usable_any(off - bias, &u) == Status::ok) expect_inside(seg, off, u, "usable_any");
         break;
       }
       case 3: {

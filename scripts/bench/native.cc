@@ -41,6 +41,7 @@
 
 #include "heap.h"
 #include "segment.h"
+#include "shared_cache.h"
 
 #if __has_include(<boost/interprocess/managed_shared_memory.hpp>)
 #include <boost/interprocess/managed_shared_memory.hpp>
@@ -209,9 +210,10 @@ class LocalHeap final {
 // --- heaps inside a real mempool segment (native/core/segment.h), its lock around every operation ---------
 //
 // Exactly what a SharedPool does: Segment::create (shm_open + ftruncate + posix_fallocate + mmap MAP_SHARED,
-// the header with its process-shared robust mutex, the directory, the heap formatted at heap_offset), then for
-// every alloc lock() / heap().alloc / unlock() and for every free lock() / heap().free / dir_forget_offset /
-// unlock() (the addon's fast path), and Segment::unlink at the end. The segment's heap is 1 GiB, as the
+// the header with its process-shared robust mutex, the directory, the heap formatted at heap_offset), then
+// one SharedCache per pass (as each NativePool has), and every alloc and free through it, as the addon's
+// SharedPool does: small blocks from the attachment's slabs (the lock taken once per slab, not per
+// operation), everything else lock() / heap / unlock(); Segment::unlink at the end. The segment's heap is 1 GiB, as the
 // local heaps' region, so F1 is comparable. A fresh segment per pass (setup/teardown): the heap is formatted
 // by Segment::create only.
 
@@ -270,28 +272,23 @@ class SharedHeap final {
   }
   inline uint64_t alloc(uint64_t size) {
     uint64_t off = 0;
-    bool recovered = false;
-    if (__builtin_expect(seg_->lock(&recovered) != Status::ok, 0)) die("%s: lock failed", name);
-    Status s = heap_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &off);
-    seg_->unlock();
+    Status s = cache_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &off);
+    if (__builtin_expect(s == Status::lock_timeout || s == Status::corrupted, 0)) die("%s: lock failed", name);
     return __builtin_expect(s == Status::ok, 1) ? off : 0;
   }
   inline void free(uint64_t h) {
-    bool recovered = false;
-    if (__builtin_expect(seg_->lock(&recovered) != Status::ok, 0)) die("%s: lock failed", name);
-    Status s = heap_->free(h);
-    if (s == Status::ok) seg_->dir_forget_offset(h + heap_offset_);
-    seg_->unlock();
+    Status s = cache_->free(h);  // drops names as the addon does
     if (__builtin_expect(s != Status::ok, 0)) die("%s: free(%llu) failed: %s", name, (unsigned long long)h, mempool::status_name(s));
   }
   inline uint8_t* pointer(uint64_t h) const { return heap_base_ + h; }
   uint64_t header_bytes() const { return header_bytes_; }  // asked after the pass, when the segment is gone
   uint64_t extent(uint64_t h) const {
     uint64_t u = 0;
-    if (heap_->usable_size(h, &u) != Status::ok) die("%s: usable_size failed", name);
+    if (seg_->usable_any(h, &u) != Status::ok) die("%s: usable_size failed", name);
     return h + u;
   }
   bool teardown(std::string* err) {
+    cache_.reset();  // every slot is free: its slabs go back to the heap, which must then be empty
     bool ok = verify_heap(name, heap_, err);
     if (ok) {
       mempool::CheckResult cr;
@@ -325,10 +322,12 @@ class SharedHeap final {
     heap_offset_ = seg_->heap_offset();
     heap_base_ = seg_->base() + heap_offset_;
     header_bytes_ = reinterpret_cast<const mempool::RegionHeader*>(heap_base_)->header_size;
+    cache_.reset(new mempool::SharedCache(seg_.get()));
     return true;
   }
   void destroy() {
     if (!seg_) return;
+    cache_.reset();
     seg_.reset();  // unmaps
     int err = 0;
     mempool::Segment::unlink(seg_name_, &err);
@@ -342,6 +341,7 @@ class SharedHeap final {
   std::string seg_name_;
   uint64_t seg_size_ = 0;
   std::unique_ptr<mempool::Segment> seg_;
+  std::unique_ptr<mempool::SharedCache> cache_;
   Heap* heap_ = nullptr;
   uint8_t* heap_base_ = nullptr;
   uint64_t heap_offset_ = 0;

@@ -1,0 +1,207 @@
+// Per-attachment slab caches for small shared allocations: the segment's lock is taken once per batch
+// of slots, not once per alloc/free. docs/segment-format.md documents the layout.
+//
+// A slab is one ordinary heap allocation of SegmentHeader::slab_size bytes (4 KiB..64 KiB, 4096-aligned)
+// carved into equal slots of one size class (16..1024 bytes in steps of 16):
+//
+//   [SlabHeader, 64 bytes][one state byte per slot][pad to 16][slots]
+//
+// Each slab has an owner: one SharedCache (one attachment of one thread, registered in the cache table
+// of the segment header), or none. Slot states (one byte, in the segment):
+//   kSlotFree    free: on its owner's private free stack (or, in an ownerless slab, simply unused)
+//   kSlotLent    the user holds it;                      | kSlotNamed while names may point at it
+//   kSlotRemote  freed by someone other than its owner; the owner takes it back when it runs dry
+//
+// The owner allocates from a process-local stack (a plain store of kSlotLent: only the owner leaves
+// kSlotFree in its slabs) and frees with one compare-and-swap kSlotLent -> kSlotFree after finding the
+// slab in process-local records (never trusting the segment for ownership). That CAS is what makes a
+// racing double free from two processes impossible to accept twice. Everything else (another owner's
+// slot, a named slot, a new slab, taking back remote frees, closing) happens under the segment lock.
+//
+// Trust: slab headers and state bytes may be scribbled by anyone. A slab is recognised only at a
+// 4096-aligned heap offset that the heap itself calls the start of a live allocation of at least
+// slab_size bytes, whose header has the magic, its own offset, the segment's slab size, the geometry
+// its slot size implies and a matching check word. Owners use only their process-local copy of the
+// geometry. Every state byte is compared-and-swapped from an expected value, never assumed.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "heap.h"
+#include "segment.h"
+
+namespace mempool {
+
+constexpr uint32_t kMinSlabSize = 4096;
+constexpr uint32_t kMaxSlabSize = 65536;
+constexpr uint64_t kSlabMagic = 0x31424c53504d454dULL;  // "MEMPSLB1" little-endian
+constexpr uint32_t kNoOwner = 0xffffffffu;
+constexpr uint32_t kMaxSlotSize = 1024;
+constexpr uint32_t kSlotClasses = kMaxSlotSize / 16;
+
+enum SlotState : uint8_t { kSlotFree = 0, kSlotLent = 1, kSlotRemote = 2, kSlotNamed = 0x80 };
+
+struct SlabHeader {
+  uint64_t magic;          // 0  kSlabMagic
+  uint64_t self;           // 8  heap offset of this slab (where the heap's allocation starts)
+  uint32_t slab_bytes;     // 16 SegmentHeader::slab_size
+  uint32_t slot_size;      // 20 16..1024, a multiple of 16
+  uint32_t slot_count;     // 24 as slab_geometry() computes it
+  uint32_t slots_offset;   // 28 from the slab's start
+  uint32_t owner;          // 32 cache table index, or kNoOwner
+  uint32_t owner_serial;   // 36 that entry's serial (a stale owner is no owner)
+  uint32_t remote_pending; // 40 slots freed remotely since the owner last looked (a hint only)
+  uint32_t reserved0;      // 44
+  uint64_t check;          // 48 slab_check(self, slab_bytes, slot_size)
+  uint64_t reserved1;      // 56
+};
+static_assert(sizeof(SlabHeader) == 64, "SlabHeader is part of the shared layout");
+static_assert(offsetof(SlabHeader, owner) == 32 && offsetof(SlabHeader, check) == 48, "slab layout");
+
+// The cache table: kCacheEntries entries of 64 bytes at kCacheTableOffset of the header page (one cache
+// line each: the owner's counter stores do not bounce other owners' lines).
+struct CacheEntry {
+  uint32_t pid;            // 0  0 = empty
+  uint32_t serial;         // 4  SegmentHeader::cache_serial when registered
+  uint64_t start_ticks;    // 8  /proc/<pid>/stat field 22: a later process with the same pid is not this one
+  uint64_t lent_count;     // 16 written by the owner only: slots it lent out and has not seen come back
+  uint64_t lent_bytes;     // 24
+  uint64_t remote_count;   // 32 written under the lock: of those, slots freed by others, not yet taken back
+  uint64_t remote_bytes;   // 40
+  uint64_t allocations;    // 48 owner only: slot allocations (statistics)
+  uint64_t frees;          // 56 owner only: slot frees by the owner (statistics)
+};
+static_assert(sizeof(CacheEntry) == 64, "CacheEntry is part of the shared layout");
+constexpr uint64_t kCacheTableOffset = 3072;
+constexpr uint32_t kCacheEntries = 16;
+static_assert(kCacheTableOffset >= kAttachTableOffset + kAttachSlots * sizeof(AttachEntry), "cache table after the attach table");
+static_assert(kCacheTableOffset + kCacheEntries * sizeof(CacheEntry) <= kSegmentHeaderSize, "cache table fits the header page");
+
+// The slab size a new segment gets for a heap of `heap_size` bytes (0: too small for slabs).
+uint32_t choose_slab_size(uint64_t heap_size);
+// Largest request a segment with slabs of `slab_size` bytes serves from slots (0 = none).
+uint32_t max_cached_size(uint32_t slab_size);
+// Slots of `slot_size` bytes in a slab of `slab_bytes`, and where they start.
+void slab_geometry(uint32_t slab_bytes, uint32_t slot_size, uint32_t* count, uint32_t* slots_offset);
+
+// A slot found from an offset: everything validated.
+struct SlotRef {
+  uint64_t slab = 0;      // heap offset of the slab
+  uint32_t index = 0;
+  uint32_t slot_size = 0;
+  SlabHeader* header = nullptr;
+  uint8_t* state = nullptr;
+};
+
+// Segment-level operations, all under the segment's lock. Offsets are heap offsets.
+// Whether a valid slab starts at `off` (a live heap allocation with a valid header).
+bool shared_is_slab(const Segment& seg, uint64_t off);
+// The slot that starts exactly at `off` (any state), looking for the slab around it.
+bool shared_find_slot(const Segment& seg, uint64_t off, SlotRef* out);
+// Usable size of a heap allocation that is not a slab, or of a lent slot.
+Status shared_usable_size(const Segment& seg, uint64_t off, uint64_t* size);
+// Marks a lent slot as named before a name points at it; ok for heap allocations (nothing to mark).
+Status shared_mark_named(Segment& seg, uint64_t off);
+// Visits allocations in address order as the heap's walk does, but shows each slab as its slots.
+Status shared_walk(const Segment& seg, const std::function<bool(const BlockInfo&)>& visit);
+// Validates every slab, the cache table and the totals in the header.
+void shared_check(const Segment& seg, CheckResult* r);
+// Turns the heap's figures (slabs are allocations to it) into the user's (slots are). Approximate
+// while owners run: their counters are read without their cooperation.
+void shared_adjust_stats(const Segment& seg, HeapStats* s);
+// The same for used/live, from a copy of the header page (Segment::list).
+void shared_adjust_counters(const uint8_t* header_page, uint64_t* used, uint64_t* live);
+// Recomputes the header's slab totals from the slabs (after a lock holder died).
+void shared_recount(Segment& seg);
+// Retires the caches of processes that have exited: their free slots become free, empty slabs go back
+// to the heap, the rest become ownerless. Returns how many caches were retired.
+uint32_t shared_collect_dead(Segment& seg);
+
+// One thread's cache over one attachment. Not thread-safe: one per NativePool (each worker thread opens
+// its own). A cache that could not register (table full, debug segment, after fork) passes everything
+// through to the locked paths, which are slab-aware, so it is always correct to use one.
+class SharedCache {
+ public:
+  explicit SharedCache(Segment* seg);
+  ~SharedCache();
+  SharedCache(const SharedCache&) = delete;
+  SharedCache& operator=(const SharedCache&) = delete;
+
+  bool enabled() const { return enabled_; }
+
+  // Takes the lock itself when it has to. *off is a heap offset.
+  Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
+  Status free(uint64_t off);
+
+  // Under the lock (the caller holds it).
+  Status alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
+  Status free_locked(uint64_t off);
+  Status realloc_locked(uint64_t off, uint64_t size, uint64_t align, uint64_t* moved);
+  // Gives back fully free slabs of this cache to the heap (under the lock); returns bytes given back.
+  uint64_t trim_locked();
+
+  // Returns this cache's slabs: empty ones to the heap, the rest ownerless; leaves the cache table.
+  // Waits at most lock_ms for the lock; if it cannot get it, the entry stays until this process exits.
+  void close(uint32_t lock_ms = 100);
+
+ private:
+  struct SlabRec {
+    uint64_t base;        // heap offset of the slab; 0 = given back
+    uint64_t slots_base;  // heap offset of slot 0
+    uint64_t span;        // slot_count * slot_size
+    uint8_t* states;      // the state bytes
+    uint64_t recip;       // ceil(2^32 / (slot_size / 16)): index = ((rel / 16) * recip) >> 32, exact for
+                          // rel / 16 < 2^16 and slot_size / 16 <= 64
+    uint32_t slot_size;
+    uint32_t count;
+    uint32_t cls;
+  };
+  struct ClassState {
+    std::vector<uint64_t> stack;   // heap offsets of free slots this cache owns
+    std::vector<uint32_t> slabs;   // indexes into slabs_
+  };
+
+  bool usable() {  // enabled and not in a forked child
+    if (__builtin_expect(enabled_ && fork_gen_ == current_fork_gen(), 1)) return enabled_;
+    if (enabled_) disown();
+    return false;
+  }
+  static uint64_t current_fork_gen();
+  void disown();
+  void publish() {
+    __atomic_store_n(&entry_->lent_count, lent_count_, __ATOMIC_RELAXED);
+    __atomic_store_n(&entry_->lent_bytes, lent_bytes_, __ATOMIC_RELAXED);
+  }
+  SlabRec* mine(uint64_t off) {
+    uint64_t page = off >> 12;
+    if (page >= pages_) return nullptr;
+    uint32_t r = page_map_[page];
+    return r == 0 ? nullptr : &slabs_[r - 1];
+  }
+  bool refill(uint32_t cls);
+  bool take_back_remote(uint32_t cls);
+  bool new_slab(uint32_t cls);
+  void forget_slab(uint32_t rec_index);
+  Status free_slot_locked(const SlotRef& ref, uint64_t off);
+  void register_entry();
+
+  Segment* seg_;
+  uint8_t* heap_base_;
+  bool enabled_ = false;
+  uint64_t fork_gen_ = 0;
+  uint32_t index_ = kNoOwner;
+  uint32_t serial_ = 0;
+  CacheEntry* entry_ = nullptr;
+  uint32_t slab_size_ = 0;
+  uint32_t max_size_ = 0;
+  uint64_t pages_ = 0;
+  uint32_t* page_map_ = nullptr;  // heap page -> slabs_ index + 1 (calloc: untouched pages cost nothing)
+  std::vector<SlabRec> slabs_;
+  ClassState classes_[kSlotClasses];
+  uint64_t lent_count_ = 0, lent_bytes_ = 0, allocations_ = 0, frees_ = 0;
+  uint32_t slab_backoff_ = 0;  // allocations to serve from the heap before trying a new slab again
+};
+
+}  // namespace mempool
