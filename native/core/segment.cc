@@ -86,7 +86,11 @@ uint64_t process_start_ticks(uint32_t pid) {
 bool process_alive(uint32_t pid, uint64_t start_ticks) {
   if (pid == 0) return false;
   if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
-  return start_ticks == 0 || process_start_ticks(pid) == start_ticks;
+  if (start_ticks == 0) return true;
+  // A /proc entry that cannot be read (no file descriptors left, hidepid) tells nothing: judged alive,
+  // because calling a live process dead hands its memory to others while it still uses it.
+  uint64_t now = process_start_ticks(pid);
+  return now == 0 || now == start_ticks;
 }
 
 namespace {

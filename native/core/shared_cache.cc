@@ -139,7 +139,8 @@ Status free_foreign_slot(Segment& seg, const SlotRef& ref, uint64_t off) {
   SegmentHeader* sh = seg.header();
   sh->orphan_lent_count = sat_sub(sh->orphan_lent_count, 1);
   sh->orphan_lent_bytes = sat_sub(sh->orphan_lent_bytes, ref.slot_size);
-  for (uint32_t i = 0; i < h.slot_count; ++i) {
+  // The bound is the validated geometry, never the live header, which a writer may change meanwhile.
+  for (uint32_t i = 0; i < ref.slot_count; ++i) {
     if (lent(load_state(ref.state - ref.index + i))) return Status::ok;
   }
   uint64_t usable = 0;
@@ -192,6 +193,7 @@ bool shared_find_slot(const Segment& seg, uint64_t off, SlotRef* out) {
     out->slab = c;
     out->index = static_cast<uint32_t>(rel / h.slot_size);
     out->slot_size = h.slot_size;
+    out->slot_count = h.slot_count;
     out->header = reinterpret_cast<SlabHeader*>(heap_base(seg) + c);
     out->state = states_of(seg, c) + out->index;
     return true;
@@ -435,6 +437,10 @@ SharedCache::~SharedCache() {
 
 void SharedCache::register_entry() {
   bool recovered = false;
+  // Only processes of the creator's PID namespace get a cache: a cache's pid is judged dead or alive
+  // by others (shared_collect_dead), and a pid means something only in its own namespace. Others
+  // allocate through the lock, as attachments beyond kCacheEntries do.
+  if (!seg_->same_pid_namespace()) return;
   if (seg_->lock(&recovered) != Status::ok) return;
   shared_collect_dead(*seg_);
   CacheEntry* t = cache_table(*seg_);
@@ -457,7 +463,8 @@ void SharedCache::register_entry() {
 }
 
 void SharedCache::disown() {
-  // A forked child: the parent's slabs are the parent's. This copy of the records must never act.
+  // A forked child (the parent's slabs are the parent's), or an owner whose entry was retired: these
+  // records must never act again.
   enabled_ = false;
   slabs_.clear();
   for (auto& c : classes_) {

@@ -91,6 +91,7 @@ struct SlotRef {
   uint64_t slab = 0;      // heap offset of the slab
   uint32_t index = 0;
   uint32_t slot_size = 0;
+  uint32_t slot_count = 0;  // from the validated copy of the header: the live header may change under us
   SlabHeader* header = nullptr;
   uint8_t* state = nullptr;
 };
@@ -163,8 +164,16 @@ class SharedCache {
     std::vector<uint32_t> slabs;   // indexes into slabs_
   };
 
-  bool usable() {  // enabled and not in a forked child
-    if (__builtin_expect(enabled_ && fork_gen_ == current_fork_gen(), 1)) return enabled_;
+  // Enabled, not in a forked child, and the cache table entry still ours: an entry retired by someone who
+  // judged this owner dead (a scribbled table) means our slabs may be someone else's now, so the
+  // records are dropped and every later call goes through the lock. (A retire racing with the check
+  // is not covered: it takes a writer who damages the table, who could damage the data anyway.)
+  bool usable() {
+    if (__builtin_expect(enabled_ && fork_gen_ == current_fork_gen() &&
+                             __atomic_load_n(&entry_->serial, __ATOMIC_RELAXED) == serial_,
+                         1)) {
+      return true;
+    }
     if (enabled_) disown();
     return false;
   }

@@ -1,5 +1,6 @@
 // The per-attachment slab cache (shared_cache.h) over real shared-memory segments: two attachments in
 // one process, a forked child, a child killed with SIGKILL.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "../heap.h"
 #include "../segment.h"
@@ -269,6 +271,82 @@ TEST("cache: a child killed with SIGKILL: its slabs are retired, its lent slots 
   for (uint64_t x : offs) EXPECT(a.free(x) != Status::ok);  // double_free, or foreign once the slab is gone
   EXPECT(f.a->header()->slab_count == 0);
   EXPECT(stats(*f.a).live_allocations == 0);
+  EXPECT(violations(*f.a) == 0);
+}
+
+TEST("cache: an owner whose /proc entry cannot be read (no file descriptors left) is not judged dead") {
+  // Found in review: judging "cannot read /proc" as dead retired a live owner's slabs while it kept
+  // allocating from them, so its slots landed inside other allocations.
+  Fixture f("emfile");
+  REQUIRE(f.ok());
+  int up[2], down[2];
+  REQUIRE(pipe(up) == 0 && pipe(down) == 0);
+  pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::unique_ptr<Segment> s;
+    int err = 0;
+    if (Segment::open(f.name, 5000, &s, &err) != Status::ok) _exit(2);
+    SharedCache c(s.get());
+    uint64_t x = 0;
+    if (!c.enabled() || c.alloc(64, 16, kNoHint, &x) != Status::ok) _exit(3);
+    c.free(x);  // its slab is all free, kept by its live owner
+    char go = 0;
+    if (write(up[1], &x, sizeof x) != sizeof x || read(down[0], &go, 1) != 1) _exit(4);
+    _exit(0);
+  }
+  uint64_t x = 0;
+  REQUIRE(read(up[0], &x, sizeof x) == sizeof x);
+  std::vector<int> held;  // every descriptor this process can still open, as a busy server might
+  for (int fd; (fd = open("/dev/null", O_RDONLY)) >= 0;) held.push_back(fd);
+  bool rec = false;
+  REQUIRE(f.a->lock(&rec) == Status::ok);
+  uint32_t collected = shared_collect_dead(*f.a);
+  f.a->unlock();
+  for (int fd : held) close(fd);
+  EXPECT(collected == 0);
+  EXPECT(f.a->header()->slab_count == 1);  // the child's slab is still its own
+  REQUIRE(write(down[1], "g", 1) == 1);
+  int st = 0;
+  waitpid(child, &st, 0);
+  EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  REQUIRE(f.a->lock(&rec) == Status::ok);
+  collected = shared_collect_dead(*f.a);  // now it is gone, and /proc says so
+  f.a->unlock();
+  EXPECT(collected == 1);
+  EXPECT(f.a->header()->slab_count == 0);
+  EXPECT(violations(*f.a) == 0);
+  for (int fd : {up[0], up[1], down[0], down[1]}) close(fd);
+}
+
+TEST("cache: an owner whose entry was retired (a scribbled pid judged dead) stops using its slabs") {
+  Fixture f("retired");
+  REQUIRE(f.ok());
+  SharedCache c(f.a.get());
+  REQUIRE(c.enabled());
+  uint64_t x = 0;
+  REQUIRE(c.alloc(64, 16, kNoHint, &x) == Status::ok);
+  REQUIRE(c.free(x) == Status::ok);  // its slab is all free, on its private stack
+  pid_t gone = fork();
+  REQUIRE(gone >= 0);
+  if (gone == 0) _exit(0);
+  waitpid(gone, nullptr, 0);
+  CacheEntry* t = reinterpret_cast<CacheEntry*>(f.a->base() + kCacheTableOffset);
+  uint32_t mine = kCacheEntries;
+  for (uint32_t i = 0; i < kCacheEntries; ++i) if (t[i].pid == static_cast<uint32_t>(getpid())) mine = i;
+  REQUIRE(mine < kCacheEntries);
+  t[mine].pid = static_cast<uint32_t>(gone);  // a stray write: the entry now names a dead process
+  bool rec = false;
+  REQUIRE(f.b->lock(&rec) == Status::ok);
+  EXPECT(shared_collect_dead(*f.b) == 1);  // the slab goes back to the heap
+  uint64_t big = 0;
+  EXPECT(f.b->heap().alloc(f.b->slab_size(), 16, kNoHint, &big) == Status::ok);  // and is handed out again
+  f.b->unlock();
+  uint64_t y = 0;
+  REQUIRE(c.alloc(64, 16, kNoHint, &y) == Status::ok);
+  EXPECT(!c.enabled());  // it noticed, dropped its records, and went to the heap
+  EXPECT(y + 64 <= big || y >= big + f.b->slab_size());
+  EXPECT(c.free(y) == Status::ok);
   EXPECT(violations(*f.a) == 0);
 }
 
