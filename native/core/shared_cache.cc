@@ -298,15 +298,17 @@ void shared_adjust_counters(const uint8_t* page, uint64_t* used, uint64_t* live)
   SegmentHeader h;
   std::memcpy(&h, page, sizeof h);
   if (h.slab_size == 0) return;
-  // Signed sums: the owners' counters are read while they run.
-  int64_t u = static_cast<int64_t>(*used) - static_cast<int64_t>(h.slab_bytes) + static_cast<int64_t>(h.orphan_lent_bytes);
-  int64_t l = static_cast<int64_t>(*live) - static_cast<int64_t>(h.slab_count) + static_cast<int64_t>(h.orphan_lent_count);
+  // Signed sums: the owners' counters are read while they run. Every term is clamped below 2^48 first
+  // (anyone can write them), so that the sum of these 36 terms cannot overflow.
+  auto term = [](uint64_t v) { return static_cast<int64_t>(v < (uint64_t(1) << 48) ? v : uint64_t(1) << 48); };
+  int64_t u = term(*used) - term(h.slab_bytes) + term(h.orphan_lent_bytes);
+  int64_t l = term(*live) - term(h.slab_count) + term(h.orphan_lent_count);
   for (uint32_t i = 0; i < kCacheEntries; ++i) {
     CacheEntry e;
     std::memcpy(&e, page + kCacheTableOffset + i * sizeof(CacheEntry), sizeof e);
     if (e.pid == 0) continue;
-    u += static_cast<int64_t>(e.lent_bytes) - static_cast<int64_t>(e.remote_bytes);
-    l += static_cast<int64_t>(e.lent_count) - static_cast<int64_t>(e.remote_count);
+    u += term(e.lent_bytes) - term(e.remote_bytes);
+    l += term(e.lent_count) - term(e.remote_count);
   }
   *used = u > 0 ? static_cast<uint64_t>(u) : 0;
   *live = l > 0 ? static_cast<uint64_t>(l) : 0;
