@@ -128,17 +128,28 @@ export abstract class HeapPool {
   alloc(size: number, options?: AllocOptions): Buffer {
     const cache = this.cache; // undefined once closed
     if (cache !== undefined && options === undefined && typeof size === 'number' && (size | 0) === size && size > 0 && size <= SMALL_MAX) {
-      let view = cache.allocView(size);
-      if (view === undefined) {
-        const offset = cache.alloc(size);
-        if (offset >= 0) view = cache.stamp(this.makeView(offset, size), offset);
-      }
+      const view = cache.allocView(size) ?? this.newSlotView(cache, size);
       if (view !== undefined) {
-        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset: cache.offsetOfView(view), size });
+        if (allocChannel.hasSubscribers) this.publishAlloc(cache.offsetOfView(view), size);
         return view;
       }
     }
     return this.allocSlow(size, options);
+  }
+
+  /** A new view of a new slot of the cache, or undefined when the cache has none. */
+  private newSlotView(cache: SmallCache, size: number): Buffer | undefined {
+    const offset = cache.alloc(size);
+    return offset < 0 ? undefined : cache.stamp(this.makeView(offset, size), offset);
+  }
+
+  // Publishing is out of line: the fast paths stay small enough for V8 to inline into their callers.
+  private publishAlloc(offset: number, size: number): void {
+    allocChannel.publish({ pool: this, offset, size });
+  }
+
+  private publishFree(offset: number): void {
+    freeChannel.publish({ pool: this, offset });
   }
 
   // The fast paths above are kept small so that V8 inlines them into the caller; the rest is here.
@@ -166,7 +177,7 @@ export abstract class HeapPool {
     if (cache !== undefined && options === undefined && typeof size === 'number' && (size | 0) === size && size > 0 && size <= SMALL_MAX) {
       const offset = cache.alloc(size);
       if (offset >= 0) {
-        if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
+        if (allocChannel.hasSubscribers) this.publishAlloc(offset, size);
         return offset;
       }
     }
@@ -199,10 +210,7 @@ export abstract class HeapPool {
     const cache = this.cache; // undefined once closed
     // The common case first: a slot of the small-object cache, as an offset or a view the cache made.
     if (cache !== undefined && size === undefined && cache.free(bufferOrOffset)) {
-      if (freeChannel.hasSubscribers) {
-        const offset = typeof bufferOrOffset === 'number' ? bufferOrOffset : cache.offsetOfView(bufferOrOffset);
-        freeChannel.publish({ pool: this, offset });
-      }
+      if (freeChannel.hasSubscribers) this.publishFree(typeof bufferOrOffset === 'number' ? bufferOrOffset : cache.offsetOfView(bufferOrOffset));
       return;
     }
     this.freeSlow(bufferOrOffset, size);
