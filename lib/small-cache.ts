@@ -17,12 +17,14 @@
 //
 // Invariants (check() verifies them):
 //   - every slab is a live allocation of the heap, and its pages map to its granules in the page table;
-//   - a slot is free (state = class) exactly when it is on its class stack or on a view stack of a
-//     length of its class, and on one of them only;
-//   - live[s] is the number of live slots of slab s; their sum is liveSlots.
+//   - a slot is free (state = class) exactly when it is on its class stack or kept with a view of a
+//     length of its class, and in one of those places only;
+//   - slabLive[s] is the number of live slots of slab s; their sum is liveSlots.
+// Memory: one byte of `state` per 16 bytes of slab (6.25%), and up to 32 kept Buffers per length.
 // Only offsets below 2^31 are cached (they stay small integers, which V8 computes with fastest); a slab
 // the heap places higher is given back, and small requests there go to the heap.
-// Shared pools do not use the cache: other processes could not see its state.
+// Shared pools do not use this cache (other processes could not see its state): theirs is in the segment,
+// native/core/shared_cache.h.
 import { PoolError } from './errors';
 
 export const SMALL_MAX = 1024;
