@@ -221,7 +221,8 @@ export abstract class HeapPool {
     if (typeof bufferOrOffset === 'number') {
       checkOffset(bufferOrOffset);
       if (size !== undefined) checkSize(size, 'size');
-      if (this.cache !== undefined && (size === undefined ? this.cache.free(bufferOrOffset) : this.cache.freeSized(bufferOrOffset, size))) {
+      // Without a size, free() has already asked the cache; with one, the cache checks it against the slot.
+      if (this.cache !== undefined && size !== undefined && this.cache.freeSized(bufferOrOffset, size)) {
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: bufferOrOffset });
         return;
       }
@@ -229,7 +230,6 @@ export abstract class HeapPool {
       if (chunk === undefined) throw this.error(Status.Foreign, `offset ${bufferOrOffset}`);
       const local = bufferOrOffset - chunk.base;
       if (size !== undefined) {
-        checkSize(size, 'size');
         const usable = chunk.native.usableSize(local);
         if (usable < 0) throw this.error(usable, `offset ${bufferOrOffset}`);
         if (size > usable) {
