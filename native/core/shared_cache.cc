@@ -480,21 +480,27 @@ void SharedCache::disown() {
   index_ = kNoOwner;
 }
 
+// Takes the slot on top of a non-empty private stack and lends it: only the owner leaves kSlotFree in its
+// slabs, so a plain store is enough.
+uint64_t SharedCache::lend_top(std::vector<uint64_t>* stack) {
+  uint64_t o = stack->back();
+  stack->pop_back();
+  SlabRec* rec = mine(o);
+  uint32_t index = static_cast<uint32_t>((((o - rec->slots_base) >> 4) * rec->recip) >> 32);
+  __atomic_store_n(rec->states + index, static_cast<uint8_t>(kSlotLent), __ATOMIC_RELAXED);
+  lent_count_ += 1;
+  lent_bytes_ += rec->slot_size;
+  allocations_ += 1;
+  publish();
+  __atomic_store_n(&entry_->allocations, allocations_, __ATOMIC_RELAXED);
+  return o;
+}
+
 Status SharedCache::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
   if (usable() && size - 1 < max_size_ && align <= kDefaultAlign && hint == kNoHint) {
     std::vector<uint64_t>& stack = classes_[(size - 1) >> 4].stack;
     if (__builtin_expect(!stack.empty(), 1)) {
-      uint64_t o = stack.back();
-      stack.pop_back();
-      SlabRec* rec = mine(o);
-      uint32_t index = static_cast<uint32_t>((((o - rec->slots_base) >> 4) * rec->recip) >> 32);
-      __atomic_store_n(rec->states + index, static_cast<uint8_t>(kSlotLent), __ATOMIC_RELAXED);
-      lent_count_ += 1;
-      lent_bytes_ += rec->slot_size;
-      allocations_ += 1;
-      publish();
-      __atomic_store_n(&entry_->allocations, allocations_, __ATOMIC_RELAXED);
-      *off = o;
+      *off = lend_top(&stack);
       return Status::ok;
     }
   }
@@ -546,17 +552,7 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
       else refill(cls);
     }
     if (!stack.empty()) {
-      uint64_t o = stack.back();
-      stack.pop_back();
-      SlabRec* rec = mine(o);
-      uint32_t index = static_cast<uint32_t>((((o - rec->slots_base) >> 4) * rec->recip) >> 32);
-      __atomic_store_n(rec->states + index, static_cast<uint8_t>(kSlotLent), __ATOMIC_RELAXED);
-      lent_count_ += 1;
-      lent_bytes_ += rec->slot_size;
-      allocations_ += 1;
-      publish();
-      __atomic_store_n(&entry_->allocations, allocations_, __ATOMIC_RELAXED);
-      *off = o;
+      *off = lend_top(&stack);
       return Status::ok;
     }
   }

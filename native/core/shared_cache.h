@@ -179,6 +179,7 @@ class SharedCache {
   }
   static uint64_t current_fork_gen();
   void disown();
+  uint64_t lend_top(std::vector<uint64_t>* stack);
   void publish() {
     __atomic_store_n(&entry_->lent_count, lent_count_, __ATOMIC_RELAXED);
     __atomic_store_n(&entry_->lent_bytes, lent_bytes_, __ATOMIC_RELAXED);
