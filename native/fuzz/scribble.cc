@@ -39,6 +39,29 @@ struct Stats {
   uint64_t rounds = 0, writes = 0, ops = 0, refused = 0, recreated = 0, reopened = 0, corrupted_checks = 0;
 };
 
+// A new segment `name` (any old one unlinked first): a small directory, a lock that times out quickly.
+std::unique_ptr<Segment> fresh_segment(const std::string& name, Algorithm algorithm, uint64_t size) {
+  int err = 0;
+  Segment::unlink(name, &err);
+  SegmentOptions o;
+  o.algorithm = algorithm;
+  o.directory_capacity = 16;
+  o.lock_timeout_ms = 5;
+  bool created = false;
+  std::unique_ptr<Segment> seg;
+  if (Segment::create(name, size, o, &seg, &err, &created) != Status::ok) FUZZ_FAIL("create");
+  return seg;
+}
+
+// The attacker's own mapping of the same shared memory object.
+uint8_t* map_attacker(const std::string& name, uint64_t size) {
+  int fd = shm_open(("/" + name).c_str(), O_RDWR, 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) FUZZ_FAIL("attacker mmap");
+  return static_cast<uint8_t*>(p);
+}
+
 // The slab caches (shared_cache.h) under the same attack. A 1 MiB segment, so that its heap has slabs;
 // two attachments, each with its own SharedCache, allocate small and large blocks, free their own (the
 // owner's lock-free path) and each other's (the locked remote path), name slots, and now and then check,
@@ -58,21 +81,12 @@ void attack_caches(Algorithm algorithm, uint64_t rounds, std::mt19937_64& rng, c
     seg[0].reset();
     seg[1].reset();
     if (attacker) munmap(attacker, kCacheSize);
-    Segment::unlink(name, &err);
-    SegmentOptions o;
-    o.algorithm = algorithm;
-    o.directory_capacity = 16;
-    o.lock_timeout_ms = 5;
-    bool created = false;
-    if (Segment::create(name, kCacheSize, o, &seg[0], &err, &created) != Status::ok) FUZZ_FAIL("create");
+    seg[0] = fresh_segment(name, algorithm, kCacheSize);
     if (Segment::open(name, 5, &seg[1], &err) != Status::ok) FUZZ_FAIL("open");
     if (seg[0]->slab_size() == 0) FUZZ_FAIL("a 1 MiB segment should have slabs");
     cache[0].reset(new SharedCache(seg[0].get()));
     cache[1].reset(new SharedCache(seg[1].get()));
-    int fd = shm_open(("/" + name).c_str(), O_RDWR, 0);
-    attacker = static_cast<uint8_t*>(mmap(nullptr, kCacheSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-    close(fd);
-    if (attacker == MAP_FAILED) FUZZ_FAIL("attacker mmap");
+    attacker = map_attacker(name, kCacheSize);
     mine.clear();
     ++st.recreated;
   };
@@ -232,17 +246,8 @@ int main(int argc, char** argv) {
     auto recreate = [&] {
       seg.reset();
       if (attacker) munmap(attacker, kSize);
-      Segment::unlink(name, &err);
-      SegmentOptions o;
-      o.algorithm = algorithm;
-      o.directory_capacity = 16;
-      o.lock_timeout_ms = 5;
-      bool created = false;
-      if (Segment::create(name, kSize, o, &seg, &err, &created) != Status::ok) FUZZ_FAIL("create");
-      int fd = shm_open(("/" + name).c_str(), O_RDWR, 0);
-      attacker = static_cast<uint8_t*>(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
-      close(fd);
-      if (attacker == MAP_FAILED) FUZZ_FAIL("attacker mmap");
+      seg = fresh_segment(name, algorithm, kSize);
+      attacker = map_attacker(name, kSize);
       mine.clear();
       ++st.recreated;
     };
