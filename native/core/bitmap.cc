@@ -94,6 +94,7 @@ inline uint64_t run_value(uint64_t w, uint64_t next, uint64_t next_head) {
 
 // Eight run index bytes at a time. Valid bytes are <= kSmall (< 128); bytes from 128 up (a scribbled index) give
 // arbitrary answers but never a borrow across bytes, and every answer is verified against the bitmap.
+#if !defined(__SSE2__)  // the portable path of group_ge_mask
 constexpr uint64_t kLanes = 0x0101010101010101ULL;
 constexpr uint64_t kHigh = 0x8080808080808080ULL;
 inline uint64_t load64(const uint8_t* p) {
@@ -103,6 +104,7 @@ inline uint64_t load64(const uint8_t* p) {
 }
 // High bit of every byte of x that is >= n, n in [1, 127]: byte + 128 - n never borrows.
 inline uint64_t bytes_ge(uint64_t x, uint64_t n) { return ((x | kHigh) - n * kLanes) & kHigh; }
+#endif
 // Bit i set when byte i of the 64-byte group g is >= n: eight lanes at a time, their high bits gathered
 // into one byte by a multiply (bit 8i moves to 56 + i; no two partial products meet, so nothing carries).
 inline uint64_t group_ge_mask(const uint8_t* g, uint64_t n) {
