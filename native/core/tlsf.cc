@@ -1,15 +1,20 @@
 // Two-level segregated fit over a region, with every link stored as an offset from the region's base.
 //
 // Region layout (all offsets from base):
-//   [0, sizeof(TlsfHeader))        header: RegionHeader, geometry, free-list heads and their bitmaps
+//   [0, sizeof(TlsfHeader))        header: RegionHeader, geometry, free-list heads and their bitmaps, the
+//                                  quick stacks
 //   [live_map, +map_words*16)      two interleaved bitmaps, one bit per 16-byte granule of the area each:
-//                                  word 2k (at live_map + 16k) holds the live bits of granules 64k..64k+63,
-//                                  word 2k + 1 (at freed_map + 16k, freed_map = live_map + 8) their freed
-//                                  bits. live: set where a live payload starts. freed: set where a payload
-//                                  was freed and no allocation has covered it since (tells a double free
-//                                  from a foreign offset). Interleaved (version 2; version 1 had two
-//                                  separate maps) so that both bits of a granule share one cache line: a
-//                                  free or an allocation touches one line of map, not two.
+//                                  word 2k (at live_map + 16k) holds the L bits of granules 64k..64k+63,
+//                                  word 2k + 1 (at freed_map + 16k, freed_map = live_map + 8) their F bits,
+//                                  so both bits of a granule share one cache line. A granule's (L, F) says:
+//                                    (1, 0) a live payload starts here;
+//                                    (0, 1) a payload was freed here and no allocation has covered it since
+//                                           (tells a double free from a foreign offset);
+//                                    (1, 1) an end mark: this granule holds the header of the block after a
+//                                           used block of at most kQuickMaxPayload bytes, whose payload starts
+//                                           k granules earlier (size 16k + 8). Header granules never hold a
+//                                           payload, so a mark is never mistaken for a start;
+//                                    (0, 0) nothing.
 //   [area_start, area_end)         the blocks, ending with a zero-size sentinel block marked used
 //
 // A block at offset b (b % 16 == 0):
@@ -19,23 +24,37 @@
 //                       16-aligned: next block = b + 8 + size, payload = b + 16
 //   b + 16  payload; when the block is free it starts with next_free, prev_free (offsets, 0 = none)
 //
+// Quick blocks (version 3). A freed block of at most kQuickMaxPayload bytes goes onto the quick stack of its
+// exact size (an array of block offsets in the header) without coalescing, and the next request of that size
+// takes it back. Neither the free nor the allocation touches the block itself: the size comes from the end
+// mark and the state from the maps, so with a large live set (the benchmark's W4: a million blocks) an
+// operation reads a map line and the header, not a block that is far out of cache. A quick block is "used"
+// in the physical chain (neighbours do not coalesce with it) and (0, 1) at its payload in the maps; it keeps
+// its end mark. The price: a free of a small block no longer reads its size word, so an overwritten size word
+// (a buffer underflow) is found when the block is coalesced or by check(), not by the free itself.
+//
 // Invariants (check() verifies them):
 //   - the blocks tile [area_start, area_end - 16) exactly, then the sentinel;
 //   - no two free blocks are physical neighbours (coalescing is immediate);
 //   - kPrevFree of a block equals kFree of its physical predecessor, and prev_phys is right when set;
 //   - every free block is on exactly the list mapping_insert(size) names; a list is non-empty iff its
 //     bits in fl_bitmap / sl_bitmap are set;
-//   - a live_map bit is set exactly at the payload of every used block.
+//   - L is set exactly at the payload of every used block and at the end of every small used or quick
+//     block; F is clear at the payload of a used block and inside it, set at the payload of a quick block;
+//   - the quick stacks hold exactly the quick blocks, each on the stack of its size.
 // Nothing read from the region is followed before it is bounds-checked (see the class comment in heap.h).
 #include "tlsf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace mempool {
 namespace {
 
-constexpr uint32_t kTlsfVersion = 2;  // 2: live and freed map words interleaved
+// 2: live and freed map words interleaved. 3: quick stacks in the header and end marks in the maps.
+constexpr uint32_t kTlsfVersion = 3;
 constexpr uint32_t kSlLog2 = 5;
 constexpr uint32_t kSlCount = 1u << kSlLog2;
 // Footprints up to 2^48 bytes = 2^44 granules map to first levels up to 40.
@@ -45,14 +64,15 @@ constexpr uint64_t kMinPayload = 24;    // next_free + prev_free + the next bloc
 constexpr uint64_t kMinFootprint = 32;  // kMinPayload + the size word
 constexpr uint64_t kFree = 1;
 constexpr uint64_t kPrevFree = 2;
-constexpr uint64_t kQuick = 4;  // on a quick list: free for users, still "used" for coalescing
+constexpr uint64_t kReservedFlag = 4;  // version 2's quick flag; must be clear in version 3
 constexpr uint64_t kFlagMask = 7;
 // The live and freed maps interleave: word k of either is 16 bytes after word k - 1.
 constexpr uint64_t kMapStride = 16;
-// Quick lists (dlmalloc's fastbins, glibc's tcache): a freed small block goes onto a LIFO list of its
-// exact size without coalescing, and the next request of that size takes it back in O(1) with a few
-// loads. Lists are bounded so that little memory stays uncoalesced; when the heap runs out, every quick
-// block is released and coalesced before out_of_memory is reported.
+// Quick stacks (dlmalloc's fastbins, glibc's tcache): a freed small block goes onto a LIFO stack of its
+// exact size without coalescing, and the next request of that size takes it back in O(1). Stacks are
+// bounded so that little memory stays uncoalesced; when the heap runs out, every quick block is released
+// and coalesced before out_of_memory is reported. Class q holds payloads of 16(q + 1) + 8 bytes, whose end
+// mark is q + 1 granules after the payload.
 constexpr uint32_t kQuickClasses = 64;
 constexpr uint64_t kQuickMaxPayload = kMinPayload + (kQuickClasses - 1) * kGranule;  // 1032
 constexpr uint32_t kQuickLimit = 64;
@@ -73,11 +93,13 @@ struct TlsfHeader {
   uint32_t sl_bitmap[kFlCount];
   uint32_t damaged;  // set when an operation met a list it could not trust and dropped it
   uint64_t heads[kFlCount][kSlCount];
-  uint64_t quick[kQuickClasses];        // heads of the quick lists, linked through payload + 0
-  uint32_t quick_count[kQuickClasses];  // entries on each
+  uint32_t quick_count[kQuickClasses];              // entries on each quick stack
+  uint64_t quick[kQuickClasses][kQuickLimit];        // the stacks: block offsets, top at quick_count - 1
 };
-static_assert(sizeof(TlsfHeader) == 80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * kSlCount * 8 + kQuickClasses * 12,
+static_assert(sizeof(TlsfHeader) ==
+                  80 + 8 * 8 + kFlCount * 4 + 4 + kFlCount * kSlCount * 8 + kQuickClasses * 4 + kQuickClasses * kQuickLimit * 8,
               "TlsfHeader is part of the shared layout");
+static_assert(offsetof(TlsfHeader, quick) % 8 == 0, "quick stacks must be 8-aligned");
 static_assert(offsetof(TlsfHeader, area_start) == 80, "TlsfHeader is part of the shared layout");
 static_assert(offsetof(TlsfHeader, heads) % 8 == 0, "heads must be 8-aligned");
 // The area starts after the header, so sentinel - 8 - kQuickMaxPayload (the quick pop's bound) cannot wrap.
@@ -95,7 +117,9 @@ bool compute_geometry(uint64_t size, Geometry* g) {
   g->map_words = (granules + 63) / 64;
   g->live_map = header_end;
   g->freed_map = g->live_map + 8;  // interleaved: word k of a map is at map + 16k
-  g->area_start = round_up(g->live_map + g->map_words * 16, kGranule);
+  // One spare pair after the last, always zero: the fast paths read the pair after a payload's pair
+  // without asking whether there is one.
+  g->area_start = round_up(g->live_map + (g->map_words + 1) * 16, kGranule);
   g->area_end = round_down(size, kGranule);
   return g->area_end > g->area_start && g->area_end - g->area_start >= kMinFootprint + 16;
 }
@@ -167,11 +191,12 @@ class TlsfHeap final : public Heap {
     insert_free(first, first_size);
   }
 
-  // The fast paths (a quick list pop or push) are written out here with the loads and checks that case
-  // needs and nothing else: the offsets come from the region, so each is bounds-checked as read_block()
-  // and valid_block_offset() would, folded into fewer comparisons. Members are copied into locals first:
-  // a store into the region may alias them as far as the compiler knows. Anything but the plain case
-  // (an empty or untrustworthy list, a full list, a refused offset) goes to the general path, which does
+  // The fast paths (a quick stack pop or push) are written out here with the loads and checks that case
+  // needs and nothing else: the offsets come from the region, so each is bounds-checked as the general
+  // paths would, folded into fewer comparisons. Neither touches the block: the state and the size come from
+  // the map line of its payload granule (see the layout comment). Members are copied into locals first: a
+  // store into the region may alias them as far as the compiler knows. Anything but the plain case (an
+  // empty or full stack, a refused offset, a map that does not agree) goes to the general path, which does
   // everything again from the start and gives the exact status.
   Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* offset) override {
     if (align == kDefaultAlign && hint == kNoHint && size != 0 && size <= kQuickMaxPayload) {
@@ -180,30 +205,29 @@ class TlsfHeap final : public Heap {
       uint8_t* const base = base_;
       const uint64_t start = g_.area_start, sentinel = sentinel_, live_map = g_.live_map;
       TlsfHeader* h = header();
-      const uint64_t b = h->quick[q];
-      // A quick block of exactly `need` bytes inside the area: read_block()'s conditions, with size == need
-      // (a valid payload size) standing for the size checks.
-      if (b != 0 && b >= start && b <= sentinel - 8 - need && (b & (kGranule - 1)) == 0) {
-        const uint64_t sf = load_at(base + b + 8);
-        const uint64_t next = load_at(base + b + 16);
-        if ((sf & ~kPrevFree) == (need | kQuick) &&
-            (next == 0 || (next >= start && next <= sentinel - kMinFootprint && (next & (kGranule - 1)) == 0))) {
-          h->quick[q] = next;
-          const uint32_t n = h->quick_count[q];
-          h->quick_count[q] = n > 0 ? n - 1 : 0;
-          store_at(base + b + 8, sf & ~kQuick);  // one store: the block is used again
-          const uint64_t fb = h->free_bytes;
-          h->free_bytes = fb >= need ? fb - need : 0;
-          // Live bit set, freed bit cleared (both words in one line). Only the start bit can be set in
-          // the freed map: the interior was cleared when the block was last handed out.
-          const uint64_t i = (b + 16 - start) / kGranule;
+      const uint32_t n = h->quick_count[q];
+      if (n - 1 < kQuickLimit) {  // 1 <= n <= kQuickLimit
+        const uint64_t b = h->quick[q][n - 1];
+        // A block of `need` bytes inside the area: b + 8 + need <= sentinel, so its end mark is in the map.
+        if (b >= start && b <= sentinel - 8 - need && (b & (kGranule - 1)) == 0) {
+          const uint64_t i = (b + 16 - start) / kGranule, p = i % 64;
           uint8_t* const pair = base + live_map + (i / 64) * kMapStride;
-          const uint64_t bit = uint64_t(1) << (i % 64);
-          store_at(pair, load_at(pair) | bit);
-          store_at(pair + 8, load_at(pair + 8) & ~bit);
-          count_alloc(need);
-          *offset = b + 16;
-          return Status::ok;
+          const uint64_t bit = uint64_t(1) << p;
+          const uint64_t live = load_at(pair), freed = load_at(pair + 8);
+          // Freed at the payload: never a live block. The entry's size is not checked against the end mark
+          // here (only the general path's quick_top does): entries are written by free() alone, and one
+          // forged by a writer of the segment can hand out a block of another size, never one outside the
+          // area (docs/security.md promises bounds, not contents). The check cost 1.5 ns of 18 on W1.
+          if (freed & ~live & bit) {
+            h->quick_count[q] = n - 1;
+            store_at(pair, live | bit);
+            store_at(pair + 8, freed & ~bit);
+            const uint64_t fb = h->free_bytes;
+            h->free_bytes = fb >= need ? fb - need : 0;
+            count_alloc(need);
+            *offset = b + 16;
+            return Status::ok;
+          }
         }
       }
     }
@@ -216,27 +240,26 @@ class TlsfHeap final : public Heap {
     // A payload offset: then b = offset - 16 is a valid block offset (start <= b <= sentinel - 32).
     if (offset >= start + 16 && offset < sentinel && (offset & (kGranule - 1)) == 0) {
       const uint64_t i = (offset - start) / kGranule;
+      const uint64_t p = i % 64;
       uint8_t* const pair = base + live_map + (i / 64) * kMapStride;
-      const uint64_t bit = uint64_t(1) << (i % 64);
-      const uint64_t live = load_at(pair);
-      if (live & bit) {
-        const uint64_t b = offset - 16;
-        const uint64_t sf = load_at(base + b + 8);
-        const uint64_t size = sf & ~kFlagMask;
-        // Used (neither kFree nor kQuick), size 16k + 8 of a quick class, and inside the area.
-        if ((sf & (kFree | kQuick | 8)) == 8 && size >= kMinPayload && size <= kQuickMaxPayload &&
-            size <= sentinel - b - 8) {
+      const uint64_t bit = uint64_t(1) << p;
+      const uint64_t live = load_at(pair), freed = load_at(pair + 8);
+      if (live & ~freed & bit) {
+        // The size: the first end mark in the 64 granules after the payload's, k granules on.
+        const uint64_t window = mark_window(live & freed, load_at(pair + kMapStride) & load_at(pair + kMapStride + 8), p);
+        const uint64_t k = static_cast<uint64_t>(__builtin_ctzll(window | (uint64_t(1) << 63))) + 1;
+        // A quick size whose block ends inside the area (offset + 16k is the end mark's granule).
+        if (window != 0 && k * kGranule <= sentinel - offset) {
           TlsfHeader* h = header();
-          const uint32_t q = quick_class(size);
+          const uint32_t q = static_cast<uint32_t>(k - 1);
           const uint32_t n = h->quick_count[q];
           if (n < kQuickLimit) {
-            store_at(base + offset, h->quick[q]);  // link first: inside a block nobody uses now
-            store_at(base + b + 8, sf | kQuick);    // one store: the block is free for users
-            h->quick[q] = b;
+            const uint64_t size = k * kGranule + 8;
+            h->quick[q][n] = offset - 16;
             h->quick_count[q] = n + 1;
-            h->free_bytes += size;
             store_at(pair, live & ~bit);
-            store_at(pair + 8, load_at(pair + 8) | bit);
+            store_at(pair + 8, freed | bit);
+            h->free_bytes += size;
             count_free(size);
             return Status::ok;
           }
@@ -257,8 +280,9 @@ class TlsfHeap final : public Heap {
     uint64_t next = b + 8 + cur, next_size = 0;
     bool next_free = false;
     if (!read_next(next, &next_size, &next_free)) return Status::corrupted;
+    if (need > cur && (!next_free || cur + 8 + next_size < need)) return Status::out_of_memory;
+    clear_end_mark(b, cur);  // the size changes: the mark moves (or goes) below
     if (need > cur) {
-      if (!next_free || cur + 8 + next_size < need) return Status::out_of_memory;
       unlink(next, next_size);
       uint64_t grown = cur + 8 + next_size;
       set_size_flags(b, grown, flags & kPrevFree);
@@ -275,6 +299,7 @@ class TlsfHeap final : public Heap {
     }
     uint64_t now = 0, now_flags = 0;
     read_block(b, &now, &now_flags);
+    set_end_mark(b, now);
     count_resize(cur, now);
     return Status::ok;
   }
@@ -310,6 +335,7 @@ class TlsfHeap final : public Heap {
     // 1. The physical chain.
     uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
     uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0, quick_blocks = 0, quick_bytes = 0;
+    uint64_t marks_expected = 0;  // small blocks that are used or quick
     bool prev_was_free = false;
     uint64_t prev_block = 0;
     while (b != sentinel_) {
@@ -326,18 +352,26 @@ class TlsfHeap final : public Heap {
         r->report("tlsf: block at offset " + std::to_string(b) + " has a wrong prev_phys link");
       }
       if (is_free && prev_was_free) r->report("tlsf: two free blocks next to each other at offset " + std::to_string(b));
+      const uint32_t state = granule_state(b + 16);
+      const bool marked = has_end_mark(b, size);
+      if (!is_free && size <= kQuickMaxPayload) ++marks_expected;
       if (is_free) {
         free_bytes += size;
         ++free_blocks;
-        if (test_bit(g_.live_map, b + 16)) r->report("tlsf: free block at offset " + std::to_string(b) + " marked live");
-      } else if (flags & kQuick) {
+        if (state & 2) r->report("tlsf: free block at offset " + std::to_string(b) + " marked live");
+        if (marked) r->report("tlsf: free block at offset " + std::to_string(b) + " has an end mark");
+      } else if (state == kFreedStart) {
         quick_bytes += size;
         ++quick_blocks;
-        if (test_bit(g_.live_map, b + 16)) r->report("tlsf: quick block at offset " + std::to_string(b) + " marked live");
+        if (size > kQuickMaxPayload) r->report("tlsf: quick block at offset " + std::to_string(b) + " is too large");
+        if (!marked) r->report("tlsf: quick block at offset " + std::to_string(b) + " has no end mark");
       } else {
         used_bytes += size;
         ++live;
-        if (!test_bit(g_.live_map, b + 16)) r->report("tlsf: used block at offset " + std::to_string(b) + " not marked live");
+        if (state != kLiveStart) r->report("tlsf: used block at offset " + std::to_string(b) + " not marked live");
+        if (marked != (size <= kQuickMaxPayload)) {
+          r->report("tlsf: used block at offset " + std::to_string(b) + (marked ? " of a large size has an end mark" : " has no end mark"));
+        }
       }
       prev_was_free = is_free;
       prev_block = b;
@@ -346,12 +380,20 @@ class TlsfHeap final : public Heap {
     uint64_t sentinel_flags = load(sentinel_ + 8);
     if (((sentinel_flags & kPrevFree) != 0) != prev_was_free) r->report("tlsf: sentinel disagrees with the last block");
     if (prev_was_free && load(sentinel_) != prev_block) r->report("tlsf: sentinel has a wrong prev_phys link");
-    // 2. The live map has no bits but those of used blocks.
-    uint64_t live_bits = 0;
+    // 2. The maps have no starts or marks but those of the blocks.
+    uint64_t live_bits = 0, mark_bits = 0;
     for (uint64_t w = 0; w < g_.map_words; ++w) {
-      live_bits += static_cast<uint64_t>(__builtin_popcountll(load(g_.live_map + w * kMapStride)));
+      uint64_t l = load(g_.live_map + w * kMapStride), f = load(g_.freed_map + w * kMapStride);
+      live_bits += static_cast<uint64_t>(__builtin_popcountll(l & ~f));
+      mark_bits += static_cast<uint64_t>(__builtin_popcountll(l & f));
+    }
+    if (load(g_.live_map + g_.map_words * kMapStride) != 0 || load(g_.freed_map + g_.map_words * kMapStride) != 0) {
+      r->report("tlsf: the spare map pair after the last is not zero");
     }
     if (live_bits != live) r->report("tlsf: live map has " + std::to_string(live_bits) + " bits for " + std::to_string(live) + " used blocks");
+    if (mark_bits != marks_expected) {
+      r->report("tlsf: maps have " + std::to_string(mark_bits) + " end marks for " + std::to_string(marks_expected) + " small blocks");
+    }
     // 3. The free lists: every entry free, on its own list, linked both ways; bitmaps agree.
     uint64_t listed = 0;
     for (uint32_t fl = 0; fl < kFlCount; ++fl) {
@@ -387,30 +429,35 @@ class TlsfHeap final : public Heap {
     if (c.used != used_bytes) r->report("tlsf: used counter " + std::to_string(c.used) + " but blocks hold " + std::to_string(used_bytes));
     if (c.live != live) r->report("tlsf: live counter " + std::to_string(c.live) + " but " + std::to_string(live) + " used blocks");
     if (h->free_bytes != free_bytes + quick_bytes) r->report("tlsf: free counter disagrees with the blocks");
-    // 5. Quick lists: exact sizes, flagged, counted, bounded.
-    uint64_t quick_listed = 0;
+    // 5. Quick stacks: bounded, each entry a quick block of its class, no block twice, every quick block listed.
+    std::vector<uint64_t> stacked;
     for (uint32_t q = 0; q < kQuickClasses; ++q) {
-      uint64_t e = h->quick[q], n = 0;
-      while (e != 0) {
-        uint64_t size = 0, flags = 0;
-        if (++n > kQuickLimit + 1 || !read_block(e, &size, &flags)) {
-          r->report("tlsf: quick list " + std::to_string(q) + " is broken or too long");
-          break;
-        }
-        if (!(flags & kQuick) || quick_class(size) != q || size > kQuickMaxPayload) {
-          r->report("tlsf: block at offset " + std::to_string(e) + " does not belong on quick list " + std::to_string(q));
-        }
-        ++quick_listed;
-        e = load(e + 16);
+      uint32_t n = h->quick_count[q];
+      if (n > kQuickLimit) {
+        r->report("tlsf: quick stack " + std::to_string(q) + " count " + std::to_string(n) + " is too large");
+        n = kQuickLimit;
       }
-      if (n != h->quick_count[q]) r->report("tlsf: quick list " + std::to_string(q) + " count disagrees");
+      for (uint32_t j = 0; j < n; ++j) {
+        uint64_t e = h->quick[q][j], size = 0, flags = 0;
+        if (!read_block(e, &size, &flags) || (flags & kFree) || quick_class(size) != q || size > kQuickMaxPayload ||
+            granule_state(e + 16) != kFreedStart) {
+          r->report("tlsf: entry " + std::to_string(e) + " does not belong on quick stack " + std::to_string(q));
+          continue;
+        }
+        stacked.push_back(e);
+      }
     }
-    if (quick_listed != quick_blocks) r->report("tlsf: " + std::to_string(quick_blocks) + " quick blocks, " + std::to_string(quick_listed) + " listed");
+    std::sort(stacked.begin(), stacked.end());
+    if (std::adjacent_find(stacked.begin(), stacked.end()) != stacked.end()) r->report("tlsf: a block is on the quick stacks twice");
+    if (stacked.size() != quick_blocks) {
+      r->report("tlsf: " + std::to_string(quick_blocks) + " quick blocks, " + std::to_string(stacked.size()) + " stacked");
+    }
     if (h->free_blocks != free_blocks) r->report("tlsf: free block count disagrees with the blocks");
   }
 
   // The physical chain (sizes and kFree flags) is the primary record: every operation changes it with
-  // single stores that each leave it whole. Everything else is recomputed from it here.
+  // single stores that each leave it whole. A used block's state (live or quick) is the map's at its
+  // payload. Everything else is recomputed from these here; quick blocks join the free runs.
   Status rebuild() override {
     TlsfHeader* h = header();
     uint64_t max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1, steps = 0;
@@ -421,22 +468,42 @@ class TlsfHeap final : public Heap {
       b = b + 8 + size;
     }
     std::memset(h->heads, 0, sizeof h->heads);
-    std::memset(h->quick, 0, sizeof h->quick);  // quick blocks are free: they join the free runs below
     std::memset(h->quick_count, 0, sizeof h->quick_count);
     std::memset(h->sl_bitmap, 0, sizeof h->sl_bitmap);
     h->fl_bitmap = 0;
     h->free_bytes = 0;
     h->free_blocks = 0;
     h->damaged = 0;
-    for (uint64_t w = 0; w < g_.map_words; ++w) store(g_.live_map + w * kMapStride, 0);  // freed words stay
+    // L bits outside every block's payload and end granule: the first block's header granule and the map's
+    // padding past the sentinel.
+    if (granule_state(g_.area_start) & 2) set_granule_state(g_.area_start, kNothing);
+    clear_bits(g_.live_map, sentinel_ + 16, g_.area_start + g_.map_words * 64 * kGranule);
+    store(g_.live_map + g_.map_words * kMapStride, 0);  // the spare pair
+    store(g_.freed_map + g_.map_words * kMapStride, 0);
     uint64_t used = 0, live = 0;
     uint64_t run = 0;  // start of the free run being gathered, 0 = none
     uint64_t b = g_.area_start;
     for (;;) {
       bool at_end = b == sentinel_;
       uint64_t size = 0, flags = 0;
-      if (!at_end) read_block(b, &size, &flags);
-      bool is_free = !at_end && (flags & (kFree | kQuick));
+      bool is_free = false;
+      if (!at_end) {
+        read_block(b, &size, &flags);
+        // Read before anything below writes this block's granules (the previous block wrote only up to
+        // its own end granule, b's header).
+        uint64_t payload = b + 16, end = b + 8 + size;
+        is_free = (flags & kFree) || granule_state(payload) == kFreedStart;
+        clear_bits(g_.live_map, payload, end);  // no start or mark inside a block
+        if (!is_free) {
+          clear_bits(g_.freed_map, payload, end);
+          set_granule_state(payload, kLiveStart);
+        }
+        if (!is_free && size <= kQuickMaxPayload) {
+          set_granule_state(end, kEndMark);
+        } else if (granule_state(end) & 2) {
+          set_granule_state(end, kNothing);
+        }
+      }
       if (is_free) {
         if (run == 0) {
           run = b;
@@ -455,7 +522,6 @@ class TlsfHeap final : public Heap {
         store(b + 8, (load(b + 8) & ~kPrevFree) | pf);
         run = 0;
         if (at_end) break;
-        set_bit(g_.live_map, b + 16);
         used += size;
         ++live;
       }
@@ -471,7 +537,7 @@ class TlsfHeap final : public Heap {
     while (b != sentinel_) {
       uint64_t size = 0, flags = 0;
       if (++steps > max_steps || !read_block(b, &size, &flags)) return Status::corrupted;
-      if (!visit(BlockInfo{b + 16, size, (flags & (kFree | kQuick)) == 0})) break;
+      if (!visit(BlockInfo{b + 16, size, !(flags & kFree) && granule_state(b + 16) == kLiveStart})) break;
       b = b + 8 + size;
     }
     return Status::ok;
@@ -509,30 +575,28 @@ class TlsfHeap final : public Heap {
     if (s != Status::ok) return s;
     uint64_t b = offset - 16;
     uint64_t size = 0, flags = 0;
-    if (!read_block(b, &size, &flags) || (flags & (kFree | kQuick))) return Status::corrupted;
+    if (!read_block(b, &size, &flags) || (flags & kFree)) return Status::corrupted;
+    // A small used block carries its end mark; without it the maps and the chain disagree.
+    if (size <= kQuickMaxPayload && !has_end_mark(b, size)) return Status::corrupted;
     TlsfHeader* h = header();
     if (size <= kQuickMaxPayload) {
       uint32_t q = quick_class(size);
-      if (h->quick_count[q] < kQuickLimit) {
-        clear_bit(g_.live_map, offset);
-        set_bit(g_.freed_map, offset);
-        count_free(size);
-        store(offset, h->quick[q]);               // link first: inside a block nobody uses now
-        set_size_flags(b, size, flags | kQuick);  // one store: the block is free for users
-        h->quick[q] = b;
-        h->quick_count[q] += 1;
+      uint32_t n = h->quick_count[q];
+      if (n < kQuickLimit) {
+        h->quick[q][n] = b;
+        h->quick_count[q] = n + 1;
+        set_granule_state(offset, kFreedStart);  // the end mark stays: a quick block keeps its size
         h->free_bytes += size;
+        count_free(size);
         return Status::ok;
       }
     }
     s = release(b, size, flags, false);
     if (s != Status::ok) return s;
-    clear_bit(g_.live_map, offset);
-    set_bit(g_.freed_map, offset);
+    set_granule_state(offset, kFreedStart);
     count_free(size);
     return Status::ok;
   }
-
 
   // Returns block b (used or quick, `size` payload bytes) to the free lists, coalescing with free
   // physical neighbours. Validates everything it will touch before it writes anything.
@@ -551,6 +615,7 @@ class TlsfHeap final : public Heap {
       }
     }
     // Everything this touches has been checked; from here on it only writes.
+    clear_end_mark(b, size);  // b stops being a small used (or quick) block
     if (was_quick) {  // counted as free already; insert_free counts it again
       TlsfHeader* h = header();
       h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
@@ -588,31 +653,41 @@ class TlsfHeap final : public Heap {
   bool any_quick() const {
     const TlsfHeader* h = header();
     for (uint32_t q = 0; q < kQuickClasses; ++q) {
-      if (h->quick[q] != 0) return true;
+      if (h->quick_count[q] != 0) return true;
     }
     return false;
   }
 
-  // Takes a block of exactly `need` bytes from its quick list: ok, out_of_memory when the list is
-  // empty, corrupted when its head cannot be trusted.
+  // The top of quick stack q, checked to be a quick block of that class: true with its offset, false when
+  // the stack's count or entry cannot be true (a scribbled header).
+  bool quick_top(uint32_t q, uint64_t* block) const {
+    const TlsfHeader* h = header();
+    uint32_t n = h->quick_count[q];
+    if (n == 0 || n > kQuickLimit) return false;
+    uint64_t b = h->quick[q][n - 1];
+    uint64_t size = 0, flags = 0;
+    if (!read_block(b, &size, &flags) || (flags & kFree) || quick_class(size) != q || size > kQuickMaxPayload) {
+      return false;
+    }
+    if (granule_state(b + 16) != kFreedStart || !has_end_mark(b, size)) return false;
+    *block = b;
+    return true;
+  }
+
+  // Takes a block of exactly `need` bytes from its quick stack: ok, out_of_memory when the stack is
+  // empty, corrupted when its top cannot be trusted.
   Status quick_pop(uint64_t need, uint64_t* offset) {
     TlsfHeader* h = header();
     uint32_t q = quick_class(need);
-    uint64_t b = h->quick[q];
-    if (b == 0) return Status::out_of_memory;
-    uint64_t size = 0, flags = 0;
-    if (!read_block(b, &size, &flags) || !(flags & kQuick) || size != need) return Status::corrupted;
-    uint64_t next = load(b + 16);
-    if (next != 0 && !valid_block_offset(next)) return Status::corrupted;
-    h->quick[q] = next;
-    h->quick_count[q] = h->quick_count[q] > 0 ? h->quick_count[q] - 1 : 0;
-    set_size_flags(b, size, flags & ~kQuick);  // one store: the block is used again
-    h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
-    set_bit(g_.live_map, b + 16);
-    // Only the start bit can be set: the block's interior was cleared when it was last handed out and
-    // nothing has been freed inside it since.
-    clear_bit(g_.freed_map, b + 16);
-    count_alloc(size);
+    if (h->quick_count[q] == 0) return Status::out_of_memory;
+    uint64_t b = 0;
+    if (!quick_top(q, &b)) return Status::corrupted;
+    h->quick_count[q] -= 1;
+    h->free_bytes = h->free_bytes >= need ? h->free_bytes - need : 0;
+    // Only the start granule changes: the interior was cleared when the block was last handed out, and
+    // the end mark stayed.
+    set_granule_state(b + 16, kLiveStart);
+    count_alloc(need);
     *offset = b + 16;
     return Status::ok;
   }
@@ -621,15 +696,13 @@ class TlsfHeap final : public Heap {
   Status flush_quick() {
     TlsfHeader* h = header();
     for (uint32_t q = 0; q < kQuickClasses; ++q) {
-      for (uint32_t n = 0; h->quick[q] != 0; ++n) {
-        uint64_t b = h->quick[q];
+      while (h->quick_count[q] != 0) {
+        uint64_t b = 0;
+        if (!quick_top(q, &b)) return Status::corrupted;
         uint64_t size = 0, flags = 0;
-        if (n > kQuickLimit || !read_block(b, &size, &flags) || !(flags & kQuick)) return Status::corrupted;
-        uint64_t next = load(b + 16);
-        if (next != 0 && !valid_block_offset(next)) return Status::corrupted;
-        h->quick[q] = next;
-        h->quick_count[q] = h->quick_count[q] > 0 ? h->quick_count[q] - 1 : 0;
-        Status s = release(b, size, flags & ~kQuick, true);
+        read_block(b, &size, &flags);
+        h->quick_count[q] -= 1;
+        Status s = release(b, size, flags, true);
         if (s != Status::ok) return s;
       }
     }
@@ -674,8 +747,7 @@ class TlsfHeap final : public Heap {
     uint64_t s = sf & ~kFlagMask;
     *flags = sf & kFlagMask;
     *size = s;
-    return (s & (kGranule - 1)) == 8 && s >= kMinPayload && s <= sentinel_ - b - 8 &&
-           (sf & (kFree | kQuick)) != (kFree | kQuick);
+    return (s & (kGranule - 1)) == 8 && s >= kMinPayload && s <= sentinel_ - b - 8 && !(sf & kReservedFlag);
   }
 
   void set_size_flags(uint64_t b, uint64_t size, uint64_t flags) { store(b + 8, size | flags); }
@@ -720,13 +792,42 @@ class TlsfHeap final : public Heap {
     }
   }
 
+  // The end marks of the 64 granules after granule p of a map word: bit j of the result is granule p + 1 + j,
+  // from this word's marks (lo) and the next word's (hi).
+  static uint64_t mark_window(uint64_t lo, uint64_t hi, uint64_t p) { return ((lo >> p) >> 1) | (hi << (63 - p)); }
+
+  // A granule's (L, F) pair as L << 1 | F (see the layout comment).
+  static constexpr uint32_t kNothing = 0, kFreedStart = 1, kLiveStart = 2, kEndMark = 3;
+  uint32_t granule_state(uint64_t at) const {
+    uint64_t i = (at - g_.area_start) / kGranule;
+    uint64_t w = g_.live_map + (i / 64) * kMapStride;
+    return static_cast<uint32_t>(((load(w) >> (i % 64)) & 1) << 1 | ((load(w + 8) >> (i % 64)) & 1));
+  }
+  void set_granule_state(uint64_t at, uint32_t state) {
+    uint64_t i = (at - g_.area_start) / kGranule;
+    uint64_t w = g_.live_map + (i / 64) * kMapStride;
+    uint64_t bit = uint64_t(1) << (i % 64);
+    store(w, (state & 2) ? load(w) | bit : load(w) & ~bit);
+    store(w + 8, (state & 1) ? load(w + 8) | bit : load(w + 8) & ~bit);
+  }
+  // The end mark of block b with `size` payload bytes sits at the granule of the block after it.
+  bool has_end_mark(uint64_t b, uint64_t size) const { return granule_state(b + 8 + size) == kEndMark; }
+  void set_end_mark(uint64_t b, uint64_t size) {
+    if (size <= kQuickMaxPayload) set_granule_state(b + 8 + size, kEndMark);
+  }
+  // Clears b's end mark if it has one (a large block has none, and its end granule never holds another's).
+  void clear_end_mark(uint64_t b, uint64_t size) {
+    if (has_end_mark(b, size)) set_granule_state(b + 8 + size, kNothing);
+  }
+
   // Is `offset` the payload of a live allocation? Otherwise: double_free or foreign.
   Status check_live_payload(uint64_t offset) const {
     if (offset < g_.area_start + 16 || offset >= sentinel_ || ((offset - g_.area_start) & (kGranule - 1)) != 0) {
       return Status::foreign;
     }
-    if (test_bit(g_.live_map, offset)) return Status::ok;
-    return test_bit(g_.freed_map, offset) ? Status::double_free : Status::foreign;
+    uint32_t state = granule_state(offset);
+    if (state == kLiveStart) return Status::ok;
+    return state == kFreedStart ? Status::double_free : Status::foreign;  // a mark or nothing: foreign
   }
 
   void insert_free(uint64_t b, uint64_t size) {
@@ -922,8 +1023,11 @@ class TlsfHeap final : public Heap {
     split_tail(used, used_size, need, used_flags);
     uint64_t final_size = 0, final_flags = 0;
     read_block(used, &final_size, &final_flags);
-    set_bit(g_.live_map, payload);
+    // F cleared over the payload and the end granule (nothing was marked there: b was free), then the
+    // start and the end mark.
     clear_bits(g_.freed_map, payload, payload + final_size);
+    set_granule_state(payload, kLiveStart);
+    set_end_mark(used, final_size);
     count_alloc(final_size);
     return Status::ok;
   }

@@ -1,5 +1,8 @@
 // TLSF specifics the conformance suite does not reach: the layout version, the interleaved live/freed
 // maps across their word boundaries, and the quick-list fast paths against refused and hostile input.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -34,32 +37,108 @@ uint64_t word_at(const Region& r, uint64_t off) {
   return v;
 }
 
-// TlsfHeader (tlsf.cc): live_map at 96, freed_map at 104, map_words at 112; quick heads at 10808.
-constexpr uint64_t kLiveMapField = 96, kFreedMapField = 104, kMapWordsField = 112, kQuickHeads = 10808;
+// TlsfHeader (tlsf.cc): live_map at 96, freed_map at 104, map_words at 112; quick_count[64] (u32) at 10808,
+// then the quick stacks quick[64][64] (u64) at 11064.
+constexpr uint64_t kLiveMapField = 96, kFreedMapField = 104, kMapWordsField = 112;
+constexpr uint64_t kQuickCounts = 10808, kQuickStacks = 11064, kQuickLimit = 64;
+
+void put_word(Region& r, uint64_t off, uint64_t v) { std::memcpy(r.bytes + off, &v, 8); }
+void put_u32(Region& r, uint64_t off, uint32_t v) { std::memcpy(r.bytes + off, &v, 4); }
+
+// The (L, F) bits of the granule at offset `at` (see tlsf.cc): 2 = live start, 1 = freed start, 3 = end mark.
+uint32_t granule_state(const Region& r, uint64_t at) {
+  const uint64_t start = reinterpret_cast<const RegionHeader*>(r.bytes)->header_size;
+  const uint64_t i = (at - start) / 16, pair = word_at(r, kLiveMapField) + (i / 64) * 16;
+  return static_cast<uint32_t>(((word_at(r, pair) >> (i % 64)) & 1) << 1 | ((word_at(r, pair + 8) >> (i % 64)) & 1));
+}
+void set_granule_state(Region& r, uint64_t at, uint32_t state) {
+  const uint64_t start = reinterpret_cast<const RegionHeader*>(r.bytes)->header_size;
+  const uint64_t i = (at - start) / 16, pair = word_at(r, kLiveMapField) + (i / 64) * 16, bit = uint64_t(1) << (i % 64);
+  put_word(r, pair, (state & 2) ? word_at(r, pair) | bit : word_at(r, pair) & ~bit);
+  put_word(r, pair + 8, (state & 1) ? word_at(r, pair + 8) | bit : word_at(r, pair + 8) & ~bit);
+}
 
 }  // namespace
 
-TEST("tlsf: layout version 2: interleaved maps; other versions are refused on attach") {
+TEST("tlsf: layout version 3: interleaved maps, quick stacks; other versions are refused on attach") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
   const RegionHeader* rh = reinterpret_cast<const RegionHeader*>(r.bytes);
-  EXPECT(rh->version == 2);
+  EXPECT(rh->version == 3);
   const uint64_t live = word_at(r, kLiveMapField), freed = word_at(r, kFreedMapField), words = word_at(r, kMapWordsField);
   EXPECT(freed == live + 8);
-  EXPECT(rh->header_size >= live + words * 16);  // the area starts after both maps
+  EXPECT(live >= kQuickStacks + 64 * kQuickLimit * 8);  // the maps start after the quick stacks
+  EXPECT(rh->header_size >= live + words * 16);         // the area starts after both maps
   h.reset();
   REQUIRE(heap_attach(r.bytes, r.size, &h) == Status::ok);
   h.reset();
-  for (uint32_t v : {0u, 1u, 3u}) {
+  for (uint32_t v : {0u, 1u, 2u, 4u}) {
     reinterpret_cast<RegionHeader*>(r.bytes)->version = v;
     EXPECT(heap_attach(r.bytes, r.size, &h) == Status::incompatible);
   }
-  reinterpret_cast<RegionHeader*>(r.bytes)->version = 2;
-  // Version 2 with version 1's geometry (separate maps) is corrupted, not attached.
+  reinterpret_cast<RegionHeader*>(r.bytes)->version = 3;
+  // Version 3 with version 1's geometry (separate maps) is corrupted, not attached.
   const uint64_t separate = live + words * 8;
   std::memcpy(r.bytes + kFreedMapField, &separate, 8);
   EXPECT(heap_attach(r.bytes, r.size, &h) == Status::corrupted);
+}
+
+TEST("tlsf: end marks: a small block's size is in the maps, a large block has none") {
+  Region r(1 << 20);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
+  uint64_t small = 0, big = 0, last = 0;
+  REQUIRE(h->alloc(100, 16, kNoHint, &small) == Status::ok);  // payload 104 = 16 * 6 + 8
+  REQUIRE(h->alloc(2000, 16, kNoHint, &big) == Status::ok);
+  REQUIRE(h->alloc(1032, 16, kNoHint, &last) == Status::ok);  // the largest quick size: 64 granules
+  EXPECT(granule_state(r, small) == 2);
+  EXPECT(granule_state(r, small + 16 * 6) == 3);  // the next block's header granule
+  for (uint64_t g = 1; g < 6; ++g) EXPECT(granule_state(r, small + 16 * g) == 0);
+  EXPECT(granule_state(r, big) == 2);
+  uint64_t big_size = 0;
+  REQUIRE(h->usable_size(big, &big_size) == Status::ok);
+  EXPECT(granule_state(r, big + big_size - 8) != 3);
+  EXPECT(granule_state(r, last + 16 * 64) == 3);  // crosses a map word whatever the start
+  EXPECT(violations(*h) == 0);
+  // Freed small blocks keep the mark and go (0, 1) at the payload; a large one is coalesced, unmarked.
+  EXPECT(h->free(small) == Status::ok);
+  EXPECT(granule_state(r, small) == 1 && granule_state(r, small + 16 * 6) == 3);
+  EXPECT(h->free(last) == Status::ok);
+  EXPECT(granule_state(r, last) == 1 && granule_state(r, last + 16 * 64) == 3);
+  EXPECT(violations(*h) == 0);
+  // Growing and shrinking in place move the mark.
+  uint64_t a = 0;
+  REQUIRE(h->alloc(40, 16, kNoHint, &a) == Status::ok);  // 40 = 16 * 2 + 8: no quick block of that size
+  uint64_t a_size = 0;
+  REQUIRE(h->usable_size(a, &a_size) == Status::ok && a_size == 40);
+  EXPECT(granule_state(r, a + 32) == 3);
+  REQUIRE(h->resize_in_place(a, 300) == Status::ok);  // into the free space after it
+  EXPECT(granule_state(r, a + 32) != 3);
+  EXPECT(granule_state(r, a + 16 * 19) == 3);  // 312 = 16 * 19 + 8
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->resize_in_place(a, 8) == Status::ok);
+  EXPECT(granule_state(r, a + 16) == 3);
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->resize_in_place(a, 5000) == Status::ok);
+  uint64_t now = 0;
+  REQUIRE(h->usable_size(a, &now) == Status::ok && now >= 5000);
+  EXPECT(granule_state(r, a + now - 8) != 3);
+  EXPECT(violations(*h) == 0);
+  EXPECT(h->free(a) == Status::ok && h->free(big) == Status::ok);
+  EXPECT(violations(*h) == 0);
+  // A small live block whose mark was wiped: free refuses it (the chain and the maps disagree).
+  uint64_t c = 0;
+  REQUIRE(h->alloc(60, 16, kNoHint, &c) == Status::ok);
+  uint64_t c_size = 0;
+  REQUIRE(h->usable_size(c, &c_size) == Status::ok);
+  set_granule_state(r, c + c_size - 8, 0);
+  EXPECT(violations(*h) > 0);
+  EXPECT(h->free(c) == Status::corrupted);
+  set_granule_state(r, c + c_size - 8, 3);
+  EXPECT(h->free(c) == Status::ok);
+  EXPECT(h->free(c + c_size - 8) == Status::foreign);  // an end-mark granule is never a payload
+  EXPECT(violations(*h) == 0);
 }
 
 TEST("tlsf: quick paths: double and foreign frees exact across map words") {
@@ -106,45 +185,65 @@ TEST("tlsf: quick paths: double and foreign frees exact across map words") {
   EXPECT(violations(*h) == 0);
 }
 
-TEST("tlsf: quick paths: an untrustworthy quick head is refused, never followed") {
+TEST("tlsf: quick paths: an untrustworthy quick stack entry or count is refused, never followed") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
-  uint64_t a = 0, b = 0;
+  uint64_t a = 0, b = 0, c = 0;
   REQUIRE(h->alloc(8, 16, kNoHint, &a) == Status::ok);  // quick class 0 (24-byte payload)
   REQUIRE(h->alloc(8, 16, kNoHint, &b) == Status::ok);
+  REQUIRE(h->alloc(40, 16, kNoHint, &c) == Status::ok);  // quick class 2
   REQUIRE(h->free(a) == Status::ok);
-  REQUIRE(word_at(r, kQuickHeads) == a - 16);  // the field offset above is right
-  const uint64_t bad[] = {1, a - 8, r.size, r.size - 16, UINT64_MAX - 15, b - 16, 16};
+  REQUIRE(h->free(c) == Status::ok);
+  REQUIRE(word_at(r, kQuickStacks) == a - 16);  // the field offsets above are right
+  uint32_t count = 0;
+  std::memcpy(&count, r.bytes + kQuickCounts, 4);
+  REQUIRE(count == 1);
+  // Outside the area, misaligned, a live block, a payload (its "payload" would be an interior granule).
+  const uint64_t bad[] = {1, a - 8, r.size, r.size - 16, UINT64_MAX - 15, b - 16, 16, a};
   for (uint64_t v : bad) {
-    std::memcpy(r.bytes + kQuickHeads, &v, 8);
+    put_word(r, kQuickStacks, v);
     uint64_t off = 12345;
     EXPECT(h->alloc(8, 16, kNoHint, &off) == Status::corrupted);
     EXPECT(off == 12345);
   }
-  uint64_t good = a - 16;
-  std::memcpy(r.bytes + kQuickHeads, &good, 8);
-  // A next link that points outside the area is refused too.
-  uint64_t link = r.size + 64;
-  std::memcpy(r.bytes + a, &link, 8);
+  // Another class's quick block: the fast path checks only that the entry is a freed block (tlsf.cc),
+  // check() finds it on the wrong stack.
+  put_word(r, kQuickStacks, c - 16);
+  EXPECT(violations(*h) > 0);
+  put_word(r, kQuickStacks, a - 16);
+  // A count beyond the stack is refused too; so is, on the general path, a quick block whose end mark was
+  // wiped.
+  for (uint64_t n : {kQuickLimit + 1, uint64_t(1000), uint64_t(UINT32_MAX)}) {
+    put_u32(r, kQuickCounts, static_cast<uint32_t>(n));
+    uint64_t off = 12345;
+    EXPECT(h->alloc(8, 16, kNoHint, &off) == Status::corrupted && off == 12345);
+  }
+  put_u32(r, kQuickCounts, 1);
+  set_granule_state(r, a + 16, 0);
+  EXPECT(violations(*h) > 0);
   uint64_t off = 0;
-  EXPECT(h->alloc(8, 16, kNoHint, &off) == Status::corrupted);
-  uint64_t zero = 0;
-  std::memcpy(r.bytes + a, &zero, 8);
+  uint64_t big = 0;
+  HeapStats st;
+  h->stats(&st);
+  // Larger than any free block: the heap flushes the quick stacks before it says out_of_memory.
+  EXPECT(h->alloc(st.largest_free_block + 64, 16, kNoHint, &big) == Status::corrupted);
+  set_granule_state(r, a + 16, 3);
+  EXPECT(violations(*h) == 0);
   EXPECT(h->alloc(8, 16, kNoHint, &off) == Status::ok && off == a);
   EXPECT(h->free(a) == Status::ok);
   EXPECT(h->free(b) == Status::ok);
   EXPECT(violations(*h) == 0);
 }
 
-TEST("tlsf: quick paths: a scribbled size word of a live block is refused on free") {
+TEST("tlsf: a scribbled size word: refused on the free of a large block, found by check() for a small one") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
   uint64_t a = 0;
-  REQUIRE(h->alloc(40, 16, kNoHint, &a) == Status::ok);
+  REQUIRE(h->alloc(2000, 16, kNoHint, &a) == Status::ok);
   const uint64_t sf = word_at(r, a - 8);
-  // Sizes that are not 16k + 8, too small, flagged free or quick, or reaching past the area.
+  // Sizes that are not 16k + 8, too small, flagged free or reserved, or reaching past the area.
   const uint64_t bad[] = {sf | 1, sf | 4, 16, 8, (r.size & ~uint64_t(15)) + 8, 0, UINT64_MAX & ~uint64_t(2)};
   for (uint64_t v : bad) {
     std::memcpy(r.bytes + a - 8, &v, 8);
@@ -153,4 +252,48 @@ TEST("tlsf: quick paths: a scribbled size word of a live block is refused on fre
   std::memcpy(r.bytes + a - 8, &sf, 8);
   EXPECT(h->free(a) == Status::ok);
   EXPECT(violations(*h) == 0);
+  // A small block's free reads the maps, not its size word (tlsf.cc, "Quick blocks"): the overwrite goes
+  // unnoticed by the free, check() reports it, and so does the coalescing that reads the word later.
+  uint64_t s = 0;
+  REQUIRE(h->alloc(40, 16, kNoHint, &s) == Status::ok);
+  const uint64_t ssf = word_at(r, s - 8);
+  put_word(r, s - 8, ssf + 16);
+  EXPECT(h->free(s) == Status::ok);
+  EXPECT(violations(*h) > 0);
+  put_word(r, s - 8, ssf);
+  EXPECT(violations(*h) == 0);
+}
+
+TEST("tlsf: quick paths never touch the block: free and reuse with its pages unreadable") {
+  const uint64_t size = 1 << 20, page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(m != MAP_FAILED);
+  uint8_t* base = static_cast<uint8_t*>(m);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, base, size, HeapOptions{}, &h) == Status::ok);
+  const uint64_t area = reinterpret_cast<const RegionHeader*>(base)->header_size;
+  // Blocks until one lies wholly on pages past the metadata, away from its neighbours' pages' use.
+  std::vector<uint64_t> offs;
+  uint64_t victim = 0;
+  for (int i = 0; i < 600 && victim == 0; ++i) {  // 1008-byte footprints: some block starts on a page
+    uint64_t off = 0;
+    REQUIRE(h->alloc(1000, 16, kNoHint, &off) == Status::ok);
+    offs.push_back(off);
+    if (off - 16 >= area + 2 * page && (off - 16) % page == 0) victim = off;
+  }
+  REQUIRE(victim != 0);
+  uint64_t spare = 0;
+  REQUIRE(h->alloc(1000, 16, kNoHint, &spare) == Status::ok);  // something after the victim stays live
+  uint8_t* lo = base + (victim - 16);
+  const uint64_t span = round_up(1000 + 24, page);
+  REQUIRE(mprotect(lo, span, PROT_NONE) == 0);
+  EXPECT(h->free(victim) == Status::ok);  // a SIGSEGV here would end the test binary
+  uint64_t again = 0;
+  EXPECT(h->alloc(1000, 16, kNoHint, &again) == Status::ok && again == victim);
+  EXPECT(h->free(victim) == Status::ok);
+  EXPECT(h->free(victim) == Status::double_free);
+  REQUIRE(mprotect(lo, span, PROT_READ | PROT_WRITE) == 0);
+  EXPECT(violations(*h) == 0);
+  h.reset();
+  munmap(m, size);
 }
