@@ -135,6 +135,12 @@ inline uint64_t group_max(const uint8_t* g) {
   return min64(m, kSmall);
 }
 
+// One of the two interleaved bitmaps: word w is p[2w] (bitmap.h).
+struct BitWords {
+  uint64_t* p = nullptr;
+  uint64_t& operator[](uint64_t w) const { return p[2 * w]; }
+};
+
 inline bool same(const BitmapSummary& a, const BitmapSummary& b) {
   return a.start == b.start && a.max == b.max && a.end == b.end;
 }
@@ -170,11 +176,12 @@ bool compute_layout(uint64_t size, uint64_t block_size, Layout* l) {
   l->total_blocks = size >> l->block_shift;
   if (l->total_blocks == 0) return false;
   l->words = (l->total_blocks + 63) >> 6;  // <= 2^58: no sum below can wrap
+  // The two bitmaps interleaved: word w of the used bitmap at used_offset + 16w, of the start bitmap 8
+  // bytes after it, so that an operation finds both words of a block in one cache line (and one page).
   uint64_t off = round_up(sizeof(BitmapHeader), 64);
   l->used_offset = off;
-  off += l->words * 8;
-  l->start_offset = off;
-  off += l->words * 8;
+  l->start_offset = off + 8;
+  off += l->words * 16;
   uint64_t count = l->words;
   uint32_t levels = 0;
   do {
@@ -232,8 +239,8 @@ bool geometry_matches(const BitmapHeader& h, const Layout& l) {
 class BitmapHeap final : public Heap {
  public:
   BitmapHeap(uint8_t* base, uint64_t size, const Layout& l) : Heap(base, size), l_(l) {
-    used_ = reinterpret_cast<uint64_t*>(base + l.used_offset);
-    start_ = reinterpret_cast<uint64_t*>(base + l.start_offset);
+    used_.p = reinterpret_cast<uint64_t*>(base + l.used_offset);
+    start_.p = reinterpret_cast<uint64_t*>(base + l.start_offset);
     for (uint32_t k = 0; k < l.levels; ++k) sums_[k] = base + l.level_offset[k];
     for (uint32_t k = 0; k < l.run_levels; ++k) runs_[k] = base + l.run_offset[k];
   }
@@ -444,9 +451,9 @@ class BitmapHeap final : public Heap {
   uint64_t blocks_for(uint64_t size) const { return (size + (l_.block_size - 1)) >> l_.block_shift; }
 
   // ---- bit helpers (block indices < words * 64) ----
-  static bool test_bit(const uint64_t* bm, uint64_t b) { return ((bm[b >> 6] >> (b & 63)) & 1) != 0; }
-  static void set_bit(uint64_t* bm, uint64_t b) { bm[b >> 6] |= uint64_t(1) << (b & 63); }
-  static void clear_bit(uint64_t* bm, uint64_t b) { bm[b >> 6] &= ~(uint64_t(1) << (b & 63)); }
+  static bool test_bit(BitWords bm, uint64_t b) { return ((bm[b >> 6] >> (b & 63)) & 1) != 0; }
+  static void set_bit(BitWords bm, uint64_t b) { bm[b >> 6] |= uint64_t(1) << (b & 63); }
+  static void clear_bit(BitWords bm, uint64_t b) { bm[b >> 6] &= ~(uint64_t(1) << (b & 63)); }
 
   // Calls f(word index, mask) for the words covering blocks [b0, b1).
   template <typename F>
@@ -461,13 +468,13 @@ class BitmapHeap final : public Heap {
     for (uint64_t w = w0 + 1; w < w1; ++w) f(w, ~uint64_t(0));
     f(w1, low_mask(((b1 - 1) & 63) + 1));
   }
-  static void set_range(uint64_t* bm, uint64_t b0, uint64_t b1) {
+  static void set_range(BitWords bm, uint64_t b0, uint64_t b1) {
     for_range(b0, b1, [bm](uint64_t w, uint64_t m) { bm[w] |= m; });
   }
-  static void clear_range(uint64_t* bm, uint64_t b0, uint64_t b1) {
+  static void clear_range(BitWords bm, uint64_t b0, uint64_t b1) {
     for_range(b0, b1, [bm](uint64_t w, uint64_t m) { bm[w] &= ~m; });
   }
-  static bool range_clear(const uint64_t* bm, uint64_t b0, uint64_t b1) {
+  static bool range_clear(BitWords bm, uint64_t b0, uint64_t b1) {
     bool clear = true;
     for_range(b0, b1, [bm, &clear](uint64_t w, uint64_t m) {
       if ((bm[w] & m) != 0) clear = false;
@@ -1026,8 +1033,8 @@ class BitmapHeap final : public Heap {
   }
 
   const Layout l_;  // validated geometry, process-local: never re-read from the region
-  uint64_t* used_ = nullptr;
-  uint64_t* start_ = nullptr;
+  BitWords used_;   // the used bitmap (interleaved with the start bitmap)
+  BitWords start_;  // the start bitmap
   uint8_t* sums_[kBitmapMaxLevels] = {};     // summary level k+1: uint64_t[] if packed, else BitmapSummary[]
   uint8_t* runs_[kBitmapMaxRunLevels] = {};  // run index level k: bytes
 };

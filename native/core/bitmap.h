@@ -3,9 +3,11 @@
 // Region layout (every reference is an offset from the region base, never a pointer):
 //
 //   [0, sizeof(BitmapHeader))          BitmapHeader (begins with RegionHeader)
-//   [used_offset, +words*8)            "used" bitmap, one bit per block (1 = used or reserved)
-//   [start_offset, +words*8)           "start" bitmap, one bit per block (1 = an allocation starts here)
-//                                      (used_offset = round_up(sizeof(BitmapHeader), 64), start right after)
+//   [used_offset, +words*16)           the two bitmaps, interleaved word by word: word w of the "used"
+//                                      bitmap (one bit per block, 1 = used or reserved) at used_offset + 16w,
+//                                      word w of the "start" bitmap (1 = an allocation starts here) at
+//                                      start_offset + 16w = used_offset + 16w + 8
+//                                      (used_offset = round_up(sizeof(BitmapHeader), 64))
 //   [level_offset[k], +count[k]*node)  summary tree level k+1 (k = 0 .. levels-1), see below
 //   [run_offset[k], +round_up(run_count[k], 64))  run index level k (k = 0 .. run_levels-1), see below
 //   ... padding up to header_size = first_block * block_size (a multiple of max(4096, block_size))
@@ -69,7 +71,7 @@ struct BitmapSummary {
 };
 static_assert(sizeof(BitmapSummary) == 24, "BitmapSummary is part of the shared layout");
 
-constexpr uint32_t kBitmapVersion = 2;
+constexpr uint32_t kBitmapVersion = 3;  // 3: used and start bitmaps interleaved (2: one after the other)
 constexpr uint32_t kBitmapMaxLevels = 20;     // 64-bit regions need at most 18 summary levels
 constexpr uint32_t kBitmapMaxRunLevels = 12;  // 64-bit regions need at most 11 run index levels
 constexpr uint32_t kBitmapFanoutShift = 3;    // 8 children per summary node
@@ -92,8 +94,8 @@ struct BitmapHeader {
   uint64_t total_blocks;      // size / block_size (the tail beyond is unused)
   uint64_t first_block;       // first allocatable block; blocks below hold the metadata
   uint64_t words;             // 64-bit words per bitmap = ceil(total_blocks / 64)
-  uint64_t used_offset;       // offset of the used bitmap
-  uint64_t start_offset;      // offset of the start bitmap
+  uint64_t used_offset;       // offset of used bitmap word 0 (word w at used_offset + 16w)
+  uint64_t start_offset;      // offset of start bitmap word 0: used_offset + 8 (interleaved, version 3)
   uint64_t free_blocks;       // free allocatable blocks (kept up to date: stats() is O(1))
   uint32_t levels;            // summary levels (>= 1; the last has a single node, the root)
   uint32_t reserved;          // 0

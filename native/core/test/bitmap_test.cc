@@ -34,6 +34,13 @@ std::unique_ptr<Heap> make_heap(Region& r, uint64_t block_size = 16) {
   return h;
 }
 
+// Word w of the bitmap whose word 0 is at p: the used and start bitmaps are interleaved (16 bytes per
+// word pair, layout version 3).
+struct BitmapWords {
+  uint8_t* p;
+  uint64_t& operator[](uint64_t w) const { return reinterpret_cast<uint64_t*>(p)[2 * w]; }
+};
+
 BitmapHeader read_header(const Region& r) {
   BitmapHeader h;
   std::memcpy(&h, r.base, sizeof h);
@@ -455,8 +462,7 @@ TEST("bitmap: check detects corruption") {
     REQUIRE(h != nullptr);
     EXPECT(violations(*h) == 0);
   }
-  uint64_t* used = reinterpret_cast<uint64_t*>(r.base + hd.used_offset);
-  uint64_t* start = reinterpret_cast<uint64_t*>(r.base + hd.start_offset);
+  BitmapWords used{r.base + hd.used_offset}, start{r.base + hd.start_offset};
   const uint64_t w = hd.first_block / 64;  // the first data word (fully allocated)
   struct Case {
     const char* what;
@@ -743,6 +749,42 @@ TEST("bitmap: block_size 64") {
   }
 }
 
+TEST("bitmap: layout version 3: interleaved bitmaps; other versions are refused on attach") {
+  Region r(1 << 20);
+  auto h = make_heap(r);
+  REQUIRE(h != nullptr);
+  const BitmapHeader hd = read_header(r);
+  EXPECT(hd.region.version == 3);
+  EXPECT(kBitmapVersion == 3);
+  // Word w of the used bitmap at used_offset + 16w, of the start bitmap 8 bytes after it: both words of a
+  // block share a cache line (pairs are 16 bytes from a 64-aligned start).
+  EXPECT(hd.used_offset % 64 == 0);
+  EXPECT(hd.start_offset == hd.used_offset + 8);
+  EXPECT(hd.level_offset[0] >= hd.used_offset + hd.words * 16);  // the summaries start after both bitmaps
+  uint64_t off = 0;
+  REQUIRE(h->alloc(100, 16, kNoHint, &off) == Status::ok);
+  const uint64_t b = off / 16;
+  BitmapWords used{r.base + hd.used_offset}, start{r.base + hd.start_offset};
+  EXPECT(((used[b / 64] >> (b % 64)) & 1) == 1);
+  EXPECT(((start[b / 64] >> (b % 64)) & 1) == 1);
+  EXPECT(((start[(b + 6) / 64] >> ((b + 6) % 64)) & 1) == 0);  // 100 bytes: 7 blocks, one start bit
+  h.reset();
+  REQUIRE(bitmap_attach(r.base, r.size, &h) == Status::ok);
+  h.reset();
+  for (uint32_t v : {0u, 1u, 2u, 4u}) {
+    reinterpret_cast<BitmapHeader*>(r.base)->region.version = v;
+    EXPECT(bitmap_attach(r.base, r.size, &h) == Status::incompatible);
+    EXPECT(heap_attach(r.base, r.size, &h) == Status::incompatible);
+  }
+  reinterpret_cast<BitmapHeader*>(r.base)->region.version = 3;
+  // Version 3 with version 2's geometry (the start bitmap after the whole used bitmap) is corrupted.
+  reinterpret_cast<BitmapHeader*>(r.base)->start_offset = hd.used_offset + hd.words * 8;
+  EXPECT(bitmap_attach(r.base, r.size, &h) == Status::corrupted);
+  reinterpret_cast<BitmapHeader*>(r.base)->start_offset = hd.start_offset;
+  REQUIRE(bitmap_attach(r.base, r.size, &h) == Status::ok);
+  EXPECT(violations(*h) == 0);
+}
+
 TEST("bitmap: attach refuses junk and damaged headers") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
@@ -917,7 +959,7 @@ namespace {
 
 // Sets (value true) or clears blocks [b0, b1) of one of the heap's bitmaps, as a dying writer would have.
 void poke_bits(uint8_t* base, uint64_t bitmap_offset, uint64_t b0, uint64_t b1, bool value) {
-  uint64_t* bm = reinterpret_cast<uint64_t*>(base + bitmap_offset);
+  BitmapWords bm{base + bitmap_offset};
   for (uint64_t b = b0; b < b1; ++b) {
     const uint64_t bit = uint64_t(1) << (b & 63);
     if (value) {
