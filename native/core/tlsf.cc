@@ -487,7 +487,9 @@ class TlsfHeap final : public Heap {
       uint64_t size = 0, flags = 0;
       bool is_free = false;
       if (!at_end) {
-        read_block(b, &size, &flags);
+        // The first pass validated this header, but another process may have written it since
+        // (docs/security.md): an unchecked size would send the clears below outside the region.
+        if (!read_block(b, &size, &flags)) return Status::corrupted;
         // Read before anything below writes this block's granules (the previous block wrote only up to
         // its own end granule, b's header).
         uint64_t payload = b + 16, end = b + 8 + size;
