@@ -864,15 +864,16 @@ class TlsfHeap final : public Heap {
     return header()->heads[fl][sl] == b;
   }
 
-  // Caller has established can_unlink(b, size).
+  // Caller has established can_unlink(b, size). The links are read again here, and another process may
+  // have written them since (docs/security.md): a link is written through only if it is a block offset.
   void unlink(uint64_t b, uint64_t size) {
     uint32_t fl = 0, sl = 0;
     mapping_insert(size, &fl, &sl);
     TlsfHeader* h = header();
     uint64_t next = load(b + 16), prev = load(b + 24);
-    if (next != 0) store(next + 24, prev);
+    if (next != 0 && valid_block_offset(next)) store(next + 24, prev);
     if (prev != 0) {
-      store(prev + 16, next);
+      if (valid_block_offset(prev)) store(prev + 16, next);
     } else {
       h->heads[fl][sl] = next;
       if (next == 0) {

@@ -675,8 +675,9 @@ struct Guarded {
     tr->n = 0;
     tr->stores = 0;
     tr->page = nullptr;
-    tr->inject_at = -1;
-    tr->inject_on = static_cast<int64_t>(on);
+    // on == UINT64_MAX: right after store number nth (from 0) of the operation, wherever it went.
+    tr->inject_at = on == UINT64_MAX ? nth : -1;
+    tr->inject_on = on == UINT64_MAX ? -1 : static_cast<int64_t>(on);
     tr->inject_nth = nth;
     tr->inject_off = off;
     tr->inject_val = val;
@@ -730,6 +731,24 @@ TEST("tlsf: concurrent writer: rebuild() does not trust a block header it valida
   EXPECT(r == 0);
   EXPECT(r != 0 || s == Status::corrupted);
 }
+
+TEST("tlsf: concurrent writer: release() unlinks a neighbour whose links changed after they were checked") {
+  Guarded g;
+  REQUIRE(g.ok);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, g.base, g.size, HeapOptions{}, &h) == Status::ok);
+  // Large blocks (no quick stacks): A, B, C, then a guard. With A and C free, freeing B merges all three.
+  uint64_t a = 0, b = 0, c = 0, d = 0;
+  REQUIRE(h->alloc(2000, 16, kNoHint, &a) == Status::ok && h->alloc(2000, 16, kNoHint, &b) == Status::ok);
+  REQUIRE(h->alloc(2000, 16, kNoHint, &c) == Status::ok && h->alloc(2000, 16, kNoHint, &d) == Status::ok);
+  REQUIRE(h->free(a) == Status::ok && h->free(c) == Status::ok);
+  // release(B) checks both neighbours' links, then unlinks A (its first stores), then C. Right after its
+  // first store, another process points C's next_free link far outside the region.
+  const uint64_t c_block = c - 16;
+  Status s = Status::ok;
+  int r = g.run(UINT64_MAX, 0, c_block + 16, uint64_t(1) << 40, [&] { s = h->free(b); });
+  EXPECT(r == 0);
+}
 #else
 TEST("tlsf: crash: every prefix of every operation's stores is repaired by rebuild(), live blocks kept") {
   std::fprintf(stderr, "  (needs x86-64 Linux: skipped)\n");
@@ -739,4 +758,5 @@ TEST("tlsf: concurrent writer: a word changed between two stores of an operation
 }
 TEST("tlsf: concurrent writer: take() uses the size it wrote, not one read back after the split") {}
 TEST("tlsf: concurrent writer: rebuild() does not trust a block header it validated before another process changed it") {}
+TEST("tlsf: concurrent writer: release() unlinks a neighbour whose links changed after they were checked") {}
 #endif
