@@ -282,6 +282,7 @@ class TlsfHeap final : public Heap {
     if (!read_next(next, &next_size, &next_free)) return Status::corrupted;
     if (need > cur && (!next_free || cur + 8 + next_size < need)) return Status::out_of_memory;
     clear_end_mark(b, cur);  // the size changes: the mark moves (or goes) below
+    uint64_t now = 0;  // as written, never read back (see take())
     if (need > cur) {
       unlink(next, next_size);
       uint64_t grown = cur + 8 + next_size;
@@ -289,16 +290,14 @@ class TlsfHeap final : public Heap {
       clear_bits(g_.freed_map, offset + cur, offset + grown);
       uint64_t after = b + 8 + grown;
       mark_prev(after, b, false);
-      split_tail(b, grown, need, flags & kPrevFree);
+      now = split_tail(b, grown, need, flags & kPrevFree);
     } else {
       if (next_free) unlink(next, next_size);
       uint64_t span = next_free ? cur + 8 + next_size : cur;
       set_size_flags(b, span, flags & kPrevFree);
       if (next_free) mark_prev(b + 8 + span, b, false);
-      split_tail(b, span, need, flags & kPrevFree);
+      now = split_tail(b, span, need, flags & kPrevFree);
     }
-    uint64_t now = 0, now_flags = 0;
-    read_block(b, &now, &now_flags);
     set_end_mark(b, now);
     count_resize(cur, now);
     return Status::ok;
@@ -488,7 +487,9 @@ class TlsfHeap final : public Heap {
       uint64_t size = 0, flags = 0;
       bool is_free = false;
       if (!at_end) {
-        read_block(b, &size, &flags);
+        // The first pass validated this header, but another process may have written it since
+        // (docs/security.md): an unchecked size would send the clears below outside the region.
+        if (!read_block(b, &size, &flags)) return Status::corrupted;
         // Read before anything below writes this block's granules (the previous block wrote only up to
         // its own end granule, b's header).
         uint64_t payload = b + 16, end = b + 8 + size;
@@ -863,15 +864,16 @@ class TlsfHeap final : public Heap {
     return header()->heads[fl][sl] == b;
   }
 
-  // Caller has established can_unlink(b, size).
+  // Caller has established can_unlink(b, size). The links are read again here, and another process may
+  // have written them since (docs/security.md): a link is written through only if it is a block offset.
   void unlink(uint64_t b, uint64_t size) {
     uint32_t fl = 0, sl = 0;
     mapping_insert(size, &fl, &sl);
     TlsfHeader* h = header();
     uint64_t next = load(b + 16), prev = load(b + 24);
-    if (next != 0) store(next + 24, prev);
+    if (next != 0 && valid_block_offset(next)) store(next + 24, prev);
     if (prev != 0) {
-      store(prev + 16, next);
+      if (valid_block_offset(prev)) store(prev + 16, next);
     } else {
       h->heads[fl][sl] = next;
       if (next == 0) {
@@ -1020,9 +1022,9 @@ class TlsfHeap final : public Heap {
     uint64_t used_size = end - used - 8;
     set_size_flags(used, used_size, used_flags);  // one store: the block is used
     mark_prev(end, used, false);
-    split_tail(used, used_size, need, used_flags);
-    uint64_t final_size = 0, final_flags = 0;
-    read_block(used, &final_size, &final_flags);
+    // The size as written, not read back: another process may change the word at any time
+    // (docs/security.md), and the clears below must stay inside the block.
+    const uint64_t final_size = split_tail(used, used_size, need, used_flags);
     // F cleared over the payload and the end granule (nothing was marked there: b was free), then the
     // start and the end mark.
     clear_bits(g_.freed_map, payload, payload + final_size);
@@ -1033,9 +1035,9 @@ class TlsfHeap final : public Heap {
   }
 
   // Used block b has `size` payload bytes; keeps `need` and frees the rest when it can be a block.
-  // The block after b must not be free (callers merged it already).
-  void split_tail(uint64_t b, uint64_t size, uint64_t need, uint64_t prev_flag) {
-    if (size < need + kMinFootprint) return;
+  // The block after b must not be free (callers merged it already). Returns b's payload size now.
+  uint64_t split_tail(uint64_t b, uint64_t size, uint64_t need, uint64_t prev_flag) {
+    if (size < need + kMinFootprint) return size;
     uint64_t rest = b + 8 + need;
     uint64_t rest_size = size - need - 8;
     // The remainder's header first (inside b's payload), then one store to b's size publishes it, so
@@ -1044,6 +1046,7 @@ class TlsfHeap final : public Heap {
     set_size_flags(b, need, prev_flag);
     insert_free(rest, rest_size);
     mark_prev(rest + 8 + rest_size, rest, true);
+    return need;
   }
 
   uint64_t largest_free() const {
