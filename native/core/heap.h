@@ -184,9 +184,12 @@ class Heap {
   const uint64_t size_;
 };
 
+// Counters live in memory others can write: they saturate instead of wrapping.
+constexpr uint64_t saturating_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 inline void Heap::count_alloc(uint64_t usable) {
   HeapCounters& c = region_header()->counters;
-  c.used += usable;
+  c.used = saturating_add(c.used, usable);
   if (c.used > c.peak_used) c.peak_used = c.used;
   c.live += 1;
   c.allocations += 1;

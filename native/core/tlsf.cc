@@ -40,7 +40,8 @@
 //   - every free block is on exactly the list mapping_insert(size) names; a list is non-empty iff its
 //     bits in fl_bitmap / sl_bitmap are set;
 //   - L is set exactly at the payload of every used block and at the end of every small used or quick
-//     block; F is clear at the payload of a used block and inside it, set at the payload of a quick block;
+//     block; F is clear at the payload of a used block and set at the payload of a quick block (F inside
+//     a used block is kept clear by take() and resize, but check() does not verify it);
 //   - the quick stacks hold exactly the quick blocks, each on the stack of its size.
 // Nothing read from the region is followed before it is bounds-checked (see the class comment in heap.h).
 #include "tlsf.h"
@@ -259,7 +260,7 @@ class TlsfHeap final : public Heap {
             h->quick_count[q] = n + 1;
             store_at(pair, live & ~bit);
             store_at(pair + 8, freed | bit);
-            h->free_bytes += size;
+            h->free_bytes = saturating_add(h->free_bytes, size);
             count_free(size);
             return Status::ok;
           }
@@ -587,7 +588,7 @@ class TlsfHeap final : public Heap {
         h->quick[q][n] = b;
         h->quick_count[q] = n + 1;
         set_granule_state(offset, kFreedStart);  // the end mark stays: a quick block keeps its size
-        h->free_bytes += size;
+        h->free_bytes = saturating_add(h->free_bytes, size);
         count_free(size);
         return Status::ok;
       }
@@ -848,8 +849,8 @@ class TlsfHeap final : public Heap {
     h->heads[fl][sl] = b;
     h->fl_bitmap |= uint64_t(1) << fl;
     h->sl_bitmap[fl] |= 1u << sl;
-    h->free_bytes += size;
-    h->free_blocks += 1;
+    h->free_bytes = saturating_add(h->free_bytes, size);
+    h->free_blocks = saturating_add(h->free_blocks, 1);
   }
 
   // Would unlinking this free block be safe? Its links must point at valid blocks that point back
@@ -1004,6 +1005,13 @@ class TlsfHeap final : public Heap {
   Status take(uint64_t b, uint64_t payload, uint64_t need) {
     uint64_t size = 0, flags = 0;
     if (!read_block(b, &size, &flags)) return Status::corrupted;
+    // The caller placed `payload` using a size it read itself; another process may have changed the word
+    // since (docs/security.md). The payload and its leading gap must still lie inside b as read now.
+    const uint64_t gap = payload - (b + 16);
+    if (payload < b + 16 || gap > size || (gap != 0 && gap < kMinFootprint) || need > size - gap ||
+        (payload & (kGranule - 1)) != 0) {
+      return Status::corrupted;
+    }
     uint64_t end = b + 8 + size;  // the block after b
     unlink(b, size);
     uint64_t used = b;
