@@ -578,10 +578,10 @@ class TlsfHeap final : public Heap {
     uint64_t b = offset - 16;
     uint64_t size = 0, flags = 0;
     if (!read_block(b, &size, &flags) || (flags & kFree)) return Status::corrupted;
-    // A small used block carries its end mark; without it the maps and the chain disagree.
-    if (size <= kQuickMaxPayload && !has_end_mark(b, size)) return Status::corrupted;
     TlsfHeader* h = header();
     if (size <= kQuickMaxPayload) {
+      // A small used block carries its end mark; without it the maps and the chain disagree.
+      if (!has_end_mark(b, size)) return Status::corrupted;
       uint32_t q = quick_class(size);
       uint32_t n = h->quick_count[q];
       if (n < kQuickLimit) {
@@ -660,18 +660,17 @@ class TlsfHeap final : public Heap {
     return false;
   }
 
-  // The top of quick stack q, checked to be a quick block of that class: true with its offset, false when
-  // the stack's count or entry cannot be true (a scribbled header).
-  bool quick_top(uint32_t q, uint64_t* block) const {
+  // The top of quick stack q, checked to be a quick block of that class: true with its offset and header,
+  // false when the stack's count or entry cannot be true (a scribbled header).
+  bool quick_top(uint32_t q, uint64_t* block, uint64_t* size, uint64_t* flags) const {
     const TlsfHeader* h = header();
     uint32_t n = h->quick_count[q];
     if (n == 0 || n > kQuickLimit) return false;
     uint64_t b = h->quick[q][n - 1];
-    uint64_t size = 0, flags = 0;
-    if (!read_block(b, &size, &flags) || (flags & kFree) || quick_class(size) != q || size > kQuickMaxPayload) {
+    if (!read_block(b, size, flags) || (*flags & kFree) || quick_class(*size) != q || *size > kQuickMaxPayload) {
       return false;
     }
-    if (granule_state(b + 16) != kFreedStart || !has_end_mark(b, size)) return false;
+    if (granule_state(b + 16) != kFreedStart || !has_end_mark(b, *size)) return false;
     *block = b;
     return true;
   }
@@ -682,8 +681,8 @@ class TlsfHeap final : public Heap {
     TlsfHeader* h = header();
     uint32_t q = quick_class(need);
     if (h->quick_count[q] == 0) return Status::out_of_memory;
-    uint64_t b = 0;
-    if (!quick_top(q, &b)) return Status::corrupted;
+    uint64_t b = 0, size = 0, flags = 0;
+    if (!quick_top(q, &b, &size, &flags)) return Status::corrupted;
     h->quick_count[q] -= 1;
     h->free_bytes = h->free_bytes >= need ? h->free_bytes - need : 0;
     // Only the start granule changes: the interior was cleared when the block was last handed out, and
@@ -699,10 +698,8 @@ class TlsfHeap final : public Heap {
     TlsfHeader* h = header();
     for (uint32_t q = 0; q < kQuickClasses; ++q) {
       while (h->quick_count[q] != 0) {
-        uint64_t b = 0;
-        if (!quick_top(q, &b)) return Status::corrupted;
-        uint64_t size = 0, flags = 0;
-        read_block(b, &size, &flags);
+        uint64_t b = 0, size = 0, flags = 0;
+        if (!quick_top(q, &b, &size, &flags)) return Status::corrupted;
         h->quick_count[q] -= 1;
         Status s = release(b, size, flags, true);
         if (s != Status::ok) return s;
@@ -765,22 +762,8 @@ class TlsfHeap final : public Heap {
     }
   }
 
-  // Map bits: `map` is g_.live_map or g_.freed_map; a map's word k is at map + 16k (interleaved).
-  bool test_bit(uint64_t map, uint64_t payload) const {
-    uint64_t i = (payload - g_.area_start) / kGranule;
-    return (load(map + (i / 64) * kMapStride) >> (i % 64)) & 1;
-  }
-  void set_bit(uint64_t map, uint64_t payload) {
-    uint64_t i = (payload - g_.area_start) / kGranule;
-    uint64_t w = map + (i / 64) * kMapStride;
-    store(w, load(w) | (uint64_t(1) << (i % 64)));
-  }
-  void clear_bit(uint64_t map, uint64_t payload) {
-    uint64_t i = (payload - g_.area_start) / kGranule;
-    uint64_t w = map + (i / 64) * kMapStride;
-    store(w, load(w) & ~(uint64_t(1) << (i % 64)));
-  }
-  // Clears the bits of payload granules [from, to).
+  // Clears one map's bits (`map` is g_.live_map or g_.freed_map, word k at map + 16k) of payload
+  // granules [from, to).
   void clear_bits(uint64_t map, uint64_t from, uint64_t to) {
     if (to <= from) return;
     uint64_t i = (from - g_.area_start) / kGranule, j = (to - g_.area_start + kGranule - 1) / kGranule;
