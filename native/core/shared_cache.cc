@@ -522,12 +522,7 @@ Status SharedCache::free(uint64_t off) {
       uint8_t v = kSlotLent;
       if (__builtin_expect(__atomic_compare_exchange_n(rec->states + index, &v, static_cast<uint8_t>(kSlotFree), false,
                                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE), 1)) {
-        classes_[rec->cls].stack.push_back(off);
-        lent_count_ -= 1;
-        lent_bytes_ -= rec->slot_size;
-        frees_ += 1;
-        publish();
-        __atomic_store_n(&entry_->frees, frees_, __ATOMIC_RELAXED);
+        took_back(*rec, off);
         return Status::ok;
       }
       if (v == kSlotFree || v == kSlotRemote) return Status::double_free;
@@ -580,12 +575,7 @@ Status SharedCache::free_locked(uint64_t off) {
         if (__atomic_compare_exchange_n(state, &v, static_cast<uint8_t>(kSlotFree), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
       }
       if (v & kSlotNamed) seg_->dir_forget_offset(off + seg_->heap_offset());
-      classes_[rec->cls].stack.push_back(off);
-      lent_count_ -= 1;
-      lent_bytes_ -= rec->slot_size;
-      frees_ += 1;
-      publish();
-      __atomic_store_n(&entry_->frees, frees_, __ATOMIC_RELAXED);
+      took_back(*rec, off);
       return Status::ok;
     }
   }

@@ -180,6 +180,16 @@ class SharedCache {
   static uint64_t current_fork_gen();
   void disown();
   uint64_t lend_top(std::vector<uint64_t>* stack);
+  // The owner's side of a slot that became free (its state byte already swapped to kSlotFree): back on the
+  // private stack, counted. lend_top()'s reverse.
+  void took_back(const SlabRec& rec, uint64_t off) {
+    classes_[rec.cls].stack.push_back(off);
+    lent_count_ -= 1;
+    lent_bytes_ -= rec.slot_size;
+    frees_ += 1;
+    publish();
+    __atomic_store_n(&entry_->frees, frees_, __ATOMIC_RELAXED);
+  }
   void publish() {
     __atomic_store_n(&entry_->lent_count, lent_count_, __ATOMIC_RELAXED);
     __atomic_store_n(&entry_->lent_bytes, lent_bytes_, __ATOMIC_RELAXED);
