@@ -7,20 +7,13 @@
 #include <vector>
 
 #include "check.h"
+#include "support.h"
 #include "heap.h"
 
 using namespace mempool;
+using coretest::Region;
 
 namespace {
-
-struct Region {
-  uint8_t* bytes;
-  uint64_t size;
-  explicit Region(uint64_t n) : bytes(static_cast<uint8_t*>(std::aligned_alloc(kMaxAlign, n))), size(n) {
-    std::memset(bytes, 0xA5, n);  // formatting must not rely on zeroed memory
-  }
-  ~Region() { std::free(bytes); }
-};
 
 // Debug mode wraps every algorithm; the contract is the same with or without it.
 bool g_debug = false;

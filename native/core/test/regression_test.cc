@@ -25,10 +25,12 @@
 #include <vector>
 
 #include "check.h"
+#include "support.h"
 #include "heap.h"
 #include "segment.h"
 
 using namespace mempool;
+using coretest::Region;
 
 namespace {
 
@@ -44,17 +46,6 @@ bool survives(const std::function<bool()>& body) {
   if (WIFSIGNALED(status)) std::fprintf(stderr, "  child died of signal %d\n", WTERMSIG(status));
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
-
-struct Region {
-  uint8_t* bytes;
-  uint64_t size;
-  explicit Region(uint64_t n) : bytes(static_cast<uint8_t*>(std::aligned_alloc(kMaxAlign, n))), size(n) {
-    std::memset(bytes, 0, n);
-  }
-  ~Region() { std::free(bytes); }
-  Region(const Region&) = delete;
-  Region& operator=(const Region&) = delete;
-};
 
 // Everything a user (or the addon) may call on a heap, whatever its metadata holds.
 void poke(Heap& h) {
@@ -86,7 +77,7 @@ void poke(Heap& h) {
 // each heap's metadata is set in turn to values that wrap such sums; every call must stay in bounds.
 void wrapping_words(Algorithm a) {
   const uint64_t size = 64 * 1024;
-  Region r(size);
+  Region r(size, 0);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(a, r.bytes, size, HeapOptions{}, &h) == Status::ok);
   std::vector<uint64_t> offs;
@@ -134,7 +125,7 @@ TEST("bitmap: regression: metadata words near 2^64 are never followed outside th
 // 0xffffffffffffffe0 written at region offset 7936; check() alone read 24 bytes before the region.
 TEST("tlsf: regression: fuzz crash-6b8575e7, list head 0xffffffffffffffe0, check() reads before the region") {
   const uint64_t size = 64 * 1024;
-  Region r(size);
+  Region r(size, 0);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(Algorithm::tlsf, r.bytes, size, HeapOptions{}, &h) == Status::ok);
   uint64_t v = 0xffffffffffffffe0ULL;
@@ -222,7 +213,7 @@ TEST("segment: regression: flag words scribbled over the lock never crash the ne
 // An opt-in long model stress (MEMPOOL_STRESS_OPS operations per heap, small region, check() every step).
 void long_stress(Algorithm a, uint64_t ops) {
   const uint64_t region = 64 * 1024;
-  Region r(region);
+  Region r(region, 0);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(a, r.bytes, region, HeapOptions{}, &h) == Status::ok);
   std::mt19937_64 rng(static_cast<uint64_t>(a) * 1315423911ULL + ops);

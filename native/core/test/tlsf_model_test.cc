@@ -14,28 +14,14 @@
 #include <vector>
 
 #include "check.h"
+#include "support.h"
 #include "heap.h"
 
 using namespace mempool;
+using coretest::env_or;
+using coretest::Rng;
 
 namespace {
-
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-  }
-  uint64_t below(uint64_t n) { return n == 0 ? 0 : next() % n; }
-  bool chance(uint64_t percent) { return below(100) < percent; }
-};
-
-uint64_t env_or(const char* name, uint64_t dflt) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::strtoull(v, nullptr, 10) : dflt;
-}
 
 // The payload size the heap gives a request (tlsf.cc's adjust_request).
 uint64_t adjusted(uint64_t size) {

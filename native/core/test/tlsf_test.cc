@@ -9,20 +9,13 @@
 #include <vector>
 
 #include "check.h"
+#include "support.h"
 #include "heap.h"
 
 using namespace mempool;
+using coretest::Region;
 
 namespace {
-
-struct Region {
-  uint8_t* bytes;
-  uint64_t size;
-  explicit Region(uint64_t n) : bytes(static_cast<uint8_t*>(std::aligned_alloc(kMaxAlign, n))), size(n) {
-    std::memset(bytes, 0xA5, n);
-  }
-  ~Region() { std::free(bytes); }
-};
 
 uint64_t violations(const Heap& h) {
   CheckResult r;
