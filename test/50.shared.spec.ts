@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ALGORITHMS, memoryType, PoolError, SharedPool } from '../lib';
-import { expectCode, hasPattern, pattern } from './helpers';
+import { expectCode, hasPattern, pattern, skipBecause } from './helpers';
 
 const root = path.join(__dirname, '..');
 const child = path.join(__dirname, 'fixtures', 'shared-child.js');
@@ -227,7 +227,7 @@ describe('SharedPool basics', () => {
 
   it('ERR_SHM_PERMISSION for a segment of another user', function () {
     if (process.getuid?.() !== 0 || spawnSync('runuser', ['--help']).error) {
-      this.skip(); // needs root and runuser to act as another user
+      skipBecause(this, 'needs root and runuser to act as another user');
     }
     const name = uniqueName('perm');
     SharedPool.create(name, { size: MiB }).close();
@@ -312,7 +312,7 @@ describe('SharedPool across processes and threads', () => {
 
   it('Python multiprocessing.shared_memory reads the bytes at offsetOf(buffer)', function () {
     const probe = spawnSync('python3', ['-c', 'from multiprocessing import shared_memory'], { encoding: 'utf8' });
-    if (probe.error || probe.status !== 0) this.skip(); // python3 with multiprocessing.shared_memory is not installed here
+    if (probe.error || probe.status !== 0) skipBecause(this, 'python3 with multiprocessing.shared_memory is not installed here');
     const name = uniqueName('python');
     const pool = SharedPool.create(name, { size: MiB });
     const b = pool.alloc(32);
@@ -339,7 +339,7 @@ describe('SharedPool across processes and threads', () => {
 describe('SharedPool locks and crashes', () => {
   it('a process in another PID namespace never takes over a lock it cannot judge: it times out', async function () {
     if (process.getuid?.() !== 0 || spawnSync('unshare', ['--pid', '--fork', '--mount-proc', 'true']).status !== 0) {
-      this.skip(); // needs root and unshare to make a PID namespace
+      skipBecause(this, 'needs root and unshare to make a PID namespace');
     }
     const name = uniqueName('pidns');
     const pool = SharedPool.create(name, { size: MiB, lockTimeoutMs: 200 });

@@ -7,6 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ALGORITHMS, SharedPool } from '../lib';
 import { formatBytes, renderHeapMapSvg, renderHeapMapText, sizeClassOf } from '../lib/heap-map';
+import { skipBecause } from './helpers';
 
 const root = path.join(__dirname, '..');
 const cliJs = path.join(root, 'dist', 'cli.js');
@@ -352,8 +353,7 @@ describe('mempool CLI: list, inspect, map, rm against real segments', () => {
     };
     const real = has('rsvg-convert', ['--version'], /rsvg-convert version/) || has('magick', ['-version'], /^Version: ImageMagick/m) || has('convert', ['-version'], /^Version: ImageMagick/m);
     if (!real) {
-      console.log('      (skipped: neither rsvg-convert nor ImageMagick is installed here)');
-      this.skip();
+      skipBecause(this, 'neither rsvg-convert nor ImageMagick is installed here');
     }
     const target = path.join(tmp, 'real.png');
     const r = cli(['map', name, '--png', '--out', target]);

@@ -23,3 +23,9 @@ export function hasPattern(buffer: Uint8Array, seed: number): boolean {
   for (let i = 0; i < buffer.length; i++) if (buffer[i] !== ((seed * 131 + i * 7) & 0xff)) return false;
   return true;
 }
+
+/** Skips the running test because this machine lacks something, and says what in mocha's output. */
+export function skipBecause(ctx: Mocha.Context, why: string): never {
+  console.log(`      (skipped: ${why})`);
+  ctx.skip();
+}
