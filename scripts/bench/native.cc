@@ -558,9 +558,16 @@ class NullAlloc final {
 // alloc() hands out the cells in slot order. So its ns/pair is the workload's own memory cost (the slots
 // array, the trace, the byte written into a cell spread over slots * cell bytes) and nothing else; the
 // difference to another allocator's line is what that allocator adds. Not a heap: no F1.
+//
+// floor-map: the floor plus the least an allocator that detects double frees exactly must do per step: a
+// live bit per 16-byte granule, kept out of line as tlsf's and bitmap's maps are, which free() reads, checks
+// and clears and alloc() sets. No size classes, no lists, no counters: its line is a lower bound for any
+// heap that keeps per-block state outside the block, and shows what one more cache miss per free costs
+// on W4 when no other work hides it.
+template <bool kWithMap>
 class Floor final {
  public:
-  const char* name = "floor";
+  const char* name = kWithMap ? "floor-map" : "floor";
   static constexpr bool kHasOffsets = false;
   void set_workload(const Workload& w) {
     cell_ = (w.hi + 15) & ~uint64_t(15);
@@ -576,17 +583,27 @@ class Floor final {
       *why = "aligned_alloc(4096, 1 GiB) failed";
       return false;
     }
+    if (kWithMap) live_.assign(kRegionBytes / 16 / 64, 0);
     return true;
   }
   void setup() {
     next_ = kFirstCell;
+    std::fill(live_.begin(), live_.end(), 0);
   }
   inline uint64_t alloc(uint64_t) {
     const uint64_t h = next_;
     next_ = h + cell_;  // only used by the set-up, where no free comes first
+    if constexpr (kWithMap) live_[h / 16 / 64] |= live_bit(h);
     return h;
   }
-  inline void free(uint64_t h) { next_ = h; }
+  inline void free(uint64_t h) {
+    if constexpr (kWithMap) {
+      uint64_t& word = live_[h / 16 / 64];
+      if (__builtin_expect(!(word & live_bit(h)), 0)) die("floor-map: free of %llu, which is not live", (unsigned long long)h);
+      word &= ~live_bit(h);
+    }
+    next_ = h;
+  }
   inline uint8_t* pointer(uint64_t h) const { return region_ + h; }
   uint64_t extent(uint64_t) const { return 0; }
   bool teardown(std::string* err) {
@@ -605,6 +622,8 @@ class Floor final {
 
  private:
   static constexpr uint64_t kFirstCell = 4096;
+  static uint64_t live_bit(uint64_t h) { return uint64_t(1) << (h / 16 % 64); }
+  std::vector<uint64_t> live_;  // floor-map: bit g of word w = granule 64w + g of the region is live
   uint8_t* region_ = nullptr;
   uint64_t cell_ = 16, slots_ = 0, next_ = kFirstCell;
 };
@@ -904,10 +923,11 @@ void usage() {
                "  --repeat R: run the whole sequence R times (interleaving allocators in time) and report, per\n"
                "  allocator and workload, the median ns/pair and p99 and the largest max\n"
                "  allocators: tlsf buddy bitmap shared-tlsf shared-buddy shared-bitmap glibc jemalloc mimalloc boost\n"
-               "  floor (no allocator: the trace over fixed cells, the workload's own cost)\n");
+               "  floor (no allocator: the trace over fixed cells, the workload's own cost)\n"
+               "  floor-map (the floor plus a live bit per granule that free() checks: exact double-free detection alone)\n");
 }
 
-const char* const kAllocatorNames[] = {"glibc", "floor", "jemalloc", "mimalloc", "tlsf", "buddy", "bitmap",
+const char* const kAllocatorNames[] = {"glibc", "floor", "floor-map", "jemalloc", "mimalloc", "tlsf", "buddy", "bitmap",
                                        "shared-tlsf", "shared-buddy", "shared-bitmap", "boost"};
 
 // jemalloc (and some mimalloc builds) use initial-exec TLS, which a dlopen'ed library can only get from the
@@ -1002,7 +1022,8 @@ int main(int argc, char** argv) {
     const bool f1_now = f1 && rep == 0;  // F1 is deterministic: once
     // glibc first, so that every later allocator has its reference from the same run.
     if (want("glibc")) { Glibc a; run_allocator(a, o, wls, false, &raw); }
-    if (want("floor")) { Floor a; run_allocator(a, o, wls, false, &raw); }
+    if (want("floor")) { Floor<false> a; run_allocator(a, o, wls, false, &raw); }
+    if (want("floor-map")) { Floor<true> a; run_allocator(a, o, wls, false, &raw); }
     if (want("jemalloc")) { Jemalloc a; run_allocator(a, o, wls, false, &raw); }
     if (want("mimalloc")) { Mimalloc a; run_allocator(a, o, wls, false, &raw); }
     if (want("tlsf")) { LocalHeap a("tlsf", Algorithm::tlsf); run_allocator(a, o, wls, f1_now, &raw); }
