@@ -55,7 +55,8 @@ namespace mempool {
 namespace {
 
 // 2: live and freed map words interleaved. 3: quick stacks in the header and end marks in the maps.
-constexpr uint32_t kTlsfVersion = 3;
+// 4: free_bytes counts the blocks on the free lists only; quick bytes are counted from the stacks.
+constexpr uint32_t kTlsfVersion = 4;
 constexpr uint32_t kSlLog2 = 5;
 constexpr uint32_t kSlCount = 1u << kSlLog2;
 // Footprints up to 2^48 bytes = 2^44 granules map to first levels up to 40.
@@ -65,7 +66,7 @@ constexpr uint64_t kMinPayload = 24;    // next_free + prev_free + the next bloc
 constexpr uint64_t kMinFootprint = 32;  // kMinPayload + the size word
 constexpr uint64_t kFree = 1;
 constexpr uint64_t kPrevFree = 2;
-constexpr uint64_t kReservedFlag = 4;  // version 2's quick flag; must be clear in version 3
+constexpr uint64_t kReservedFlag = 4;  // version 2's quick flag; must be clear from version 3 on
 constexpr uint64_t kFlagMask = 7;
 // The live and freed maps interleave: word k of either is 16 bytes after word k - 1.
 constexpr uint64_t kMapStride = 16;
@@ -88,7 +89,9 @@ struct TlsfHeader {
   uint64_t live_map;    // offset of the first live-payload word (the maps' words interleave, stride 16)
   uint64_t freed_map;   // offset of the first freed-payload word: live_map + 8
   uint64_t map_words;   // 64-bit words in each bitmap (the two take map_words * 16 bytes together)
-  uint64_t free_bytes;  // sum of payload sizes of free blocks
+  // Sum of payload sizes of the blocks on the free lists. Quick blocks are free too, but their bytes are
+  // computed from quick_count when stats() asks (quick_bytes()), so the fast paths write one word less.
+  uint64_t free_bytes;
   uint64_t free_blocks;
   uint64_t fl_bitmap;
   uint32_t sl_bitmap[kFlCount];
@@ -223,8 +226,6 @@ class TlsfHeap final : public Heap {
             h->quick_count[q] = n - 1;
             store_at(pair, live | bit);
             store_at(pair + 8, freed & ~bit);
-            const uint64_t fb = h->free_bytes;
-            h->free_bytes = fb >= need ? fb - need : 0;
             count_alloc(need);
             *offset = b + 16;
             return Status::ok;
@@ -260,7 +261,6 @@ class TlsfHeap final : public Heap {
             h->quick_count[q] = n + 1;
             store_at(pair, live & ~bit);
             store_at(pair + 8, freed | bit);
-            h->free_bytes = saturating_add(h->free_bytes, size);
             count_free(size);
             return Status::ok;
           }
@@ -315,7 +315,7 @@ class TlsfHeap final : public Heap {
   void stats(HeapStats* out) const override {
     fill_counter_stats(out);
     const TlsfHeader* h = header();
-    out->free = h->free_bytes;
+    out->free = saturating_add(h->free_bytes, quick_bytes());
     uint64_t accounted = out->used + out->free;
     out->overhead = accounted <= size_ ? size_ - accounted : 0;
     out->largest_free_block = largest_free();
@@ -334,7 +334,7 @@ class TlsfHeap final : public Heap {
     if (h->damaged) r->report("tlsf: a damaged free list was dropped earlier");
     // 1. The physical chain.
     uint64_t b = g_.area_start, steps = 0, max_steps = (g_.area_end - g_.area_start) / kMinFootprint + 1;
-    uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0, quick_blocks = 0, quick_bytes = 0;
+    uint64_t used_bytes = 0, live = 0, free_bytes = 0, free_blocks = 0, quick_blocks = 0;
     uint64_t marks_expected = 0;  // small blocks that are used or quick
     bool prev_was_free = false;
     uint64_t prev_block = 0;
@@ -361,7 +361,6 @@ class TlsfHeap final : public Heap {
         if (state & 2) r->report("tlsf: free block at offset " + std::to_string(b) + " marked live");
         if (marked) r->report("tlsf: free block at offset " + std::to_string(b) + " has an end mark");
       } else if (state == kFreedStart) {
-        quick_bytes += size;
         ++quick_blocks;
         if (size > kQuickMaxPayload) r->report("tlsf: quick block at offset " + std::to_string(b) + " is too large");
         if (!marked) r->report("tlsf: quick block at offset " + std::to_string(b) + " has no end mark");
@@ -428,7 +427,7 @@ class TlsfHeap final : public Heap {
     const HeapCounters& c = h->region.counters;
     if (c.used != used_bytes) r->report("tlsf: used counter " + std::to_string(c.used) + " but blocks hold " + std::to_string(used_bytes));
     if (c.live != live) r->report("tlsf: live counter " + std::to_string(c.live) + " but " + std::to_string(live) + " used blocks");
-    if (h->free_bytes != free_bytes + quick_bytes) r->report("tlsf: free counter disagrees with the blocks");
+    if (h->free_bytes != free_bytes) r->report("tlsf: free counter disagrees with the listed blocks");
     // 5. Quick stacks: bounded, each entry a quick block of its class, no block twice, every quick block listed.
     std::vector<uint64_t> stacked;
     for (uint32_t q = 0; q < kQuickClasses; ++q) {
@@ -588,12 +587,11 @@ class TlsfHeap final : public Heap {
         h->quick[q][n] = b;
         h->quick_count[q] = n + 1;
         set_granule_state(offset, kFreedStart);  // the end mark stays: a quick block keeps its size
-        h->free_bytes = saturating_add(h->free_bytes, size);
         count_free(size);
         return Status::ok;
       }
     }
-    s = release(b, size, flags, false);
+    s = release(b, size, flags);
     if (s != Status::ok) return s;
     set_granule_state(offset, kFreedStart);
     count_free(size);
@@ -602,7 +600,7 @@ class TlsfHeap final : public Heap {
 
   // Returns block b (used or quick, `size` payload bytes) to the free lists, coalescing with free
   // physical neighbours. Validates everything it will touch before it writes anything.
-  Status release(uint64_t b, uint64_t size, uint64_t flags, bool was_quick) {
+  Status release(uint64_t b, uint64_t size, uint64_t flags) {
     uint64_t next = b + 8 + size, next_size = 0;
     bool next_free = false;
     if (!read_next(next, &next_size, &next_free)) return Status::corrupted;
@@ -618,10 +616,6 @@ class TlsfHeap final : public Heap {
     }
     // Everything this touches has been checked; from here on it only writes.
     clear_end_mark(b, size);  // b stops being a small used (or quick) block
-    if (was_quick) {  // counted as free already; insert_free counts it again
-      TlsfHeader* h = header();
-      h->free_bytes = h->free_bytes >= size ? h->free_bytes - size : 0;
-    }
     uint64_t start = b;
     uint64_t end = next;  // one past the merged block: the offset of the block after it
     if (prev_free) {
@@ -651,6 +645,17 @@ class TlsfHeap final : public Heap {
   }
 
   static uint32_t quick_class(uint64_t size) { return static_cast<uint32_t>((size - kMinPayload) / kGranule); }
+
+  // Payload bytes on the quick stacks (a count beyond kQuickLimit, only a scribbled header has, counts as
+  // the limit): at most 64 x 64 x 1032 bytes, no overflow.
+  uint64_t quick_bytes() const {
+    const TlsfHeader* h = header();
+    uint64_t bytes = 0;
+    for (uint32_t q = 0; q < kQuickClasses; ++q) {
+      bytes += std::min<uint64_t>(h->quick_count[q], kQuickLimit) * (kMinPayload + q * kGranule);
+    }
+    return bytes;
+  }
 
   bool any_quick() const {
     const TlsfHeader* h = header();
@@ -684,7 +689,6 @@ class TlsfHeap final : public Heap {
     uint64_t b = 0, size = 0, flags = 0;
     if (!quick_top(q, &b, &size, &flags)) return Status::corrupted;
     h->quick_count[q] -= 1;
-    h->free_bytes = h->free_bytes >= need ? h->free_bytes - need : 0;
     // Only the start granule changes: the interior was cleared when the block was last handed out, and
     // the end mark stayed.
     set_granule_state(b + 16, kLiveStart);
@@ -701,7 +705,7 @@ class TlsfHeap final : public Heap {
         uint64_t b = 0, size = 0, flags = 0;
         if (!quick_top(q, &b, &size, &flags)) return Status::corrupted;
         h->quick_count[q] -= 1;
-        Status s = release(b, size, flags, true);
+        Status s = release(b, size, flags);
         if (s != Status::ok) return s;
       }
     }

@@ -53,12 +53,12 @@ void set_granule_state(Region& r, uint64_t at, uint32_t state) {
 
 }  // namespace
 
-TEST("tlsf: layout version 3: interleaved maps, quick stacks; other versions are refused on attach") {
+TEST("tlsf: layout version 4: interleaved maps, quick stacks; other versions are refused on attach") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
   REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
   const RegionHeader* rh = reinterpret_cast<const RegionHeader*>(r.bytes);
-  EXPECT(rh->version == 3);
+  EXPECT(rh->version == 4);
   const uint64_t live = word_at(r, kLiveMapField), freed = word_at(r, kFreedMapField), words = word_at(r, kMapWordsField);
   EXPECT(freed == live + 8);
   EXPECT(live >= kQuickStacks + 64 * kQuickLimit * 8);  // the maps start after the quick stacks
@@ -66,15 +66,51 @@ TEST("tlsf: layout version 3: interleaved maps, quick stacks; other versions are
   h.reset();
   REQUIRE(heap_attach(r.bytes, r.size, &h) == Status::ok);
   h.reset();
-  for (uint32_t v : {0u, 1u, 2u, 4u}) {
+  for (uint32_t v : {0u, 1u, 2u, 3u, 5u}) {
     reinterpret_cast<RegionHeader*>(r.bytes)->version = v;
     EXPECT(heap_attach(r.bytes, r.size, &h) == Status::incompatible);
   }
-  reinterpret_cast<RegionHeader*>(r.bytes)->version = 3;
-  // Version 3 with version 1's geometry (separate maps) is corrupted, not attached.
+  reinterpret_cast<RegionHeader*>(r.bytes)->version = 4;
+  // Version 4 with version 1's geometry (separate maps) is corrupted, not attached.
   const uint64_t separate = live + words * 8;
   std::memcpy(r.bytes + kFreedMapField, &separate, 8);
   EXPECT(heap_attach(r.bytes, r.size, &h) == Status::corrupted);
+}
+
+// TlsfHeader.free_bytes (tlsf.cc): from layout 4 the bytes on the free lists only.
+constexpr uint64_t kFreeBytesField = 120;
+
+TEST("tlsf: stats().free counts quick blocks from the stacks: a small free adds its payload, its reuse takes it away") {
+  Region r(1 << 20);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
+  uint64_t a = 0, b = 0, usable = 0;
+  REQUIRE(h->alloc(100, 16, kNoHint, &a) == Status::ok);
+  REQUIRE(h->alloc(100, 16, kNoHint, &b) == Status::ok);  // keeps a from touching the free rest
+  REQUIRE(h->usable_size(a, &usable) == Status::ok);
+  HeapStats s0, s1, s2, s3;
+  h->stats(&s0);
+  const uint64_t listed = word_at(r, kFreeBytesField);
+  REQUIRE(h->free(a) == Status::ok);  // onto its quick stack, not coalesced
+  h->stats(&s1);
+  EXPECT(s1.free == s0.free + usable && s1.used == s0.used - usable && s1.overhead == s0.overhead);
+  EXPECT(word_at(r, kFreeBytesField) == listed);  // the fast path leaves the list counter alone
+  EXPECT(violations(*h) == 0);
+  uint64_t c = 0;
+  REQUIRE(h->alloc(100, 16, kNoHint, &c) == Status::ok);
+  EXPECT(c == a);
+  h->stats(&s2);
+  EXPECT(s2.free == s0.free && s2.used == s0.used);
+  // A scribbled list counter is a violation; a scribbled quick count counts as the limit, no more.
+  put_word(r, kFreeBytesField, listed + 16);
+  EXPECT(violations(*h) == 1);
+  put_word(r, kFreeBytesField, listed);
+  put_u32(r, kQuickCounts, 0xffffffffu);  // class 0: 24-byte payloads
+  h->stats(&s3);
+  EXPECT(s3.free == s2.free + kQuickLimit * 24);
+  EXPECT(violations(*h) >= 1);
+  put_u32(r, kQuickCounts, 0);
+  EXPECT(violations(*h) == 0);
 }
 
 TEST("tlsf: end marks: a small block's size is in the maps, a large block has none") {
