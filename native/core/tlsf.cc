@@ -40,8 +40,8 @@
 //   - every free block is on exactly the list mapping_insert(size) names; a list is non-empty iff its
 //     bits in fl_bitmap / sl_bitmap are set;
 //   - L is set exactly at the payload of every used block and at the end of every small used or quick
-//     block; F is clear at the payload of a used block and set at the payload of a quick block (F inside
-//     a used block is kept clear by take() and resize, but check() does not verify it);
+//     block; F is clear at the payload of a used block and set at the payload of a quick block, and clear
+//     everywhere else inside a used or quick block (take() and resize clear it);
 //   - the quick stacks hold exactly the quick blocks, each on the stack of its size.
 // Nothing read from the region is followed before it is bounds-checked (see the class comment in heap.h).
 #include "tlsf.h"
@@ -362,12 +362,15 @@ class TlsfHeap final : public Heap {
         if (marked) r->report("tlsf: free block at offset " + std::to_string(b) + " has an end mark");
       } else if (state == kFreedStart) {
         ++quick_blocks;
+        if (any_bits(g_.freed_map, b + 32, b + 8 + size)) r->report("tlsf: quick block at offset " + std::to_string(b) + " has freed bits inside");
         if (size > kQuickMaxPayload) r->report("tlsf: quick block at offset " + std::to_string(b) + " is too large");
         if (!marked) r->report("tlsf: quick block at offset " + std::to_string(b) + " has no end mark");
       } else {
         used_bytes += size;
         ++live;
         if (state != kLiveStart) r->report("tlsf: used block at offset " + std::to_string(b) + " not marked live");
+        // A freed bit inside would make a free() of that interior offset say double_free, not foreign.
+        if (any_bits(g_.freed_map, b + 32, b + 8 + size)) r->report("tlsf: used block at offset " + std::to_string(b) + " has freed bits inside");
         if (marked != (size <= kQuickMaxPayload)) {
           r->report("tlsf: used block at offset " + std::to_string(b) + (marked ? " of a large size has an end mark" : " has no end mark"));
         }
@@ -766,19 +769,34 @@ class TlsfHeap final : public Heap {
     }
   }
 
-  // Clears one map's bits (`map` is g_.live_map or g_.freed_map, word k at map + 16k) of payload
-  // granules [from, to).
-  void clear_bits(uint64_t map, uint64_t from, uint64_t to) {
-    if (to <= from) return;
+  // Calls visit(word, mask) for each word of one map (`map` is g_.live_map or g_.freed_map, word k at
+  // map + 16k) that holds bits of granules [from, to), with the mask of those bits; stops, returning false,
+  // when visit returns false.
+  template <class Visit>
+  bool each_map_word(uint64_t map, uint64_t from, uint64_t to, Visit visit) const {
+    if (to <= from) return true;
     uint64_t i = (from - g_.area_start) / kGranule, j = (to - g_.area_start + kGranule - 1) / kGranule;
     while (i < j) {
-      uint64_t w = map + (i / 64) * kMapStride;
       uint64_t bit = i % 64;
       uint64_t n = 64 - bit < j - i ? 64 - bit : j - i;
       uint64_t mask = (n == 64 ? ~uint64_t(0) : ((uint64_t(1) << n) - 1)) << bit;
-      store(w, load(w) & ~mask);
+      if (!visit(map + (i / 64) * kMapStride, mask)) return false;
       i += n;
     }
+    return true;
+  }
+
+  // Clears one map's bits of granules [from, to).
+  void clear_bits(uint64_t map, uint64_t from, uint64_t to) {
+    each_map_word(map, from, to, [this](uint64_t w, uint64_t mask) {
+      store(w, load(w) & ~mask);
+      return true;
+    });
+  }
+
+  // Whether any of one map's bits of granules [from, to) is set.
+  bool any_bits(uint64_t map, uint64_t from, uint64_t to) const {
+    return !each_map_word(map, from, to, [this](uint64_t w, uint64_t mask) { return (load(w) & mask) == 0; });
   }
 
   // The end marks of the 64 granules after granule p of a map word: bit j of the result is granule p + 1 + j,

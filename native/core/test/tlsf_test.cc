@@ -113,6 +113,26 @@ TEST("tlsf: stats().free counts quick blocks from the stacks: a small free adds 
   EXPECT(violations(*h) == 0);
 }
 
+TEST("tlsf: check() reports a freed bit inside a used or a quick block") {
+  Region r(1 << 20);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
+  uint64_t used = 0, quick = 0, guard = 0, large = 0;
+  REQUIRE(h->alloc(200, 16, kNoHint, &used) == Status::ok);
+  REQUIRE(h->alloc(200, 16, kNoHint, &quick) == Status::ok);
+  REQUIRE(h->alloc(4000, 16, kNoHint, &large) == Status::ok);
+  REQUIRE(h->alloc(200, 16, kNoHint, &guard) == Status::ok);
+  REQUIRE(h->free(quick) == Status::ok);  // onto its quick stack
+  EXPECT(violations(*h) == 0);
+  for (uint64_t at : {used + 16, used + 176, quick + 96, large + 16, large + 3984}) {  // interiors: payload granules after the first
+    EXPECT(granule_state(r, at) == 0);
+    set_granule_state(r, at, 1);  // a freed start where none can be
+    EXPECT(violations(*h) == 1);
+    set_granule_state(r, at, 0);
+  }
+  EXPECT(violations(*h) == 0);
+}
+
 TEST("tlsf: end marks: a small block's size is in the maps, a large block has none") {
   Region r(1 << 20);
   std::unique_ptr<Heap> h;
