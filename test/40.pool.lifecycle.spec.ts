@@ -50,6 +50,31 @@ describe('Lifecycle', () => {
     for (const v of views) expect(v.every((x) => x === 42)).to.equal(true);
   });
 
+  it('a fast native function kept after its pool was collected finds no pool and touches nothing', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc!;
+    let collected = false;
+    const registry = new FinalizationRegistry(() => (collected = true));
+    const kept = (() => {
+      const pool = new Pool({ size: 1 << 20, cache: false });
+      const native = (pool as unknown as { chunks: { native: { fastAlloc: () => void; fastFree: () => void; mailbox: Float64Array } }[] }).chunks[0].native;
+      pool.free(pool.allocOffset(64)); // the fast functions work while the pool lives
+      registry.register(native, 'native');
+      return { fastAlloc: native.fastAlloc, fastFree: native.fastFree, mailbox: native.mailbox };
+    })();
+    for (let i = 0; i < 20 && !collected; i++) {
+      gc();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(collected, 'the native pool object was not collected').to.equal(true);
+    for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve)); // deferred native finalizers
+    kept.mailbox[0] = 64;
+    kept.fastAlloc();
+    expect(kept.mailbox[0]).to.equal(64); // no pool answered
+    kept.mailbox[0] = 4096;
+    kept.fastFree();
+    expect(kept.mailbox[0]).to.equal(4096);
+  });
+
   it('does not leak native memory when pools are created and closed in a loop', () => {
     const gc = (globalThis as { gc?: () => void }).gc!;
     const cycle = () => {

@@ -166,16 +166,25 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::ArrayBuffer ab(env, ab_value);
     buffer_ = Napi::Persistent(ab);
     // The fast path: a mailbox of doubles that JavaScript and C++ both read and write, and two
-    // functions bound to this pool that take no arguments. A call then costs about one native no-op:
-    // no argument conversion, no unwrap, no result object.
+    // functions bound to this pool (through link_) that take no arguments. A call then costs about one
+    // native no-op: no argument conversion, no unwrap (napi_unwrap alone costs twice a no-op call), no
+    // result object.
     Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4);
     mailbox_ = mailbox.Data();
+    link_ = new FastLink{this, 1};
     Napi::Object self = info.This().As<Napi::Object>();
     self.DefineProperties({
         Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),  // read-only: the C++ side keeps its address
         Napi::PropertyDescriptor::Value("fastAlloc", MakeFast(env, "fastAlloc", FastAlloc), napi_default),
         Napi::PropertyDescriptor::Value("fastFree", MakeFast(env, "fastFree", FastFree), napi_default),
     });
+  }
+
+  ~NativePool() override {
+    if (link_ != nullptr) {
+      link_->pool = nullptr;  // a fast function kept after this pool finds no pool
+      FastLink::release(link_);
+    }
   }
 
  private:
@@ -327,24 +336,37 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
 
   bool closed() const { return heap_ptr_ == nullptr; }
 
+  // What a fast function reaches its pool through. The pool and its fast functions are collected in
+  // either order: each holds a reference, the last one out deletes the link, and the pool clears `pool`
+  // when it goes, so a function kept after its pool finds no pool instead of freed memory. Finalizers run
+  // on the thread of the pool's environment, so the count needs no atomics.
+  struct FastLink {
+    NativePool* pool;
+    int refs;
+    static void release(FastLink* link) {
+      if (--link->refs == 0) delete link;
+    }
+  };
+
   Napi::Function MakeFast(Napi::Env env, const char* name, napi_callback cb) {
     napi_value fn;
-    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, nullptr, &fn) != napi_ok) {
+    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, link_, &fn) != napi_ok) {
+      throw Napi::Error::New(env, "cannot create the fast path");
+    }
+    link_->refs += 1;
+    if (napi_add_finalizer(env, fn, link_, [](napi_env, void* data, void*) { FastLink::release(static_cast<FastLink*>(data)); },
+                           nullptr, nullptr) != napi_ok) {
+      link_->refs -= 1;  // never released by the function: the link outlives it, a few bytes
       throw Napi::Error::New(env, "cannot create the fast path");
     }
     return Napi::Function(env, fn);
   }
 
-  // The pool the fast function was called on: unwrapped from the receiver (`native.fastAlloc()`), so a
-  // function kept after its pool was collected finds no pool instead of freed memory.
+  // The pool a fast function is bound to, or null once that pool was collected.
   static NativePool* FastSelf(napi_env env, napi_callback_info info) {
-    napi_value receiver = nullptr;
-    void* self = nullptr;
-    if (napi_get_cb_info(env, info, nullptr, nullptr, &receiver, nullptr) != napi_ok || receiver == nullptr ||
-        napi_unwrap(env, receiver, &self) != napi_ok) {
-      return nullptr;
-    }
-    return static_cast<NativePool*>(self);
+    void* data = nullptr;
+    if (napi_get_cb_info(env, info, nullptr, nullptr, nullptr, &data) != napi_ok || data == nullptr) return nullptr;
+    return static_cast<FastLink*>(data)->pool;
   }
 
   // mailbox[0] = size (an integer 1..2^53 checked by lib/) -> mailbox[0] = offset or -status.
@@ -732,6 +754,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
   double* mailbox_ = nullptr;        // the fast path's arguments and results (kept alive by this object)
+  FastLink* link_ = nullptr;         // shared with the fast functions (see FastLink)
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 
