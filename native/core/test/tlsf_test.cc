@@ -346,3 +346,126 @@ TEST("tlsf: quick paths never touch the block: free and reuse with its pages unr
   h.reset();
   munmap(m, size);
 }
+
+namespace {
+
+// Payload bytes of the blocks walk() does not call used: free blocks and quick blocks.
+uint64_t walked_free(const Heap& h) {
+  uint64_t bytes = 0;
+  h.walk([&](const BlockInfo& b) {
+    if (!b.used) bytes += b.size;
+    return true;
+  });
+  return bytes;
+}
+
+}  // namespace
+
+TEST("tlsf: stats().free is the payload of every free and quick block after any sequence (full stacks, flushes, rebuild)") {
+  const uint64_t seeds = coretest::env_or("MEMPOOL_FREE_SEEDS", 4), steps = coretest::env_or("MEMPOOL_FREE_STEPS", 3000);
+  for (uint64_t seed = 1; seed <= seeds; ++seed) {
+    Region r(seed % 2 ? (1 << 16) : (1 << 18));
+    std::unique_ptr<Heap> h;
+    REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
+    const uint64_t start = reinterpret_cast<const RegionHeader*>(r.bytes)->header_size;
+    coretest::Rng rng{seed * 7717};
+    std::vector<uint64_t> live, freed;
+    bool failed = false;
+    for (uint64_t step = 0; step < steps && !failed; ++step) {
+      const uint64_t c = rng.below(100);
+      const char* what = "";
+      if (c < 40 || live.empty()) {
+        what = "alloc";
+        uint64_t size = rng.chance(70) ? 1 + rng.below(200) : rng.chance(80) ? 1 + rng.below(1032) : 1033 + rng.below(4000);
+        uint64_t align = rng.chance(10) ? uint64_t(32) << rng.below(6) : 16;
+        // Now and then a hint at a payload freed earlier: a block's header then lands on a freed granule.
+        uint64_t hint = rng.chance(5) ? start + rng.below(r.size - start) : kNoHint;
+        if (!freed.empty() && rng.chance(5)) hint = freed[rng.below(freed.size())] + 16 * rng.below(3);
+        uint64_t off = 0;
+        if (h->alloc(size, align, hint, &off) == Status::ok) live.push_back(off);
+      } else if (c < 43) {
+        // A burst of one small size, all freed: more than a quick stack holds, so the rest is released.
+        what = "burst";
+        uint64_t size = 1 + rng.below(120), off = 0;
+        std::vector<uint64_t> burst;
+        for (int i = 0; i < 90 && h->alloc(size, 16, kNoHint, &off) == Status::ok; ++i) burst.push_back(off);
+        for (uint64_t o : burst) EXPECT(h->free(o) == Status::ok);
+      } else if (c < 46) {
+        // More than the largest free block: flush_quick() runs, then it may or may not fit.
+        what = "flush";
+        HeapStats st;
+        h->stats(&st);
+        uint64_t off = 0;
+        if (h->alloc(st.largest_free_block + 16 + rng.below(4096), 16, kNoHint, &off) == Status::ok) live.push_back(off);
+      } else if (c < 80) {
+        what = "free";
+        uint64_t i = rng.below(live.size());
+        EXPECT(h->free(live[i]) == Status::ok);
+        freed.push_back(live[i]);
+        if (freed.size() > 64) freed.erase(freed.begin());
+        live[i] = live.back();
+        live.pop_back();
+      } else if (c < 88) {
+        what = "resize";
+        uint64_t i = rng.below(live.size());
+        Status s = h->resize_in_place(live[i], 1 + rng.below(rng.chance(50) ? 300 : 3000));
+        EXPECT(s == Status::ok || s == Status::out_of_memory);
+      } else if (c < 97) {
+        what = "realloc";
+        uint64_t i = rng.below(live.size()), moved = 0;
+        Status s = heap_realloc(*h, live[i], 1 + rng.below(2000), rng.chance(20) ? 64 : 16, &moved);
+        EXPECT(s == Status::ok || s == Status::out_of_memory);
+        if (s == Status::ok) live[i] = moved;
+      } else {
+        what = "rebuild";
+        EXPECT(h->rebuild() == Status::ok);
+      }
+      HeapStats st;
+      h->stats(&st);
+      const uint64_t walked = walked_free(*h);
+      if (st.free != walked || st.used + st.free + st.overhead != st.capacity || violations(*h) != 0) {
+        std::fprintf(stderr, "  seed %llu step %llu (%s): stats().free %llu, free and quick blocks hold %llu\n",
+                     (unsigned long long)seed, (unsigned long long)step, what, (unsigned long long)st.free,
+                     (unsigned long long)walked);
+        EXPECT(false);
+        failed = true;
+      }
+    }
+  }
+}
+
+TEST("tlsf: check() stays clean when a freed bit sits on a block boundary (a header placed on a freed payload), and the codes stay exact") {
+  Region r(1 << 20);
+  std::unique_ptr<Heap> h;
+  REQUIRE(heap_format(Algorithm::tlsf, r.bytes, r.size, HeapOptions{}, &h) == Status::ok);
+  uint64_t x1 = 0, x2 = 0, g = 0;
+  REQUIRE(h->alloc(2000, 16, kNoHint, &x1) == Status::ok && h->alloc(2000, 16, kNoHint, &x2) == Status::ok);
+  REQUIRE(h->alloc(100, 16, kNoHint, &g) == Status::ok);
+  REQUIRE(h->free(x1) == Status::ok && h->free(x2) == Status::ok);  // one free block, F at x1 and x2
+  // A hinted allocation right after x2: its header is x2's (freed) payload granule, its gap block holds x1.
+  uint64_t u = 0;
+  REQUIRE(h->alloc(100, 16, x2 + 16, &u) == Status::ok);
+  REQUIRE(u == x2 + 16);
+  EXPECT(granule_state(r, x2) == 1);
+  EXPECT(violations(*h) == 0);
+  EXPECT(h->free(x2) == Status::double_free);  // x2 was freed and no payload covered it since
+  EXPECT(h->free(x2 + 32) == Status::foreign);  // u's interior
+  // Grow u in place, shrink it, fill the gap block, free u onto its quick stack, rebuild, allocate across it.
+  REQUIRE(h->resize_in_place(u, 1500) == Status::ok);
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->resize_in_place(u, 200) == Status::ok);
+  EXPECT(violations(*h) == 0);
+  uint64_t v = 0;
+  REQUIRE(h->alloc(1900, 16, kNoHint, &v) == Status::ok);
+  EXPECT(v == x1);
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->free(u) == Status::ok);
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->rebuild() == Status::ok);
+  EXPECT(violations(*h) == 0);
+  uint64_t w = 0;
+  REQUIRE(h->alloc(3000, 16, kNoHint, &w) == Status::ok);
+  EXPECT(violations(*h) == 0);
+  REQUIRE(h->free(v) == Status::ok && h->free(w) == Status::ok && h->free(g) == Status::ok);
+  EXPECT(violations(*h) == 0);
+}
