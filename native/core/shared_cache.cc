@@ -334,7 +334,9 @@ void shared_adjust_stats(const Segment& seg, HeapStats* s) {
   // The heap counted each slab as one allocation (and one free when it went back).
   s->allocations = sat_sub(s->allocations, h->slab_allocations) + allocs;
   s->frees = sat_sub(s->frees, h->slab_frees) + frees;
-  // Free slots inside slabs are neither used nor free to the heap: they count as overhead.
+  // Free slots inside slabs are neither used nor free to the heap: they count as overhead. Counters from
+  // the segment can be scribbled: clamp so that the subtractions below cannot wrap.
+  if (s->free > s->capacity) s->free = s->capacity;
   if (s->used > s->capacity - s->free) s->used = s->capacity - s->free;
   s->overhead = s->capacity - s->used - s->free;
   if (s->peak_used < s->used) s->peak_used = s->used;

@@ -315,7 +315,9 @@ class TlsfHeap final : public Heap {
   void stats(HeapStats* out) const override {
     fill_counter_stats(out);
     const TlsfHeader* h = header();
-    out->free = saturating_add(h->free_bytes, quick_bytes());
+    // At most the region: only scribbled counters or counts can make it more (small heaps: 64 full quick
+    // stacks hold up to 2 MiB), and callers rely on used + free + overhead == capacity.
+    out->free = std::min(saturating_add(h->free_bytes, quick_bytes()), size_);
     uint64_t accounted = out->used + out->free;
     out->overhead = accounted <= size_ ? size_ - accounted : 0;
     out->largest_free_block = largest_free();

@@ -1,4 +1,4 @@
-// A seeded randomized model of the TLSF heap (layout version 3: quick stacks, end marks): allocations of
+// A seeded randomized model of the TLSF heap (layout version 4: quick stacks, end marks): allocations of
 // every size, aligned and hinted ones, frees, resizes in place and through heap_realloc, double and foreign
 // frees at random offsets, and every few hundred steps rebuild(). After every step check() must find
 // nothing, the counters must agree with the model, and every live allocation keeps its bytes.
