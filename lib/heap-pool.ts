@@ -8,6 +8,7 @@ import { NativePool, Status } from './native';
 import { SiteTable } from './sites';
 import { SMALL_MAX, SmallCache } from './small-cache';
 import { SystemBlocks } from './system-blocks';
+import { ViewKeeper } from './view-keeper';
 import type { Algorithm, AllocOptions, BlockInfo, HeapRun, LeakSite, PoolStats, SizeClassCount, StatsOptions } from './types';
 
 export interface Chunk {
@@ -86,12 +87,15 @@ export abstract class HeapPool {
   private readonly sites: SiteTable | undefined;
   /** Pool only (not debug, not shared): small allocations served in JavaScript from slabs. */
   protected cache: SmallCache | undefined;
+  /** Not debug: the views allocSlow() makes carry their offset, and freed small ones come back (view-keeper.ts). */
+  private views: ViewKeeper | undefined;
 
   protected constructor(algorithm: Algorithm, size: number, debug: boolean) {
     this.algorithm = algorithm;
     this.size = size;
     this.debug = debug;
     this.sites = debug ? new SiteTable() : undefined;
+    this.views = debug ? undefined : new ViewKeeper();
   }
 
   /** A coded error for a status; in debug mode a damaged block is named by the heap's own report. */
@@ -159,7 +163,9 @@ export abstract class HeapPool {
     const offset = this.allocate(size, options, true);
     if (offset < 0) return this.fallbackBlocks.alloc(size, options?.zero === true);
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
-    return this.makeView(offset, size);
+    const views = this.views;
+    if (views === undefined) return this.makeView(offset, size);
+    return views.take(size, offset) ?? views.stamp(this.makeView(offset, size), offset);
   }
 
   /** A new Buffer over [offset, offset + size) of the region that holds it. */
@@ -245,6 +251,9 @@ export abstract class HeapPool {
     if (size !== undefined && checkSize(size, 'size') !== buffer.length) {
       throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} is not the buffer's length ${buffer.length}`);
     }
+    const views = this.views;
+    const stamped = views === undefined ? -1 : views.offsetOf(buffer);
+    if (stamped >= 0) return this.freeStamped(views!, buffer as Buffer, stamped);
     const ab = buffer.buffer as ArrayBuffer;
     const chunk = this.chunkOf(ab);
     if (chunk !== undefined) {
@@ -258,6 +267,21 @@ export abstract class HeapPool {
       return;
     }
     this.fallbackBlocks.free(buffer);
+  }
+
+  /** Lets go of the freed views kept for reuse (regions went away: nothing may hold on to their memory). */
+  protected dropKeptViews(): void {
+    this.views?.clear();
+  }
+
+  /** Frees the allocation a view allocSlow() made (its offset read from the view's stamp), keeping the view. */
+  private freeStamped(views: ViewKeeper, view: Buffer, offset: number): void {
+    const chunk = this.chunkAt(offset);
+    if (chunk === undefined) throw this.error(Status.Foreign, `buffer at offset ${offset}`);
+    const status = fastFree(chunk.native, offset - chunk.base);
+    if (status !== 0) throw this.error(status, `buffer at offset ${offset}`);
+    views.keep(view, offset);
+    if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
   }
 
   /**
@@ -550,6 +574,8 @@ export abstract class HeapPool {
     if (this.sites) this.warnLeaks();
     this.closed = true;
     this.cache = undefined;
+    this.views?.clear();
+    this.views = undefined;
     for (const chunk of this.chunks) chunk.native.close();
     this.fallbackBlocks.releaseAll();
     this.chunks = [];

@@ -118,6 +118,7 @@ export class Pool extends HeapPool {
       return false;
     });
     if (!this.chunks.includes(this.current)) this.current = this.chunks[0];
+    if (released > 0) this.dropKeptViews();
     return released;
   }
 

@@ -177,5 +177,26 @@ for (const algorithm of ALGORITHMS) {
       plain.close();
       expectCode(() => new Pool({ size: MiB, cache: 1 as never }), 'ERR_INVALID_ARG_TYPE', TypeError);
     });
+
+    it('cache: false: a freed view comes back, the same object, only with its own block and length', () => {
+      const plain = new Pool({ size: MiB, algorithm, cache: false });
+      const a = plain.alloc(100);
+      const at = plain.offsetOf(a);
+      plain.free(a);
+      expectCode(() => plain.free(a), 'ERR_POOL_DOUBLE_FREE');
+      const b = plain.alloc(100);
+      // Whether the heap hands the same block back first is the algorithm's business; the view follows it.
+      expect(b === a).to.equal(plain.offsetOf(b) === at);
+      if (algorithm === 'tlsf') expect(b).to.equal(a); // its quick stacks are LIFO
+      expect(b.length).to.equal(100);
+      plain.free(b);
+      const c = plain.alloc(99);
+      expect(c).to.not.equal(a);
+      expect(c.length).to.equal(99);
+      plain.free(c);
+      expect(plain.stats().liveAllocations).to.equal(0);
+      plain.check();
+      plain.close();
+    });
   });
 }

@@ -170,6 +170,40 @@ describe('SharedPool basics', () => {
     expectCode(() => pool.get('a'), 'ERR_POOL_CLOSED', PoolError);
   });
 
+  it('a freed view comes back, the same object, when the next alloc of its length gets its block; frees stay exact', () => {
+    const pool = SharedPool.create(uniqueName('views'), { size: 4 * MiB });
+    try {
+      const a = pool.alloc(64);
+      const at = pool.offsetOf(a);
+      a.fill(7);
+      pool.free(a);
+      expectCode(() => pool.free(a), 'ERR_POOL_DOUBLE_FREE'); // kept, but its block is free
+      const b = pool.alloc(64);
+      expect(pool.offsetOf(b)).to.equal(at); // the heap hands the block back first
+      expect(b).to.equal(a); // and the kept view with it
+      expect(b.length).to.equal(64);
+      const c = pool.alloc(64); // another block: a new view
+      expect(c).to.not.equal(a);
+      expect(pool.offsetOf(c)).to.not.equal(at);
+      pool.free(b);
+      const d = pool.alloc(50); // the same block (same size class), another length: never the kept view
+      expect(pool.offsetOf(d)).to.equal(at);
+      expect(d).to.not.equal(a);
+      expect(d.length).to.equal(50);
+      // A view made some other way over a live block frees it as before, and is not kept.
+      pool.free(pool.view(pool.offsetOf(c), 64));
+      expectCode(() => pool.free(c), 'ERR_POOL_DOUBLE_FREE');
+      const e = pool.alloc(64);
+      expect(e).to.not.equal(c);
+      pool.free(d);
+      pool.free(e);
+      expect(pool.stats().liveAllocations).to.equal(0);
+      pool.check(); // throws ERR_POOL_CORRUPTED on any violation
+    } finally {
+      pool.close();
+    }
+  });
+
   it('rejects hostile names with ERR_SHM_INVALID_NAME and missing ones with ERR_SHM_NOT_FOUND', () => {
     for (const bad of ['', 'a/b', '../etc/passwd', '/abs', 'nul\0byte', '.', '..', 'x'.repeat(251)]) {
       expectCode(() => SharedPool.create(bad, { size: MiB }), 'ERR_SHM_INVALID_NAME', PoolError);

@@ -1,0 +1,83 @@
+// Views of pools that have no JavaScript-side slab cache (shared pools, and pools with `cache: false`).
+// Each view the pool makes carries its pool offset in private fields, stamped with the constructor-return
+// trick: free() reads it instead of the Buffer's own `buffer` and `byteOffset` getters (8-12 ns each on
+// Node 20). And a freed view of a small length is kept for a while: the heaps hand a just-freed small
+// block back first (their quick stacks and slab stacks are LIFO), so when the next allocation of the same
+// length gets the same offset, the kept Buffer is returned again instead of a new one (Buffer.from costs
+// about 27 ns). As with the slab cache, a freed Buffer may come back from alloc(): do not use it after
+// free().
+
+/** Lengths up to this keep their freed views. */
+const MAX_KEPT_LENGTH = 1024;
+/** Freed views kept per length (the most recent ones: older ones are dropped). */
+const KEPT_PER_LENGTH = 4;
+
+class Stamp {
+  constructor(o: object) {
+    return o;
+  }
+}
+
+class OffsetStamp extends Stamp {
+  #keeper: ViewKeeper;
+  #offset: number;
+  constructor(view: Buffer, keeper: ViewKeeper, offset: number) {
+    super(view);
+    this.#keeper = keeper;
+    this.#offset = offset;
+  }
+  /** The pool offset of a view `keeper` stamped, or -1 for any other object. */
+  static offsetOf(view: object, keeper: ViewKeeper): number {
+    return #keeper in view && view.#keeper === keeper ? view.#offset : -1;
+  }
+}
+
+export class ViewKeeper {
+  /** Kept views of length n at [n * KEPT_PER_LENGTH, + KEPT_PER_LENGTH), their offsets beside (-1: empty). */
+  private readonly kept: (Buffer | undefined)[] = new Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(undefined);
+  private readonly keptOffset = new Float64Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(-1);
+  /** Where the next kept view of each length goes (a ring: the oldest is overwritten). */
+  private readonly next = new Uint8Array(MAX_KEPT_LENGTH + 1);
+
+  /** Marks `view`, just made over the allocation at pool offset `offset`, as this keeper's. */
+  stamp(view: Buffer, offset: number): Buffer {
+    new OffsetStamp(view, this, offset);
+    return view;
+  }
+
+  /** The pool offset of a view this keeper stamped, or -1 (any other object, a Uint8Array included). */
+  offsetOf(view: object): number {
+    return OffsetStamp.offsetOf(view, this);
+  }
+
+  /** Keeps a stamped view whose allocation (at `offset`) was just freed. */
+  keep(view: Buffer, offset: number): void {
+    const length = view.length;
+    if (length > MAX_KEPT_LENGTH) return;
+    const at = length * KEPT_PER_LENGTH + this.next[length];
+    this.kept[at] = view;
+    this.keptOffset[at] = offset;
+    this.next[length] = (this.next[length] + 1) % KEPT_PER_LENGTH;
+  }
+
+  /** A kept view of exactly `length` bytes at `offset` (a new allocation there), taken out; or undefined. */
+  take(length: number, offset: number): Buffer | undefined {
+    if (length > MAX_KEPT_LENGTH) return undefined;
+    const base = length * KEPT_PER_LENGTH;
+    for (let i = 0; i < KEPT_PER_LENGTH; i++) {
+      if (this.keptOffset[base + i] === offset) {
+        const view = this.kept[base + i];
+        this.kept[base + i] = undefined;
+        this.keptOffset[base + i] = -1;
+        return view;
+      }
+    }
+    return undefined;
+  }
+
+  /** Drops every kept view (the pool is closing). */
+  clear(): void {
+    this.kept.fill(undefined);
+    this.keptOffset.fill(-1);
+  }
+}
