@@ -26,6 +26,7 @@
 // Shared pools do not use this cache (other processes could not see its state): theirs is in the segment,
 // native/core/shared_cache.h.
 import { PoolError } from './errors';
+import { Stamp } from './stamp';
 
 export const SMALL_MAX = 1024;
 const CLASSES = SMALL_MAX / 16;
@@ -48,11 +49,6 @@ export interface SlabHost {
 // Views the cache made carry their cache and offset in private fields, stamped on the Buffer with the
 // constructor-return trick: reading them costs about nothing (a Buffer's own byteOffset and buffer
 // getters cost 8-12 ns each on Node 20), and no code outside this class can forge or change them.
-class Stamp {
-  constructor(o: object) {
-    return o;
-  }
-}
 class ViewStamp extends Stamp {
   #cache: SmallCache;
   #offset: number;

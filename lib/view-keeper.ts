@@ -6,17 +6,12 @@
 // length gets the same offset, the kept Buffer is returned again instead of a new one (Buffer.from costs
 // about 27 ns). As with the slab cache, a freed Buffer may come back from alloc(): do not use it after
 // free().
+import { Stamp } from './stamp';
 
 /** Lengths up to this keep their freed views. */
 const MAX_KEPT_LENGTH = 1024;
 /** Freed views kept per length (the most recent ones: older ones are dropped). */
 const KEPT_PER_LENGTH = 4;
-
-class Stamp {
-  constructor(o: object) {
-    return o;
-  }
-}
 
 class OffsetStamp extends Stamp {
   #keeper: ViewKeeper;
