@@ -87,7 +87,10 @@ export abstract class HeapPool {
   private readonly sites: SiteTable | undefined;
   /** Pool only (not debug, not shared): small allocations served in JavaScript from slabs. */
   protected cache: SmallCache | undefined;
-  /** Not debug: the views allocSlow() makes carry their offset, and freed small ones come back (view-keeper.ts). */
+  /**
+   * Pools without the slab cache, not debug (keepFreedViews()): the views allocSlow() makes carry their
+   * offset, and freed small ones come back (view-keeper.ts). A cache pool's frees go through its cache first.
+   */
   private views: ViewKeeper | undefined;
 
   protected constructor(algorithm: Algorithm, size: number, debug: boolean) {
@@ -95,7 +98,11 @@ export abstract class HeapPool {
     this.size = size;
     this.debug = debug;
     this.sites = debug ? new SiteTable() : undefined;
-    this.views = debug ? undefined : new ViewKeeper();
+  }
+
+  /** For a pool without the slab cache: stamp views and keep freed ones (not in debug mode). */
+  protected keepFreedViews(): void {
+    if (!this.debug) this.views = new ViewKeeper();
   }
 
   /** A coded error for a status; in debug mode a damaged block is named by the heap's own report. */

@@ -99,6 +99,8 @@ export class Pool extends HeapPool {
     const cache = options.cache === undefined ? true : checkBoolean(options.cache, 'options.cache');
     if (cache && !this.debug) {
       this.cache = new SmallCache({ allocSlab: (bytes) => this.allocSlab(bytes), freeSlab: (offset) => this.freeSlab(offset) }, size);
+    } else {
+      this.keepFreedViews();
     }
   }
 

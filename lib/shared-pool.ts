@@ -154,6 +154,7 @@ export class SharedPool extends HeapPool {
     this.segmentWide = true;
     this.current = { native, buffer: native.buffer, base: 0, size: this.size };
     this.chunks = [this.current];
+    this.keepFreedViews();
   }
 
   /**

@@ -13,42 +13,53 @@ const MAX_KEPT_LENGTH = 1024;
 /** Freed views kept per length (the most recent ones: older ones are dropped). */
 const KEPT_PER_LENGTH = 4;
 
+// A view holds its keeper's token, not the keeper: a view that outlives its pool must not keep the
+// views the keeper holds (and their regions) alive.
 class OffsetStamp extends Stamp {
-  #keeper: ViewKeeper;
+  #token: object;
   #offset: number;
-  constructor(view: Buffer, keeper: ViewKeeper, offset: number) {
+  constructor(view: Buffer, token: object, offset: number) {
     super(view);
-    this.#keeper = keeper;
+    this.#token = token;
     this.#offset = offset;
   }
-  /** The pool offset of a view `keeper` stamped, or -1 for any other object. */
-  static offsetOf(view: object, keeper: ViewKeeper): number {
-    return #keeper in view && view.#keeper === keeper ? view.#offset : -1;
+  /** The pool offset of a view stamped with `token`, or -1 for any other object. */
+  static offsetOf(view: object, token: object): number {
+    return #token in view && view.#token === token ? view.#offset : -1;
   }
 }
 
 export class ViewKeeper {
-  /** Kept views of length n at [n * KEPT_PER_LENGTH, + KEPT_PER_LENGTH), their offsets beside (-1: empty). */
-  private readonly kept: (Buffer | undefined)[] = new Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(undefined);
-  private readonly keptOffset = new Float64Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(-1);
+  private readonly token = {};
+  /**
+   * Kept views of length n at [n * KEPT_PER_LENGTH, + KEPT_PER_LENGTH), their offsets beside (-1: empty);
+   * made when the first view is kept (about 64 KiB in all), so a pool that frees no small view pays nothing.
+   */
+  private kept: (Buffer | undefined)[] | undefined;
+  private keptOffset = new Float64Array(0);
   /** Where the next kept view of each length goes (a ring: the oldest is overwritten). */
-  private readonly next = new Uint8Array(MAX_KEPT_LENGTH + 1);
+  private next = new Uint8Array(0);
 
   /** Marks `view`, just made over the allocation at pool offset `offset`, as this keeper's. */
   stamp(view: Buffer, offset: number): Buffer {
-    new OffsetStamp(view, this, offset);
+    new OffsetStamp(view, this.token, offset);
     return view;
   }
 
   /** The pool offset of a view this keeper stamped, or -1 (any other object, a Uint8Array included). */
   offsetOf(view: object): number {
-    return OffsetStamp.offsetOf(view, this);
+    return OffsetStamp.offsetOf(view, this.token);
   }
 
   /** Keeps a stamped view whose allocation (at `offset`) was just freed. */
   keep(view: Buffer, offset: number): void {
     const length = view.length;
     if (length > MAX_KEPT_LENGTH) return;
+    if (this.kept === undefined) {
+      this.kept = new Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(undefined);
+      this.keptOffset = new Float64Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(-1);
+      this.next = new Uint8Array(MAX_KEPT_LENGTH + 1);
+    }
     const at = length * KEPT_PER_LENGTH + this.next[length];
     this.kept[at] = view;
     this.keptOffset[at] = offset;
@@ -57,7 +68,7 @@ export class ViewKeeper {
 
   /** A kept view of exactly `length` bytes at `offset` (a new allocation there), taken out; or undefined. */
   take(length: number, offset: number): Buffer | undefined {
-    if (length > MAX_KEPT_LENGTH) return undefined;
+    if (length > MAX_KEPT_LENGTH || this.kept === undefined) return undefined;
     const base = length * KEPT_PER_LENGTH;
     for (let i = 0; i < KEPT_PER_LENGTH; i++) {
       if (this.keptOffset[base + i] === offset) {
@@ -72,7 +83,8 @@ export class ViewKeeper {
 
   /** Drops every kept view (the pool is closing). */
   clear(): void {
-    this.kept.fill(undefined);
-    this.keptOffset.fill(-1);
+    this.kept = undefined;
+    this.keptOffset = new Float64Array(0);
+    this.next = new Uint8Array(0);
   }
 }

@@ -169,9 +169,14 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     // functions bound to this pool (through link_) that take no arguments. A call then costs about one
     // native no-op: no argument conversion, no unwrap (napi_unwrap alone costs twice a no-op call), no
     // result object.
-    Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4);
-    mailbox_ = mailbox.Data();
-    link_ = new FastLink{this, 1};
+    // The mailbox lives in the link, not in V8's heap: the pool's JavaScript object (and any array V8
+    // owned) can be collected before ~NativePool runs, and a fast function kept past it must still find
+    // valid memory. The ArrayBuffer over it holds a reference to the link too.
+    link_ = new FastLink{this, 2, {0, 0, 0, 0}};
+    mailbox_ = link_->mailbox;
+    Napi::ArrayBuffer mailbox_memory = Napi::ArrayBuffer::New(
+        env, link_->mailbox, sizeof link_->mailbox, [](Napi::Env, void*, FastLink* link) { FastLink::release(link); }, link_);
+    Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4, mailbox_memory, 0);
     Napi::Object self = info.This().As<Napi::Object>();
     self.DefineProperties({
         Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),  // read-only: the C++ side keeps its address
@@ -336,13 +341,14 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
 
   bool closed() const { return heap_ptr_ == nullptr; }
 
-  // What a fast function reaches its pool through. The pool and its fast functions are collected in
-  // either order: each holds a reference, the last one out deletes the link, and the pool clears `pool`
-  // when it goes, so a function kept after its pool finds no pool instead of freed memory. Finalizers run
-  // on the thread of the pool's environment, so the count needs no atomics.
+  // What a fast function reaches its pool and its mailbox through. The pool, its fast functions and the
+  // mailbox's ArrayBuffer are collected in any order: each holds a reference, the last one out deletes the
+  // link, and the pool clears `pool` when it goes, so a function kept after its pool finds no pool instead
+  // of freed memory. Finalizers run on the thread of the pool's environment, so the count needs no atomics.
   struct FastLink {
     NativePool* pool;
     int refs;
+    double mailbox[4];  // the fast path's arguments and results
     static void release(FastLink* link) {
       if (--link->refs == 0) delete link;
     }
@@ -753,7 +759,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   mempool::SharedCache* cache_ = nullptr;  // owned by memory_; null for private and debug pools
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
-  double* mailbox_ = nullptr;        // the fast path's arguments and results (kept alive by this object)
+  double* mailbox_ = nullptr;        // link_->mailbox
   FastLink* link_ = nullptr;         // shared with the fast functions (see FastLink)
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
