@@ -89,7 +89,8 @@ export abstract class HeapPool {
   protected cache: SmallCache | undefined;
   /**
    * Pools without the slab cache, not debug (keepFreedViews()): the views allocSlow() makes carry their
-   * offset, and freed small ones come back (view-keeper.ts). A cache pool's frees go through its cache first.
+   * offset, and freed small ones come back (view-keeper.ts). A pool with the cache has none: each of its
+   * frees must ask the cache first.
    */
   private views: ViewKeeper | undefined;
 
@@ -259,8 +260,10 @@ export abstract class HeapPool {
       throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} is not the buffer's length ${buffer.length}`);
     }
     const views = this.views;
-    const stamped = views === undefined ? -1 : views.offsetOf(buffer);
-    if (stamped >= 0) return this.freeStamped(views!, buffer as Buffer, stamped);
+    if (views !== undefined) {
+      const stamped = views.offsetOf(buffer);
+      if (stamped >= 0) return this.freeStamped(views, buffer as Buffer, stamped); // only Buffers are stamped
+    }
     const ab = buffer.buffer as ArrayBuffer;
     const chunk = this.chunkOf(ab);
     if (chunk !== undefined) {

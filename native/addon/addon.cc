@@ -167,11 +167,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     buffer_ = Napi::Persistent(ab);
     // The fast path: a mailbox of doubles that JavaScript and C++ both read and write, and two
     // functions bound to this pool (through link_) that take no arguments. A call then costs about one
-    // native no-op: no argument conversion, no unwrap (napi_unwrap alone costs twice a no-op call), no
-    // result object.
-    // The mailbox lives in the link, not in V8's heap: the pool's JavaScript object (and any array V8
-    // owned) can be collected before ~NativePool runs, and a fast function kept past it must still find
-    // valid memory. The ArrayBuffer over it holds a reference to the link too.
+    // native no-op: no argument conversion, no unwrap (napi_unwrap alone costs more than two no-op
+    // calls), no result object. The mailbox lives in the link, not in V8's heap: the pool's JavaScript
+    // object (and any array V8 owned) can be collected before ~NativePool runs, and a fast function kept
+    // past it must still find valid memory. The ArrayBuffer over it holds a reference to the link too.
     link_ = new FastLink{this, 2, {0, 0, 0, 0}};
     mailbox_ = link_->mailbox;
     Napi::ArrayBuffer mailbox_memory = Napi::ArrayBuffer::New(
