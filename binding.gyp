@@ -10,7 +10,8 @@
         "native/core/bitmap.cc",
         "native/core/debug_heap.cc",
         "native/core/segment.cc",
-        "native/core/shared_cache.cc"
+        "native/core/shared_cache.cc",
+        "native/core/shared_pool.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

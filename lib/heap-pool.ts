@@ -37,6 +37,17 @@ export function statusError(status: number, what: string, detail?: string): Erro
       return new PoolError('ERR_SHM_LOCK_TIMEOUT', `Timed out waiting for the shared pool's lock (${what})`);
     case Status.InvalidArgument:
       return outOfRange('size or align', 'a size the heap can represent', what);
+    case Status.Stale:
+      return new PoolError(
+        'ERR_POOL_STALE_HANDLE',
+        `The block was freed or handed to another owner since this view was obtained (${what}): nothing was changed; use the view the last alloc, take or replace returned`,
+      );
+    case Status.Named:
+      return new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory (${what}): take(key) it first, or delete(key)`);
+    case Status.PinsFull:
+      return new PoolError('ERR_SHM_PIN_TABLE_FULL', `Every pin of the segment is in use (${what}): finish other reads first, or use getCopy()`);
+    case Status.DirectoryFull:
+      return new PoolError('ERR_SHM_DIRECTORY_FULL', `The directory is full (${what}): delete keys, or create the segment with a larger maxKeys`);
     default:
       return new PoolError('ERR_POOL_CORRUPTED', `Unexpected status ${status} while ${what}`);
   }
@@ -49,8 +60,9 @@ function fastAlloc(native: NativePool, size: number): number {
   return native.mailbox[0];
 }
 
-function fastFree(native: NativePool, offset: number): number {
+function fastFree(native: NativePool, offset: number, gen: number): number {
   native.mailbox[0] = offset;
+  native.mailbox[1] = gen;
   native.fastFree();
   return native.mailbox[0];
 }
@@ -103,7 +115,20 @@ export abstract class HeapPool {
 
   /** For a pool without the slab cache: stamp views and keep freed ones (not in debug mode). */
   protected keepFreedViews(): void {
-    if (!this.debug) this.views = new ViewKeeper();
+    // Debug pools stamp too (a shared pool's views carry generations), but keep no freed view: a late
+    // free through a freed Buffer must find the block's generation moved, never a view handed out again.
+    this.views = new ViewKeeper(!this.debug);
+  }
+
+  /** A view over [offset, offset + length) carrying the handle (offset, gen) a free or set presents. */
+  protected handleView(offset: number, length: number, gen: number): Buffer {
+    const view = this.makeView(offset, length);
+    return this.views ? this.views.stamp(view, offset, gen) : view;
+  }
+
+  /** The generation a view carries (-1 when it is not one this pool made). */
+  protected genOf(view: Uint8Array): number {
+    return this.views ? this.views.genOf(view) : -1;
   }
 
   /** A coded error for a status; in debug mode a damaged block is named by the heap's own report. */
@@ -173,7 +198,8 @@ export abstract class HeapPool {
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
     const views = this.views;
     if (views === undefined) return this.makeView(offset, size);
-    return views.take(size, offset) ?? views.stamp(this.makeView(offset, size), offset);
+    const gen = this.current.native.mailbox[1]; // the block's generation (0 in a private pool)
+    return views.take(size, offset, gen) ?? views.stamp(this.makeView(offset, size), offset, gen);
   }
 
   /** A new Buffer over [offset, offset + size) of the region that holds it. */
@@ -249,7 +275,7 @@ export abstract class HeapPool {
           throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} does not fit the allocation at offset ${bufferOrOffset} (${usable} usable bytes)`);
         }
       }
-      return this.freeBlock(chunk, bufferOrOffset, 'offset');
+      return this.freeBlock(chunk, bufferOrOffset, 'offset', -1);
     }
     const buffer = checkBuffer(bufferOrOffset);
     if (size !== undefined && checkSize(size, 'size') !== buffer.length) {
@@ -267,14 +293,14 @@ export abstract class HeapPool {
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
         return;
       }
-      return this.freeBlock(chunk, offset, 'buffer at offset');
+      return this.freeBlock(chunk, offset, 'buffer at offset', -1);
     }
     this.fallbackBlocks.free(buffer);
   }
 
   /** Frees the heap block at pool offset `offset` of `chunk`; `what` names it in the error (built only then). */
-  private freeBlock(chunk: Chunk, offset: number, what: 'offset' | 'buffer at offset'): void {
-    const status = fastFree(chunk.native, offset - chunk.base);
+  private freeBlock(chunk: Chunk, offset: number, what: 'offset' | 'buffer at offset', gen: number): void {
+    const status = fastFree(chunk.native, offset - chunk.base, gen);
     if (status !== 0) throw this.error(status, `${what} ${offset}`);
     if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
   }
@@ -288,7 +314,7 @@ export abstract class HeapPool {
   private freeStamped(views: ViewKeeper, view: Buffer, offset: number): void {
     const chunk = this.chunkAt(offset);
     if (chunk === undefined) throw this.error(Status.Foreign, `buffer at offset ${offset}`);
-    this.freeBlock(chunk, offset, 'buffer at offset');
+    this.freeBlock(chunk, offset, 'buffer at offset', views.genOf(view));
     views.keep(view, offset);
   }
 
@@ -319,12 +345,14 @@ export abstract class HeapPool {
         return Buffer.from(chunk!.buffer, buffer.byteOffset, size);
       }
     } else if (chunk !== undefined) {
-      const moved = chunk.native.realloc(buffer.byteOffset, size, align);
+      const moved = chunk.native.realloc(buffer.byteOffset, size, align, this.views?.genOf(buffer) ?? -1);
       if (moved >= 0) {
         // To a subscriber a realloc is the old block freed and the new one allocated (even in place).
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });
         if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset: chunk.base + moved, size });
-        return Buffer.from(chunk.buffer, moved, size);
+        const view = Buffer.from(chunk.buffer, moved, size);
+        // The new view carries the block's (new) generation: the one to free it with.
+        return this.views ? this.views.stamp(view, chunk.base + moved, chunk.native.mailbox[1]) : view;
       }
       if (moved !== Status.OutOfMemory) {
         throw this.error(moved, `reallocating ${size} bytes`);

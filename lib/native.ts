@@ -13,6 +13,9 @@ export const enum Status {
   LockTimeout = -11,
   TooLarge = -13,
   DirectoryFull = -14,
+  Stale = -15,
+  Named = -16,
+  PinsFull = -17,
   Closed = -100,
 }
 
@@ -24,12 +27,13 @@ export interface NativePool {
   readonly mailbox: Float64Array;
   /** mailbox[0] = size -> offset or a negative Status (default alignment, no hint). */
   readonly fastAlloc: () => void;
-  /** mailbox[0] = offset -> 0 or a negative Status. */
+  /** mailbox[0] = offset, mailbox[1] = generation (-1: none) -> 0 or a negative Status. */
   readonly fastFree: () => void;
-  /** offset, or a negative Status */
+  /** offset, or a negative Status; the block's generation is left in mailbox[1] (fastAlloc too) */
   alloc(size: number, align: number, hint: number, zero: boolean, site?: number): number;
-  free(offset: number): number;
-  realloc(offset: number, size: number, align: number): number;
+  free(offset: number, gen?: number): number;
+  /** new offset, or a negative Status; the new generation is left in mailbox[1] */
+  realloc(offset: number, size: number, align: number, gen?: number): number;
   usableSize(offset: number): number;
   /** [capacity, used, free, overhead, peakUsed, live, allocations, frees, failed, largestFree], or a negative Status */
   stats(): Float64Array | number;
@@ -38,8 +42,15 @@ export interface NativePool {
   blocks(): Float64Array | number;
   close(): void;
   // Shared segments only:
-  setKey(key: string, offset: number, length: number): number;
-  getKey(key: string): [number, number] | null | number;
+  // Named entries: [offset, length, generation] triples (shared_pool.h's ownership rules).
+  setKey(key: string, offset: number, length: number, gen: number): number;
+  getKey(key: string): [number, number, number] | null | number;
+  replaceKey(key: string, offset: number, length: number, gen: number): [number, number, number] | null | number;
+  takeKey(key: string): [number, number, number] | null | number;
+  copyKey(key: string): Buffer | null | number;
+  /** [offset, length, generation, pin] */
+  pinKey(key: string): [number, number, number, number] | null | number;
+  unpinKey(pin: number, offset: number): number;
   deleteKey(key: string): boolean | number;
   keys(): string[] | number;
   /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] */

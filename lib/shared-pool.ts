@@ -21,7 +21,10 @@ export interface SharedPoolCreateOptions extends HeapOptions {
    * instead, and then its own size, algorithm and other settings apply, not these options.
    */
   exclusive?: boolean;
-  /** Capacity of the directory of named allocations (default 256, at most 2^20). */
+  /**
+   * Capacity of the directory of named allocations, at most 2^20 (default: one key per 8 KiB of segment,
+   * at least 256). A set() of a new key into a full directory fails with ERR_SHM_DIRECTORY_FULL.
+   */
   maxKeys?: number;
   /**
    * Longest wait for the segment's lock, in ms (default 5000; 0: do not wait; at most 86400000), for
@@ -175,7 +178,7 @@ export class SharedPool extends HeapPool {
     const mode = options.mode === undefined ? 0o600 : checkSize(options.mode, 'options.mode', 0);
     if (mode > 0o777) throw outOfRange('options.mode', 'permission bits from 0 to 0o777', mode);
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
-    const maxKeys = options.maxKeys === undefined ? 256 : checkSize(options.maxKeys, 'options.maxKeys');
+    const maxKeys = options.maxKeys === undefined ? 0 : checkSize(options.maxKeys, 'options.maxKeys'); // 0: sized from `size`
     const debug = checkBoolean(options.debug, 'options.debug');
     const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug);
     return new SharedPool(native, name);
@@ -211,52 +214,125 @@ export class SharedPool extends HeapPool {
   }
 
   /**
-   * Names an allocation for other processes to find with get(): `buffer` must start a live allocation
-   * of this pool; its length (bytes) is recorded with the name. An existing key is replaced. The name
-   * goes when the allocation is freed or moved by realloc.
+   * Names a block you own (one alloc, realloc, take or replace returned) for every process to find: from
+   * now on **the name owns the block** (docs: "Concurrency rules"). Your Buffer stays readable, but a free,
+   * realloc or set through it is refused (ERR_POOL_STALE_HANDLE); take(key) gives the block back. The
+   * block `key` named before, if any, is freed (once no reader pins it); replace() hands it to you instead.
+   * `buffer.length` is the length recorded with the name.
    *
-   * @throws ERR_POOL_FOREIGN_BUFFER when the Buffer does not start a live allocation of this pool;
-   *   ERR_POOL_OUT_OF_MEMORY when the directory is full (maxKeys); ERR_OUT_OF_RANGE for a key that is
-   *   not 1 to 224 UTF-8 bytes; ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
+   * @throws ERR_POOL_STALE_HANDLE when the Buffer's block was freed or changed owner since you got it;
+   *   ERR_POOL_BLOCK_NAMED when the block is already named; ERR_POOL_FOREIGN_BUFFER when the Buffer does
+   *   not start a live allocation of this pool; ERR_POOL_DOUBLE_FREE when its block is free;
+   *   ERR_SHM_DIRECTORY_FULL (maxKeys); ERR_OUT_OF_RANGE for a key that is not 1 to 224 UTF-8 bytes;
+   *   ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT. Nothing changes when it throws.
    */
   set(key: string, buffer: Uint8Array): void {
     if (this.closed) throw closedError();
     checkKey(key);
     checkBuffer(buffer);
     const offset = this.offsetOf(buffer);
-    const status = this.native.setKey(key, offset, buffer.length);
-    if (status === 0) return;
-    if (status === Status.Foreign) {
-      throw new PoolError('ERR_POOL_FOREIGN_BUFFER', `set('${key}') needs a Buffer that starts a live allocation of this pool`);
-    }
-    if (status === Status.DirectoryFull) {
-      throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `The directory is full: delete a key or create the pool with a larger maxKeys`);
-    }
-    throw statusError(status, `naming '${key}'`);
+    const status = this.native.setKey(key, offset, buffer.length, this.genOf(buffer));
+    if (status !== 0) throw this.keyError(status, 'set', key);
   }
 
   /**
-   * A view of the allocation named `key` (the offset and length set() was given), or undefined. Not a
-   * copy: **other processes may write it at any time, and may free it** (the view then shows memory
-   * that may belong to someone else). Throws ERR_OUT_OF_RANGE for a bad key, ERR_POOL_CLOSED,
-   * ERR_SHM_LOCK_TIMEOUT.
+   * Names `buffer` (as set() does) and hands you the block `key` named before, atomically: each old
+   * block goes to exactly one caller, however many processes replace the key at once. Returns that block
+   * (a Buffer you now own: free it or keep it), or undefined when the key was new. Throws as set() does.
+   */
+  replace(key: string, buffer: Uint8Array): Buffer | undefined {
+    if (this.closed) throw closedError();
+    checkKey(key);
+    checkBuffer(buffer);
+    const offset = this.offsetOf(buffer);
+    const r = this.native.replaceKey(key, offset, buffer.length, this.genOf(buffer));
+    if (typeof r === 'number') throw this.keyError(r, 'replace', key);
+    return r === null ? undefined : this.handleView(r[0], r[1], r[2]);
+  }
+
+  /**
+   * Removes the name and hands you its block (a Buffer you now own), or undefined when there is no such
+   * key. Of several processes taking one key at once, one gets the block. Throws ERR_OUT_OF_RANGE for a
+   * bad key, ERR_POOL_CLOSED, ERR_SHM_LOCK_TIMEOUT.
+   */
+  take(key: string): Buffer | undefined {
+    if (this.closed) throw closedError();
+    checkKey(key);
+    const r = this.native.takeKey(key);
+    if (typeof r === 'number') throw this.keyError(r, 'take', key);
+    return r === null ? undefined : this.handleView(r[0], r[1], r[2]);
+  }
+
+  /**
+   * A raw view of the block named `key`, or undefined: no copy and no pin. **Another process may free the
+   * block at any time** (replace, set, delete); the view then shows memory that may be reused, so its bytes
+   * can change under you. It is borrowed: a free through it is refused (ERR_POOL_BLOCK_NAMED while named,
+   * ERR_POOL_STALE_HANDLE after). For consistent bytes use getCopy() or read(). Throws ERR_OUT_OF_RANGE for
+   * a bad key, ERR_POOL_CLOSED, ERR_SHM_LOCK_TIMEOUT.
    */
   get(key: string): Buffer | undefined {
     if (this.closed) throw closedError();
     checkKey(key);
     const found = this.native.getKey(key);
     if (found === null) return undefined;
-    if (typeof found === 'number') throw statusError(found, `looking up '${key}'`);
-    return Buffer.from(this.native.buffer, found[0], found[1]);
+    if (typeof found === 'number') throw this.keyError(found, 'get', key);
+    return this.handleView(found[0], found[1], found[2]);
   }
 
-  /** Removes a name (the allocation stays). True when the key existed. Throws as get() does. */
+  /**
+   * A copy of the bytes named `key` (an ordinary Buffer, not pool memory), or undefined: taken under the
+   * segment's lock, so never torn by a concurrent set, replace, take, delete or free. Throws as get() does.
+   */
+  getCopy(key: string): Buffer | undefined {
+    if (this.closed) throw closedError();
+    checkKey(key);
+    const r = this.native.copyKey(key);
+    if (typeof r === 'number') throw this.keyError(r, 'getCopy', key);
+    return r === null ? undefined : r;
+  }
+
+  /**
+   * Zero-copy read: calls `fn` with a view of the block named `key` while the block is pinned (not freed
+   * or reused, whoever replaces or deletes the key meanwhile), and returns what `fn` returns; undefined
+   * without calling `fn` when there is no such key. The view is valid only inside `fn`: do not keep it.
+   * `fn` must not await (the pin ends when it returns). A pin of a process killed inside `fn` is released
+   * by the next process that meets it. Throws ERR_SHM_PIN_TABLE_FULL when 128 reads are in progress,
+   * and as get() does; what `fn` throws is thrown after the pin is released.
+   */
+  read<T>(key: string, fn: (view: Buffer) => T): T | undefined {
+    if (this.closed) throw closedError();
+    checkKey(key);
+    if (typeof fn !== 'function') throw invalidArgType('fn', 'a function', fn);
+    const r = this.native.pinKey(key);
+    if (r === null) return undefined;
+    if (typeof r === 'number') throw this.keyError(r, 'read', key);
+    try {
+      return fn(Buffer.from(this.native.buffer, r[0], r[1]));
+    } finally {
+      if (!this.closed) {
+        const status = this.native.unpinKey(r[3], r[0]);
+        if (status !== 0) throw this.keyError(status, 'read (unpin)', key);
+      }
+    }
+  }
+
+  /**
+   * Removes a name and frees its block (when the last reader's pin goes, if any is reading it). True when
+   * the key existed. Throws as get() does.
+   */
   delete(key: string): boolean {
     if (this.closed) throw closedError();
     checkKey(key);
     const r = this.native.deleteKey(key);
-    if (typeof r === 'number') throw statusError(r, `deleting '${key}'`);
+    if (typeof r === 'number') throw this.keyError(r, 'delete', key);
     return r;
+  }
+
+  private keyError(status: number, op: string, key: string): Error {
+    if (status === Status.Foreign) {
+      return new PoolError('ERR_POOL_FOREIGN_BUFFER', `${op}('${key}') needs a Buffer that starts a live allocation of this pool`);
+    }
+    return this.error(status, `${op}('${key}')`);
   }
 
   /** The names in the directory now, in no particular order. Throws ERR_POOL_CLOSED, ERR_SHM_LOCK_TIMEOUT. */

@@ -15,22 +15,35 @@ const KEPT_PER_LENGTH = 4;
 
 // A view holds its keeper's token, not the keeper: a view that outlives its pool must not keep the
 // views the keeper holds (and their regions) alive.
+// A shared pool's view also carries its block's generation (native/core/shared_pool.h): the handle a free,
+// realloc or set through this view presents, so that one through a stale view is refused.
 class OffsetStamp extends Stamp {
   #token: object;
   #offset: number;
-  constructor(view: Buffer, token: object, offset: number) {
+  #gen: number;
+  constructor(view: Buffer, token: object, offset: number, gen: number) {
     super(view);
     this.#token = token;
     this.#offset = offset;
+    this.#gen = gen;
   }
   /** The pool offset of a view stamped with `token`, or -1 for any other object. */
   static offsetOf(view: object, token: object): number {
     return #token in view && view.#token === token ? view.#offset : -1;
   }
+  /** The generation of a view stamped with `token`, or -1 (no handle) for any other object. */
+  static genOf(view: object, token: object): number {
+    return #token in view && view.#token === token ? view.#gen : -1;
+  }
+  static setGen(view: object, token: object, gen: number): void {
+    if (#token in view && view.#token === token) view.#gen = gen;
+  }
 }
 
 export class ViewKeeper {
   private readonly token = {};
+  /** @param reuse keep freed views for reuse (not in debug mode) */
+  constructor(private readonly reuse = true) {}
   /**
    * Kept views of length n at [n * KEPT_PER_LENGTH, + KEPT_PER_LENGTH), their offsets beside (-1: empty);
    * made when the first view is kept (about 64 KiB in all), so a pool that frees no small view pays nothing.
@@ -40,10 +53,15 @@ export class ViewKeeper {
   /** Where the next kept view of each length goes (a ring: the oldest is overwritten). */
   private next = new Uint8Array(0);
 
-  /** Marks `view`, just made over the allocation at pool offset `offset`, as this keeper's. */
-  stamp(view: Buffer, offset: number): Buffer {
-    new OffsetStamp(view, this.token, offset);
+  /** Marks `view`, just made over the allocation at pool offset `offset` (generation `gen`), as this keeper's. */
+  stamp(view: Buffer, offset: number, gen = 0): Buffer {
+    new OffsetStamp(view, this.token, offset, gen);
     return view;
+  }
+
+  /** The generation a view of this keeper carries, or -1 (no handle: a view made elsewhere). */
+  genOf(view: object): number {
+    return OffsetStamp.genOf(view, this.token);
   }
 
   /** The pool offset of a view this keeper stamped, or -1 (any other object, a Uint8Array included). */
@@ -54,7 +72,7 @@ export class ViewKeeper {
   /** Keeps a stamped view whose allocation (at `offset`) was just freed. */
   keep(view: Buffer, offset: number): void {
     const length = view.length;
-    if (length > MAX_KEPT_LENGTH) return;
+    if (length > MAX_KEPT_LENGTH || !this.reuse) return;
     if (this.kept === undefined) {
       this.kept = new Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(undefined);
       this.keptOffset = new Float64Array((MAX_KEPT_LENGTH + 1) * KEPT_PER_LENGTH).fill(-1);
@@ -66,8 +84,8 @@ export class ViewKeeper {
     this.next[length] = (this.next[length] + 1) % KEPT_PER_LENGTH;
   }
 
-  /** A kept view of exactly `length` bytes at `offset` (a new allocation there), taken out; or undefined. */
-  take(length: number, offset: number): Buffer | undefined {
+  /** A kept view of exactly `length` bytes at `offset` (a new allocation there, generation `gen`), taken out; or undefined. */
+  take(length: number, offset: number, gen = 0): Buffer | undefined {
     if (length > MAX_KEPT_LENGTH || this.kept === undefined) return undefined;
     const base = length * KEPT_PER_LENGTH;
     for (let i = 0; i < KEPT_PER_LENGTH; i++) {
@@ -75,6 +93,7 @@ export class ViewKeeper {
         const view = this.kept[base + i];
         this.kept[base + i] = undefined;
         this.keptOffset[base + i] = -1;
+        if (view !== undefined) OffsetStamp.setGen(view, this.token, gen);
         return view;
       }
     }

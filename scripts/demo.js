@@ -138,9 +138,16 @@ async function main() {
     log(renderHeapMapText(pool.blocks(), pool.size, { width: 64, rows: 8 }));
     log();
 
+    // A named block is owned by its name: delete() frees it; the rest are freed by offset.
+    const named = new Set(pool.keys().map((key) => pool.offsetOf(pool.get(key))));
     let freed = 0;
+    for (const key of pool.keys()) {
+      pool.delete(key);
+      freed++;
+    }
     for (const r of reports) {
       for (const [offset] of [...r.records, r.summary]) {
+        if (named.has(offset)) continue;
         pool.free(offset);
         freed++;
       }

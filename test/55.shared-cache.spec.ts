@@ -69,20 +69,24 @@ describe('SharedPool slab cache across processes', () => {
     pool.close();
   });
 
-  it('names on cached blocks: another process reads and frees them, and the names go with the block', () => {
+  it('names on cached blocks: another process takes and frees them; the name owned the block meanwhile', () => {
     const name = uniqueName('names');
     const pool = SharedPool.create(name, { size: 8 * MiB });
     const b = pool.alloc(40);
     b.write('hello from the owner');
     pool.set('greeting', b.subarray(0, 20));
-    const seen = inChild(name, `const g = pool.get('greeting'); out([g.toString(), pool.offsetOf(g)]); pool.free(pool.offsetOf(g));`);
-    expect(JSON.parse(seen)).to.deep.equal(['hello from the owner', pool.offsetOf(b)]);
+    const seen = inChild(
+      name,
+      `const g = pool.get('greeting'); const refused = code(() => pool.free(pool.offsetOf(g))); const t = pool.take('greeting'); out([t.toString(), pool.offsetOf(t), refused]); pool.free(t);`,
+    );
+    expect(JSON.parse(seen)).to.deep.equal(['hello from the owner', pool.offsetOf(b), 'ERR_POOL_BLOCK_NAMED']);
     expect(pool.get('greeting')).to.equal(undefined);
     expectCode(() => pool.free(b), 'ERR_POOL_DOUBLE_FREE', PoolError);
-    // and the owner freeing a named block drops the name too
+    // a named block is not freed through its old handle; delete frees it
     const c = pool.alloc(24);
     pool.set('mine', c);
-    pool.free(c);
+    expectCode(() => pool.free(c), 'ERR_POOL_BLOCK_NAMED', PoolError);
+    expect(pool.delete('mine')).to.equal(true);
     expect(pool.get('mine')).to.equal(undefined);
     pool.check();
     pool.close();
@@ -125,6 +129,8 @@ describe('SharedPool slab cache across processes', () => {
     }
     expect(pool.offsetOf(pool.get('last')!)).to.equal(held[held.length - 1][0]);
     // A second process frees half, this one the rest; double frees are refused everywhere.
+    // The named block is owned by its name: taking it makes it this process's to free.
+    expect(pool.offsetOf(pool.take('last')!)).to.equal(held[held.length - 1][0]);
     const half = held.filter((_, i) => i % 2 === 0).map(([o]) => o);
     const codes = JSON.parse(inChild(name, `out(${JSON.stringify(half)}.map((o) => code(() => pool.free(o))));`));
     expect(codes).to.deep.equal(half.map(() => 'ok'));

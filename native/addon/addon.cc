@@ -16,7 +16,7 @@
 #include "../core/debug_heap.h"
 #include "../core/heap.h"
 #include "../core/segment.h"
-#include "../core/shared_cache.h"
+#include "../core/shared_pool.h"
 
 namespace mempool_addon {
 
@@ -33,14 +33,11 @@ struct ExternalMemory {
   void* data = nullptr;
   uint64_t size = 0;
   bool released = false;
-  std::unique_ptr<mempool::Segment> segment;  // set for a shared segment: released by unmapping
-  // This attachment's slab cache (shared_cache.h): closed (its slabs returned) before the unmap.
-  std::unique_ptr<mempool::SharedCache> cache;
+  // Set for a shared segment: released by closing it (its slab cache returned, then unmapped).
+  std::unique_ptr<mempool::SharedPool> shared;
   void release() {
     if (!released) {
-      if (cache) cache->close(100);
-      cache.reset();
-      if (segment) segment->unmap();
+      if (shared) shared->close(100);
       else std::free(data);
     }
     released = true;
@@ -125,6 +122,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                            InstanceMethod<&NativePool::SetKey>("setKey"),
                            InstanceMethod<&NativePool::GetKey>("getKey"),
                            InstanceMethod<&NativePool::DeleteKey>("deleteKey"),
+                           InstanceMethod<&NativePool::ReplaceKey>("replaceKey"),
+                           InstanceMethod<&NativePool::TakeKey>("takeKey"),
+                           InstanceMethod<&NativePool::CopyKey>("copyKey"),
+                           InstanceMethod<&NativePool::PinKey>("pinKey"),
+                           InstanceMethod<&NativePool::UnpinKey>("unpinKey"),
                            InstanceMethod<&NativePool::Keys>("keys"),
                            InstanceMethod<&NativePool::SegmentInfo>("segmentInfo"),
                            InstanceMethod<&NativePool::DebugReport>("debugReport"),
@@ -250,7 +252,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::Env env = info.Env();
     if (!info[1].IsString()) throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a string for name");
     std::string name = info[1].As<Napi::String>().Utf8Value();
-    std::unique_ptr<mempool::Segment> segment;
+    std::unique_ptr<mempool::SharedPool> pool;
     Status s;
     int err = 0;
     if (create) {
@@ -264,7 +266,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       options.lock_timeout_ms = static_cast<uint32_t>(arg_uint(info, 10, "lockTimeoutMs", 86400000));
       options.heap.debug = info[11].ToBoolean();
       bool created = false;
-      s = mempool::Segment::create(name, size, options, &segment, &err, &created);
+      s = mempool::SharedPool::create(name, size, options, &pool, &err, &created);
       if (s == Status::invalid_argument) {
         throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
                     "Expected a size that holds the segment header, the directory and a " +
@@ -272,29 +274,22 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       }
     } else {
       uint32_t timeout = static_cast<uint32_t>(arg_uint(info, 2, "lockTimeoutMs", 86400000));
-      s = mempool::Segment::open(name, timeout, &segment, &err);
+      s = mempool::SharedPool::open(name, timeout, &pool, &err);
     }
     if (s != Status::ok) throw_shm(env, s, name, err);
-    if (segment->size() > kMaxRegionBytes) {
+    if (pool->size() > kMaxRegionBytes) {
       throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
-                  "Shared memory '" + name + "' is " + std::to_string(segment->size()) + " bytes: more than one ArrayBuffer can map (" +
+                  "Shared memory '" + name + "' is " + std::to_string(pool->size()) + " bytes: more than one ArrayBuffer can map (" +
                       std::to_string(kMaxRegionBytes) + ")");
     }
     memory_ = std::make_shared<ExternalMemory>();
-    memory_->data = segment->base();
-    memory_->size = segment->size();
-    segment->attach();  // listed until unmapped, by close() or when the last view is collected
-    segment_ = segment.get();
-    // Each NativePool (each 'open'/'create', so each worker thread) has its own cache; debug segments
-    // have no slabs and use none.
-    if (segment->slab_size() != 0) {
-      memory_->cache = std::make_unique<mempool::SharedCache>(segment.get());
-      cache_ = memory_->cache.get();
-    }
-    heap_ptr_ = &segment->heap();
-    bias_ = segment->heap_offset();
-    algorithm_ = segment->algorithm();
-    memory_->segment = std::move(segment);
+    memory_->data = pool->base();
+    memory_->size = pool->size();
+    shared_ = pool.get();
+    heap_ptr_ = &pool->segment().heap();
+    bias_ = pool->heap_offset();
+    algorithm_ = pool->segment().algorithm();
+    memory_->shared = std::move(pool);
   }
 
  public:
@@ -323,21 +318,6 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   }
 
  private:
-  // Holds a shared segment's lock for one operation; a no-op for malloc'd pools.
-  struct Guard {
-    mempool::Segment* segment;
-    Status status = Status::ok;
-    explicit Guard(mempool::Segment* s) : segment(s) {
-      if (segment != nullptr) {
-        bool recovered = false;
-        status = segment->lock(&recovered);
-      }
-    }
-    ~Guard() {
-      if (segment != nullptr && status == Status::ok) segment->unlock();
-    }
-  };
-
   bool closed() const { return heap_ptr_ == nullptr; }
 
   // What a fast function reaches its pool and its mailbox through. The pool, its fast functions and the
@@ -390,12 +370,14 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       return nullptr;
     }
     uint64_t offset = 0;
-    Status s = self->AllocAt(static_cast<uint64_t>(d), mempool::kDefaultAlign, mempool::kNoHint, 0, &offset);
+    uint32_t gen = 0;
+    Status s = self->AllocAt(static_cast<uint64_t>(d), mempool::kDefaultAlign, mempool::kNoHint, 0, &offset, &gen);
     m[0] = s == Status::ok ? static_cast<double>(offset) : -static_cast<double>(s);
+    m[1] = gen;
     return nullptr;
   }
 
-  // mailbox[0] = offset -> mailbox[0] = 0 or -status.
+  // mailbox[0] = offset, mailbox[1] = generation (-1: none) -> mailbox[0] = 0 or -status.
   static napi_value FastFree(napi_env env, napi_callback_info info) {
     NativePool* self = FastSelf(env, info);
     if (self == nullptr) return nullptr;
@@ -406,8 +388,16 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     }
     double d = m[0];
     bool valid = d >= 0 && d <= static_cast<double>(kMaxSafe);
-    m[0] = -static_cast<double>(valid ? self->FreeAt(static_cast<uint64_t>(d)) : Status::foreign);
+    m[0] = -static_cast<double>(valid ? self->FreeAt(static_cast<uint64_t>(d), gen_of(m[1])) : Status::foreign);
     return nullptr;
+  }
+
+  // A generation from JavaScript: an integer 0..2^32-1, anything else (-1) meaning "no handle".
+  static uint32_t gen_of(double d) {
+    return d >= 0 && d <= 4294967295.0 && d == static_cast<double>(static_cast<uint32_t>(d)) ? static_cast<uint32_t>(d) : mempool::kAnyGen;
+  }
+  static uint32_t arg_gen(const Napi::CallbackInfo& info, size_t i) {
+    return info[i].IsNumber() ? gen_of(info[i].As<Napi::Number>().DoubleValue()) : mempool::kAnyGen;
   }
 
   // Offsets crossing the boundary are region offsets (segment offsets for shared pools); the heap
@@ -426,77 +416,60 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                         : mempool::kNoHint;
     uint32_t site = info[4].IsNumber() ? info[4].As<Napi::Number>().Uint32Value() : 0;
     uint64_t offset = 0;
-    Status s = AllocAt(size, align, hint, site, &offset);
+    uint32_t gen = 0;
+    Status s = AllocAt(size, align, hint, site, &offset, &gen);
     if (s != Status::ok) return status_number(env, s);
+    mailbox_[1] = gen;  // the block's generation (shared pools): lib/ reads it beside the offset
     if (info[3].ToBoolean()) std::memset(heap_ptr_->base() + (offset - bias_), 0, size);
     return Napi::Number::New(env, static_cast<double>(offset));
   }
 
-  // Allocates under the lock (both the fast and the slow path); *offset is a region offset. `hint` is
-  // a heap offset or kNoHint; `site` is recorded in debug mode.
-  Status AllocAt(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* offset) {
+  // Allocates (both the fast and the slow path); *offset is a region offset, *gen the block's generation
+  // (0 in a private pool). `hint` is a heap offset or kNoHint; `site` is recorded in debug mode.
+  Status AllocAt(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* offset, uint32_t* gen) {
     // Larger than any heap can represent: for the user that is simply more memory than there is.
     if (size > mempool::kMaxRequest) return Status::out_of_memory;
-    if (cache_ != nullptr) {  // takes the lock only when it must
-      Status s = cache_->alloc(size, align, hint, offset);
-      if (s == Status::ok) *offset += bias_;
-      return s;
-    }
-    Guard g(segment_);
-    if (g.status != Status::ok) return g.status;
+    if (shared_ != nullptr) return shared_->alloc(size, align, hint == mempool::kNoHint ? hint : hint + bias_, site, offset, gen);
+    *gen = 0;
     if (mempool::DebugHeapApi* d = heap_ptr_->debug()) d->set_site(site);
-    Status s = heap_ptr_->alloc(size, align, hint, offset);
-    if (s == Status::ok) *offset += bias_;
-    return s;
+    return heap_ptr_->alloc(size, align, hint, offset);
   }
 
   // Frees the allocation at region offset `offset` (both the fast and the slow path).
-  Status FreeAt(uint64_t offset) {
-    if (!in_heap(offset)) return Status::foreign;
-    if (cache_ != nullptr) return cache_->free(offset - bias_);  // drops the names itself
-    Guard g(segment_);
-    if (g.status != Status::ok) return g.status;
-    Status s = heap_ptr_->free(offset - bias_);
-    if (s == Status::ok && segment_ != nullptr) segment_->dir_forget_offset(offset);
-    return s;
+  Status FreeAt(uint64_t offset, uint32_t gen) {
+    if (shared_ != nullptr) return shared_->free(offset, gen);
+    return heap_ptr_->free(offset);
   }
 
   Napi::Value Free(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    return status_number(env, FreeAt(arg_uint(info, 0, "offset", kMaxSafe)));
+    return status_number(env, FreeAt(arg_uint(info, 0, "offset", kMaxSafe), arg_gen(info, 1)));
   }
 
-  // realloc(offset, size, align) -> new offset or -status
+  // realloc(offset, size, align, gen) -> new offset or -status; the new generation in mailbox[1]
   Napi::Value Realloc(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
     uint64_t size = arg_uint(info, 1, "size", kMaxSafe);
     uint64_t align = arg_uint(info, 2, "align", mempool::kMaxAlign);
-    if (!in_heap(offset)) return status_number(env, Status::foreign);
     if (size > mempool::kMaxRequest) return status_number(env, Status::out_of_memory);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t moved = 0;
-    Status s = cache_ != nullptr ? cache_->realloc_locked(offset - bias_, size, align, &moved)
-                                 : mempool::heap_realloc(*heap_ptr_, offset - bias_, size, align, &moved);
+    uint32_t gen = 0;
+    Status s = shared_ != nullptr ? shared_->realloc(offset, arg_gen(info, 3), size, align, &moved, &gen)
+                                  : mempool::heap_realloc(*heap_ptr_, offset, size, align, &moved);
     if (s != Status::ok) return status_number(env, s);
-    // Names describe the allocation as set() saw it: a moved block's would point at freed memory and
-    // a shrunk block's past its end, so a reallocated block loses its names.
-    if (segment_ != nullptr) segment_->dir_forget_offset(offset);
-    return Napi::Number::New(env, static_cast<double>(moved + bias_));
+    mailbox_[1] = gen;
+    return Napi::Number::New(env, static_cast<double>(moved));
   }
 
   Napi::Value UsableSize(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
     uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
-    if (!in_heap(offset)) return status_number(env, Status::foreign);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
     uint64_t n = 0;
-    Status s = segment_ != nullptr ? segment_->usable_any(offset - bias_, &n) : heap_ptr_->usable_size(offset - bias_, &n);
+    Status s = shared_ != nullptr ? shared_->usable_size(offset, &n) : heap_ptr_->usable_size(offset, &n);
     if (s != Status::ok) return status_number(env, s);
     return Napi::Number::New(env, static_cast<double>(n));
   }
@@ -507,16 +480,12 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
     HeapStats s;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      if (cache_ != nullptr) mempool::shared_collect_dead(*segment_);  // exact figures for dead owners' slots
+    if (shared_ != nullptr) {
+      Status st = shared_->stats(&s);
+      if (st != Status::ok) return status_number(env, st);
+    } else {
       heap_ptr_->stats(&s);
-      // Slabs are allocations to the heap; the user's are the slots lent out of them.
-      if (segment_ != nullptr) mempool::shared_adjust_stats(*segment_, &s);
     }
-    s.capacity += bias_;
-    s.overhead += bias_;
     const uint64_t fields[] = {s.capacity, s.used, s.free, s.overhead, s.peak_used, s.live_allocations,
                                s.allocations, s.frees, s.failed_allocations, s.largest_free_block};
     Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
@@ -529,12 +498,11 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
     mempool::CheckResult r;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
+    if (shared_ != nullptr) {
+      Status st = shared_->check(&r);
+      if (st != Status::ok) return status_number(env, st);
+    } else {
       heap_ptr_->check(&r);
-      if (segment_ != nullptr) mempool::shared_check(*segment_, &r);
-      if (segment_ != nullptr) segment_->dir_check(&r);
     }
     Napi::Array out = Napi::Array::New(env, 2);
     out.Set(0u, Napi::Number::New(env, static_cast<double>(r.violations)));
@@ -547,86 +515,127 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
     std::vector<double> triples;
-    Status s;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      auto visit = [&](const mempool::BlockInfo& b) {
-        triples.push_back(static_cast<double>(b.offset + bias_));
-        triples.push_back(static_cast<double>(b.size));
-        triples.push_back(b.used ? 1 : 0);
-        return true;
-      };
-      // A shared pool shows each slab as its slots (lent = used).
-      if (segment_ != nullptr) {
-        if (cache_ != nullptr) mempool::shared_collect_dead(*segment_);
-        s = mempool::shared_walk(*segment_, visit);
-      } else {
-        s = heap_ptr_->walk(visit);
-      }
-    }
+    auto visit = [&](const mempool::BlockInfo& b) {
+      triples.push_back(static_cast<double>(b.offset));
+      triples.push_back(static_cast<double>(b.size));
+      triples.push_back(b.used ? 1 : 0);
+      return true;
+    };
+    // A shared pool shows each slab as its slots (lent = used).
+    Status s = shared_ != nullptr ? shared_->walk(visit) : heap_ptr_->walk(visit);
     if (s != Status::ok) return status_number(env, s);
     return float64_array(env, triples);
   }
 
-  // setKey(key, offset, length) -> 0 or -status. The offset must start a live allocation holding length.
+  static Napi::Value named_triple(Napi::Env env, const mempool::NamedBlock& b) {
+    Napi::Array out = Napi::Array::New(env, 3);
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(b.offset)));
+    out.Set(1u, Napi::Number::New(env, static_cast<double>(b.length)));
+    out.Set(2u, Napi::Number::New(env, static_cast<double>(b.gen)));
+    return out;
+  }
+
+  // setKey(key, offset, length, gen) -> 0 or -status: the name owns the block from now on.
   Napi::Value SetKey(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
     std::string key = arg_key(info, 0);
     uint64_t offset = arg_uint(info, 1, "offset", kMaxSafe);
     uint64_t length = arg_uint(info, 2, "length", kMaxSafe);
-    if (!in_heap(offset)) return status_number(env, Status::foreign);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    uint64_t usable = 0;
-    Status s = segment_->usable_any(offset - bias_, &usable);
-    if (s != Status::ok) return status_number(env, s);
-    if (length > usable) return status_number(env, Status::foreign);
-    // A named slot is freed through the lock, so that its names go with it.
-    s = mempool::shared_mark_named(*segment_, offset - bias_);
-    if (s != Status::ok) return status_number(env, s);
-    return status_number(env, segment_->dir_set(key, offset, length));
+    return status_number(env, shared_->set(key, offset, arg_gen(info, 3), length));
   }
 
-  // getKey(key) -> [offset, length], null when absent, or -status
-  Napi::Value GetKey(const Napi::CallbackInfo& info) {
+  // replaceKey(key, offset, length, gen) -> [offset, length, gen] of the block handed back, null, or -status
+  Napi::Value ReplaceKey(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
     std::string key = arg_key(info, 0);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    uint64_t offset = 0, length = 0;
-    Status s = segment_->dir_get(key, &offset, &length);
-    if (s == Status::not_found) return env.Null();
+    uint64_t offset = arg_uint(info, 1, "offset", kMaxSafe);
+    uint64_t length = arg_uint(info, 2, "length", kMaxSafe);
+    mempool::NamedBlock old;
+    bool had = false;
+    Status s = shared_->replace(key, offset, arg_gen(info, 3), length, &old, &had);
     if (s != Status::ok) return status_number(env, s);
-    return number_pair(env, offset, length);
+    return had ? named_triple(env, old) : env.Null();
   }
 
-  // deleteKey(key) -> true / false, or -status
+  // getKey / takeKey (key) -> [offset, length, gen], null when absent, or -status
+  Napi::Value GetKey(const Napi::CallbackInfo& info) { return KeyOp(info, false); }
+  Napi::Value TakeKey(const Napi::CallbackInfo& info) { return KeyOp(info, true); }
+  Napi::Value KeyOp(const Napi::CallbackInfo& info, bool take) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    mempool::NamedBlock b;
+    bool had = false;
+    Status s = take ? shared_->take(key, &b, &had) : shared_->get(key, &b, &had);
+    if (s != Status::ok) return status_number(env, s);
+    return had ? named_triple(env, b) : env.Null();
+  }
+
+  // copyKey(key) -> a Buffer with a copy of the named bytes, null when absent, or -status
+  Napi::Value CopyKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    std::string bytes;
+    bool had = false;
+    Status s = shared_->copy(key, &bytes, &had);  // copied under the lock, into process memory
+    if (s != Status::ok) return status_number(env, s);
+    if (!had) return env.Null();
+    return Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size());  // made after the lock is released
+  }
+
+  // pinKey(key) -> [offset, length, gen, pin], null when absent, or -status; unpinKey(pin, offset) -> 0 or -status
+  Napi::Value PinKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string key = arg_key(info, 0);
+    mempool::NamedBlock b;
+    bool had = false;
+    uint32_t pin = 0;
+    Status s = shared_->pin(key, &b, &pin, &had);
+    if (s != Status::ok) return status_number(env, s);
+    if (!had) return env.Null();
+    Napi::Array out = named_triple(env, b).As<Napi::Array>();
+    out.Set(3u, Napi::Number::New(env, pin));
+    return out;
+  }
+
+  Napi::Value UnpinKey(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
+    uint32_t pin = static_cast<uint32_t>(arg_uint(info, 0, "pin", UINT32_MAX));
+    uint64_t offset = arg_uint(info, 1, "offset", kMaxSafe);
+    return status_number(env, shared_->unpin(pin, offset));
+  }
+
+  // deleteKey(key) -> true / false, or -status: the name and its block go (the block when no reader pins it)
   Napi::Value DeleteKey(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
     std::string key = arg_key(info, 0);
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    return Napi::Boolean::New(env, segment_->dir_delete(key));
+    bool had = false;
+    Status s = shared_->remove(key, &had);
+    if (s != Status::ok) return status_number(env, s);
+    return Napi::Boolean::New(env, had);
   }
 
   // keys() -> string[] or -status
   Napi::Value Keys(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
     std::vector<std::string> keys;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      segment_->dir_keys(&keys);
-    }
+    Status s = shared_->keys(&keys);
+    if (s != Status::ok) return status_number(env, s);
     Napi::Array out = Napi::Array::New(env, keys.size());
     for (size_t i = 0; i < keys.size(); ++i) out.Set(static_cast<uint32_t>(i), Napi::String::New(env, keys[i]));
     return out;
@@ -636,8 +645,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   // the lock: diagnostics only)
   Napi::Value SegmentInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed() || segment_ == nullptr) return env.Null();
-    const mempool::SegmentHeader* h = segment_->header();
+    if (closed() || shared_ == nullptr) return env.Null();
+    const mempool::SegmentHeader* h = shared_->segment().header();
     const double fields[] = {static_cast<double>(h->recoveries), static_cast<double>(h->creator_pid),
                              static_cast<double>(h->created_unix_ms), static_cast<double>(h->directory_live),
                              static_cast<double>(h->directory_capacity), static_cast<double>(bias_)};
@@ -650,9 +659,14 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Napi::Value DebugReport(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed() || heap_ptr_->debug() == nullptr) return Napi::String::New(env, "");
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    return Napi::String::New(env, heap_ptr_->debug()->last_violation());
+    std::string report;
+    auto read = [&] {
+      report = heap_ptr_->debug()->last_violation();
+      return Status::ok;
+    };
+    Status s = shared_ != nullptr ? shared_->locked(read) : read();
+    if (s != Status::ok) return status_number(env, s);
+    return Napi::String::New(env, report);
   }
 
   // liveAllocations() -> Float64Array of (offset, size, ownerPid, site) quads, debug mode only; or -status
@@ -661,17 +675,15 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     if (closed()) return status_number(env, kClosed);
     if (heap_ptr_->debug() == nullptr) return status_number(env, Status::invalid_argument);
     std::vector<double> quads;
-    Status s;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      s = heap_ptr_->debug()->live_allocations([&](const mempool::DebugAllocation& a) {
+    auto list = [&] {
+      return heap_ptr_->debug()->live_allocations([&](const mempool::DebugAllocation& a) {
         quads.push_back(static_cast<double>(a.offset + bias_));
         quads.push_back(static_cast<double>(a.size));
         quads.push_back(a.owner_pid);
         quads.push_back(a.site);
       });
-    }
+    };
+    Status s = shared_ != nullptr ? shared_->locked(list) : list();
     if (s != Status::ok) return status_number(env, s);
     return float64_array(env, quads);
   }
@@ -683,12 +695,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     if (heap_ptr_->debug() == nullptr) return status_number(env, Status::invalid_argument);
     uint32_t pid = static_cast<uint32_t>(arg_uint(info, 0, "pid", UINT32_MAX));
     uint64_t count = 0, bytes = 0;
-    Guard g(segment_);
-    if (g.status != Status::ok) return status_number(env, g.status);
-    // A reclaimed block's names go with it, as with any free.
-    Status s = heap_ptr_->debug()->reclaim(pid, &count, &bytes, [&](uint64_t offset) {
-      if (segment_ != nullptr) segment_->dir_forget_offset(offset + bias_);
-    });
+    Status s = shared_ != nullptr ? shared_->reclaim(pid, &count, &bytes)
+                                  : heap_ptr_->debug()->reclaim(pid, &count, &bytes, [](uint64_t) {});
     if (s != Status::ok) return status_number(env, s);
     return number_pair(env, count, bytes);
   }
@@ -697,13 +705,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Napi::Value Processes(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (segment_ == nullptr) return status_number(env, Status::invalid_argument);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
     std::vector<mempool::AttachedProcess> list;
-    {
-      Guard g(segment_);
-      if (g.status != Status::ok) return status_number(env, g.status);
-      segment_->attached(&list);
-    }
+    Status s = shared_->processes(&list);
+    if (s != Status::ok) return status_number(env, s);
     Napi::Float64Array out = Napi::Float64Array::New(env, list.size() * 2);
     for (size_t i = 0; i < list.size(); ++i) {
       out[2 * i] = list[i].pid;
@@ -730,8 +735,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed()) {
       heap_ptr_ = nullptr;
-      segment_ = nullptr;
-      cache_ = nullptr;
+      shared_ = nullptr;
       heap_.reset();
       Napi::ArrayBuffer ab = buffer_.Value();
       if (!ab.IsDetached()) ab.Detach();
@@ -754,8 +758,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   std::shared_ptr<ExternalMemory> memory_;
   std::unique_ptr<Heap> heap_;       // malloc'd pools own their heap; a segment owns its own
   Heap* heap_ptr_ = nullptr;         // the heap either way; null once closed
-  mempool::Segment* segment_ = nullptr;
-  mempool::SharedCache* cache_ = nullptr;  // owned by memory_; null for private and debug pools
+  mempool::SharedPool* shared_ = nullptr;  // owned by memory_; null for private pools
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
   double* mailbox_ = nullptr;        // link_->mailbox

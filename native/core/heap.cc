@@ -26,6 +26,9 @@ const char* status_name(Status s) {
     case Status::system_error: return "system_error";
     case Status::too_large: return "too_large";
     case Status::directory_full: return "directory_full";
+    case Status::stale: return "stale";
+    case Status::named: return "named";
+    case Status::pins_full: return "pins_full";
   }
   return "unknown";
 }

@@ -45,6 +45,10 @@ enum class Status : int32_t {
   system_error = 12,     // another errno from shm_open, ftruncate or mmap (see errno_value)
   too_large = 13,        // a key or value does not fit the directory
   directory_full = 14,   // the directory has no free entry
+  // Ownership in shared segments (shared_pool.h):
+  stale = 15,            // the handle's generation is not the block's: it was freed or changed owner since
+  named = 16,            // the block is owned by a directory name: take() it to own it
+  pins_full = 17,        // every pin table entry is in use
 };
 
 const char* status_name(Status s);

@@ -26,7 +26,7 @@ constexpr uint32_t kSlotEmpty = 0;
 constexpr uint32_t kSlotDeleted = UINT32_MAX;
 
 uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ULL;
+  uint64_t h = 14695981039346656037ULL;  // the standard FNV-1a 64 offset basis (layout 2 had a digit less)
   for (unsigned char c : s) {
     h ^= c;
     h *= 1099511628211ULL;
@@ -123,10 +123,15 @@ uint64_t directory_bytes(uint32_t capacity) {
 bool header_consistent(const SegmentHeader& h, uint64_t real_size, uint64_t* heap_offset) {
   if (h.version != kSegmentVersion || h.header_size != kSegmentHeaderSize || h.size != real_size) return false;
   if (h.algorithm < 1 || h.algorithm > 3) return false;
-  if (h.directory_offset != kSegmentHeaderSize) return false;
+  if (h.directory_offset != kDirectoryOffset) return false;
   if (h.directory_capacity < 1 || h.directory_capacity > kMaxDirectoryCapacity) return false;
-  if (!Segment::layout(real_size, static_cast<uint32_t>(h.directory_capacity), heap_offset)) return false;
+  if (h.gen_shift != 4 && h.gen_shift != 8) return false;
+  if (h.pin_slots != kPinSlots) return false;
+  uint64_t gen_offset = 0;
+  if (!Segment::layout(real_size, static_cast<uint32_t>(h.directory_capacity), h.gen_shift, &gen_offset, heap_offset)) return false;
+  if (h.gen_table_offset != gen_offset || h.gen_entries != (real_size - *heap_offset) >> h.gen_shift) return false;
   if (h.slab_size != 0 && (!is_power_of_two(h.slab_size) || h.slab_size < kMinSlabSize || h.slab_size > kMaxSlabSize)) return false;
+  if (h.slab_size != 0 && h.gen_shift != 8) return false;  // slab segments put heap blocks on 256-byte granules
   return h.heap_offset == *heap_offset && h.heap_size == real_size - *heap_offset;
 }
 
@@ -140,23 +145,42 @@ bool Segment::valid_name(const std::string& name) {
   return true;
 }
 
-bool Segment::layout(uint64_t size, uint32_t capacity, uint64_t* heap_offset) {
-  if (capacity < 1 || capacity > kMaxDirectoryCapacity) return false;
-  uint64_t off = round_up(kSegmentHeaderSize + directory_bytes(capacity), kMaxAlign);
-  if (size < off + kMaxAlign || size > (uint64_t(1) << 48)) return false;
+bool Segment::layout(uint64_t size, uint32_t capacity, uint32_t gen_shift, uint64_t* gen_table_offset, uint64_t* heap_offset) {
+  if (capacity < 1 || capacity > kMaxDirectoryCapacity || (gen_shift != 4 && gen_shift != 8)) return false;
+  if (size > (uint64_t(1) << 48)) return false;
+  uint64_t gens = round_up(kDirectoryOffset + directory_bytes(capacity), 64);
+  // One word per granule of the whole segment: a little more than the heap needs, and no circularity.
+  uint64_t off = round_up(gens + (size >> gen_shift) * sizeof(uint32_t), kMaxAlign);
+  if (size < off + kMaxAlign) return false;
+  *gen_table_offset = gens;
   *heap_offset = off;
   return true;
 }
 
+uint32_t Segment::default_directory_capacity(uint64_t size) {
+  uint64_t n = size / kBytesPerDefaultKey;
+  if (n < kDefaultDirectoryCapacity) n = kDefaultDirectoryCapacity;
+  if (n > kMaxDirectoryCapacity) n = kMaxDirectoryCapacity;
+  return static_cast<uint32_t>(n);
+}
+
 Segment::Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
-                 Algorithm algorithm, uint32_t lock_timeout_ms)
+                 Algorithm algorithm, uint32_t lock_timeout_ms, uint32_t gen_shift, uint64_t gen_table_offset)
     : name_(std::move(name)),
       base_(base),
       size_(size),
       heap_offset_(heap_offset),
       capacity_(capacity),
       algorithm_(algorithm),
-      lock_timeout_ms_(lock_timeout_ms) {}
+      lock_timeout_ms_(lock_timeout_ms),
+      gen_shift_(gen_shift),
+      gen_table_(reinterpret_cast<uint32_t*>(base + gen_table_offset)),
+      gen_entries_((size - heap_offset) >> gen_shift) {}
+
+namespace {
+Status (*g_repair_hook)(Segment&) = nullptr;
+}
+void Segment::set_repair_hook(Status (*hook)(Segment&)) { g_repair_hook = hook; }
 
 Segment::~Segment() { unmap(); }
 
@@ -200,8 +224,16 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   *err = 0;
   *created = false;
   if (!valid_name(name)) return Status::invalid_name;
-  uint64_t heap_offset = 0;
-  if (!layout(size, options.directory_capacity, &heap_offset)) return Status::invalid_argument;
+  uint32_t capacity = options.directory_capacity != 0 ? options.directory_capacity : default_directory_capacity(size);
+  // Generation words: one per 256 bytes of heap where small blocks live in slabs (heap blocks then start on
+  // 256-byte granules), one per 16 bytes otherwise (debug and small segments, where every block is a heap block).
+  uint32_t gen_shift = options.heap.debug ? 4 : 8;
+  uint64_t heap_offset = 0, gen_offset = 0;
+  if (!layout(size, capacity, gen_shift, &gen_offset, &heap_offset)) return Status::invalid_argument;
+  if (gen_shift == 8 && choose_slab_size(size - heap_offset) == 0) {
+    gen_shift = 4;
+    if (!layout(size, capacity, gen_shift, &gen_offset, &heap_offset)) return Status::invalid_argument;
+  }
   uint64_t min_heap = heap_min_region_size(options.algorithm, options.heap);
   if (min_heap == 0) return Status::invalid_argument;
   if (size - heap_offset < min_heap) return Status::invalid_argument;
@@ -240,17 +272,21 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->block_size = options.heap.block_size;
   h->min_block = options.heap.min_block;
   h->max_block = options.heap.max_block;
-  h->directory_offset = kSegmentHeaderSize;
-  h->directory_capacity = options.directory_capacity;
+  h->directory_offset = kDirectoryOffset;
+  h->directory_capacity = capacity;
+  h->gen_shift = gen_shift;
+  h->pin_slots = kPinSlots;
+  h->gen_table_offset = gen_offset;
+  h->gen_entries = (size - heap_offset) >> gen_shift;
   h->heap_offset = heap_offset;
   h->heap_size = size - heap_offset;
   h->creator_pid = static_cast<uint64_t>(getpid());
   h->pid_namespace = current_pid_namespace();
   h->created_unix_ms = now_unix_ms();
   h->lock = 0;
-  h->slab_size = options.heap.debug ? 0 : choose_slab_size(size - heap_offset);
-  std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, options.directory_capacity,
-                                           options.algorithm, options.lock_timeout_ms));
+  h->slab_size = gen_shift == 8 ? choose_slab_size(size - heap_offset) : 0;
+  std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, capacity, options.algorithm,
+                                           options.lock_timeout_ms, gen_shift, gen_offset));
   seg->slab_size_ = h->slab_size;
   Status s = heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_);
   if (s != Status::ok) {
@@ -311,7 +347,8 @@ Status Segment::open(const std::string& name, uint32_t lock_timeout_ms, std::uni
   if (h.version != kSegmentVersion) return refuse(Status::incompatible);
   if (!header_consistent(h, size, &heap_offset)) return refuse(Status::corrupted);
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, static_cast<uint32_t>(h.directory_capacity),
-                                           static_cast<Algorithm>(h.algorithm), lock_timeout_ms));
+                                           static_cast<Algorithm>(h.algorithm), lock_timeout_ms, h.gen_shift,
+                                           h.gen_table_offset));
   Status s = heap_attach(base + heap_offset, size - heap_offset, &seg->heap_);
   if (s != Status::ok) {
     seg->unmap();
@@ -532,6 +569,11 @@ Status Segment::repair() {
   }
   header()->directory_live = live;
   index_rebuild();
+  // Names, generation words and pins (shared_pool.cc): the directory is the truth for who is named.
+  if (g_repair_hook != nullptr) {
+    Status hs = g_repair_hook(*this);
+    if (hs != Status::ok) return hs;
+  }
   CheckResult r;
   heap_->check(&r);
   shared_check(*this, &r);
@@ -585,11 +627,11 @@ void Segment::attached(std::vector<AttachedProcess>* out) {
 }
 
 DirEntry* Segment::entry(uint32_t i) const {
-  return reinterpret_cast<DirEntry*>(base_ + kSegmentHeaderSize + uint64_t(i) * sizeof(DirEntry));
+  return reinterpret_cast<DirEntry*>(base_ + kDirectoryOffset + uint64_t(i) * sizeof(DirEntry));
 }
 
 uint32_t* Segment::offset_slots() const {
-  return reinterpret_cast<uint32_t*>(base_ + kSegmentHeaderSize + uint64_t(capacity_) * sizeof(DirEntry));
+  return reinterpret_cast<uint32_t*>(base_ + kDirectoryOffset + uint64_t(capacity_) * sizeof(DirEntry));
 }
 
 bool Segment::entry_valid(const DirEntry& e) const {
@@ -679,6 +721,50 @@ Status Segment::dir_get(const std::string& key, uint64_t* offset, uint64_t* leng
   *offset = e.offset;
   *length = e.length;
   return Status::ok;
+}
+
+int64_t Segment::dir_lookup(const std::string& key, uint64_t* offset, uint64_t* length) const {
+  if (key.empty() || key.size() > kMaxKeyBytes) return -1;
+  int64_t found = dir_find(key, fnv1a(key));
+  if (found < 0) return -1;
+  DirEntry e;
+  std::memcpy(&e, entry(static_cast<uint32_t>(found)), sizeof e);
+  if (!entry_valid(e)) return -1;  // a scribbled entry names nothing (check() reports it)
+  *offset = e.offset;
+  *length = e.length;
+  return found;
+}
+
+void Segment::dir_point(uint32_t index, uint64_t offset, uint64_t length) {
+  DirEntry* e = entry(index);
+  // Crash here: the index may still lead to the old offset (harmless: lookups compare the entry's offset)
+  // and repair rebuilds it. The entry's offset and length are two stores: a reader without the lock may see
+  // one of each (the documented lock-free read); repair validates the pair against the heap.
+  index_remove(index, e->offset);
+  e->offset = offset;
+  e->length = length;
+  index_add(index, offset);
+}
+
+void Segment::dir_remove(uint32_t index) {
+  DirEntry* e = entry(index);
+  index_remove(index, e->offset);
+  e->state = kDirDeleted;  // one store: the name is gone
+  if (header()->directory_live > 0) header()->directory_live -= 1;
+}
+
+bool Segment::dir_names(uint64_t offset) const {
+  if (header()->directory_live == 0) return false;
+  uint32_t slots = capacity_ * 2;
+  const uint32_t* s = offset_slots();
+  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
+    uint32_t v = s[i];
+    if (v == kSlotEmpty) return false;
+    if (v == kSlotDeleted || v > capacity_) continue;
+    const DirEntry* e = entry(v - 1);
+    if (e->state == kDirLive && e->offset == offset) return true;
+  }
+  return false;
 }
 
 bool Segment::dir_delete(const std::string& key) {

@@ -4,9 +4,16 @@
 // Layout (offsets from the segment start; every field little-endian):
 //   [0, 4096)                          SegmentHeader: magic, version, geometry, heap options, the
 //                                      lock (a futex word), the attach table, bookkeeping
-//   [4096, 4096 + capacity * 256)      directory entries (DirEntry)
+//   [4096, 8192)                       the pin table (PinEntry): blocks readers are reading now
+//   [8192, 8192 + capacity * 256)      directory entries (DirEntry)
 //   [.., + 2 * capacity * 4)           offset index: entry index + 1 by hash of the named offset
+//   [gen_table_offset, + entries * 4)  generation words of heap blocks, one per 2^gen_shift bytes of heap
 //   [heap_offset, size)                the heap's region (heap.h), heap_offset a multiple of 4096
+//
+// Ownership (shared_pool.h states the rules): every live allocation has exactly one owner, either a
+// process holding its current generation or a directory name. A block's generation word (u32: a 31-bit
+// counter, bit 31 = named) changes at every transfer (free, name, take), so a handle from before a
+// transfer is stale and refused.
 //
 // Every offset the segment hands out (alloc, directory) is an offset from the segment start, so it is
 // the same number in every process and in the file under /dev/shm.
@@ -26,11 +33,18 @@
 namespace mempool {
 
 constexpr uint64_t kSegmentMagic = 0x3147455350504d4dULL;  // "MMPPSEG1" little-endian
-constexpr uint32_t kSegmentVersion = 2;  // 2: slab caches (shared_cache.h)
+constexpr uint32_t kSegmentVersion = 3;  // 2: slab caches (shared_cache.h); 3: generations, pins, standard FNV-1a
 constexpr uint64_t kSegmentHeaderSize = 4096;
 constexpr size_t kMaxNameBytes = 250;
 constexpr size_t kMaxKeyBytes = 224;
-constexpr uint32_t kDefaultDirectoryCapacity = 256;
+constexpr uint32_t kDefaultDirectoryCapacity = 256;  // the least a default-sized directory gets
+constexpr uint64_t kBytesPerDefaultKey = 8192;        // default capacity: one key per 8 KiB of segment
+constexpr uint64_t kPinTableOffset = 4096;
+constexpr uint32_t kPinSlots = 128;
+constexpr uint64_t kDirectoryOffset = 8192;
+constexpr uint32_t kGenNamed = 0x80000000u;           // generation word: the block is owned by a name
+constexpr uint32_t kGenCount = 0x7fffffffu;           // generation word: the counter
+constexpr uint32_t kAnyGen = 0xffffffffu;             // a caller without a handle (the offset API)
 constexpr uint32_t kMaxDirectoryCapacity = 1u << 20;
 
 enum SegmentState : uint32_t { kStateFormatting = 0, kStateReady = 1 };
@@ -68,7 +82,17 @@ struct SegmentHeader {
                                 //     the lock by a non-owner
   uint64_t slab_allocations;    // 184 heap allocations that became slabs, ever (statistics count slots,
   uint64_t slab_frees;          // 192 not slabs); slabs given back, ever
-  uint8_t reserved[56];         // 200
+  // 200..255: generations and pins (layout 3). Geometry fields are validated like the others.
+  uint32_t gen_shift;           // 200 log2 bytes of heap per generation word: 4 without slabs, 8 with
+                                //     (heap blocks of such a segment start at multiples of 256)
+  uint32_t pin_slots;           // 204 kPinSlots
+  uint64_t gen_table_offset;    // 208 segment offset of the generation words
+  uint64_t gen_entries;         // 216 words: heap_size >> gen_shift
+  uint64_t pins_active;         // 224 live pin entries (under the lock; recomputed by repair)
+  uint32_t orphan_epoch;        // 232 bumped whenever a slab becomes ownerless (caches look for one to adopt)
+  uint32_t slot_gen_seed;       // 236 where a new slab's slot generations start (they stay in [2^30, 2^31),
+                                //     apart from the heap words, which start at 0 and move one per transfer)
+  uint64_t reserved[2];         // 240
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
@@ -96,8 +120,26 @@ static_assert(offsetof(SegmentHeader, slab_size) == 128, "segment layout");
 static_assert(offsetof(SegmentHeader, slab_count) == 136, "segment layout");
 static_assert(offsetof(SegmentHeader, cached_frees) == 176, "segment layout");
 static_assert(offsetof(SegmentHeader, slab_frees) == 192, "segment layout");
+static_assert(offsetof(SegmentHeader, gen_shift) == 200 && offsetof(SegmentHeader, gen_table_offset) == 208, "segment layout");
+static_assert(offsetof(SegmentHeader, pins_active) == 224 && offsetof(SegmentHeader, orphan_epoch) == 232, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
+
+// A reader's pin on a block (pool.read()): while any pin names a block, its memory is not reused; a free
+// of it only marks the pins (kPinFreePending) and the last unpin frees it. Written under the lock; pid
+// last when filled and first when cleared, so a half-written entry is empty. Pins of processes that are
+// gone (pid + start ticks) are released by the next process that looks (repair, attach, a free that
+// meets them), which then does any free they held back.
+enum PinState : uint32_t { kPinEmpty = 0, kPinHeld = 1, kPinFreePending = 2 };
+struct PinEntry {
+  uint32_t pid;          // 0 = empty
+  uint32_t state;        // PinState
+  uint64_t start_ticks;  // the holder's /proc/<pid>/stat field 22
+  uint64_t offset;       // segment offset of the pinned block
+  uint64_t reserved;
+};
+static_assert(sizeof(PinEntry) == 32, "pin entries are 32 bytes");
+static_assert(kPinTableOffset + kPinSlots * sizeof(PinEntry) <= kDirectoryOffset, "the pin table fits its page");
 
 enum DirState : uint32_t { kDirEmpty = 0, kDirLive = 1, kDirDeleted = 2 };
 
@@ -122,7 +164,7 @@ struct SegmentOptions {
   HeapOptions heap;
   uint32_t mode = 0600;
   bool exclusive = true;
-  uint32_t directory_capacity = kDefaultDirectoryCapacity;
+  uint32_t directory_capacity = 0;  // 0: default_directory_capacity(size)
   uint32_t lock_timeout_ms = 5000;
 };
 
@@ -148,7 +190,10 @@ class Segment {
   // A plain name: 1..250 bytes, no '/', no NUL, not "." or "..".
   static bool valid_name(const std::string& name);
   // The geometry a segment of `size` bytes would have; false when the heap would not fit.
-  static bool layout(uint64_t size, uint32_t directory_capacity, uint64_t* heap_offset);
+  static bool layout(uint64_t size, uint32_t directory_capacity, uint32_t gen_shift, uint64_t* gen_table_offset,
+                     uint64_t* heap_offset);
+  // The directory capacity a segment of `size` bytes gets when none is asked for.
+  static uint32_t default_directory_capacity(uint64_t size);
 
   // `err` receives errno for system_error. create with exclusive=false opens the segment when it exists.
   static Status create(const std::string& name, uint64_t size, const SegmentOptions& options,
@@ -175,10 +220,16 @@ class Segment {
   Status lock(bool* recovered);
   void unlock();
 
-  // Directory, under the lock. Offsets are segment offsets.
+  // Directory, under the lock. Offsets are segment offsets. Entry indexes are valid until the next change.
   Status dir_set(const std::string& key, uint64_t offset, uint64_t length);
   Status dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const;
+  // The live entry of `key` (-1 when absent), with its offset and length validated.
+  int64_t dir_lookup(const std::string& key, uint64_t* offset, uint64_t* length) const;
+  void dir_point(uint32_t index, uint64_t offset, uint64_t length);  // an existing entry names another block
+  void dir_remove(uint32_t index);
   bool dir_delete(const std::string& key);
+  // Whether a live entry names the allocation at `offset` (through the offset index).
+  bool dir_names(uint64_t offset) const;
   void dir_keys(std::vector<std::string>* out) const;
   // Removes every name of the allocation at `offset` (called when it is freed).
   void dir_forget_offset(uint64_t offset);
@@ -194,6 +245,15 @@ class Segment {
   // Like lock(), but waits at most `ms` (for finalizers and close paths that must not hang).
   Status lock_within(uint32_t ms, bool* recovered);
 
+  // Generation words (see Ownership above). gen_word() is null for an offset that has none (not in the heap
+  // or not on the granule): such an offset is never a heap block of this segment.
+  uint32_t gen_shift() const { return gen_shift_; }
+  uint32_t* gen_word(uint64_t heap_off) const {
+    if ((heap_off & ((uint64_t(1) << gen_shift_) - 1)) != 0 || (heap_off >> gen_shift_) >= gen_entries_) return nullptr;
+    return gen_table_ + (heap_off >> gen_shift_);
+  }
+  PinEntry* pins() const { return reinterpret_cast<PinEntry*>(base_ + kPinTableOffset); }
+
   // Slab caches (shared_cache.h). slab_size() is 0 when this segment has none.
   uint32_t slab_size() const { return slab_size_; }
   // Usable size of a live allocation at heap offset `off`: a heap block or a lent slab slot; a slab
@@ -206,7 +266,7 @@ class Segment {
 
  private:
   Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
-          Algorithm algorithm, uint32_t lock_timeout_ms);
+          Algorithm algorithm, uint32_t lock_timeout_ms, uint32_t gen_shift, uint64_t gen_table_offset);
   Status repair();
   void register_attach();
   void unregister_attach();
@@ -227,7 +287,15 @@ class Segment {
   uint32_t lock_timeout_ms_;
   bool attached_ = false;
   uint32_t slab_size_ = 0;
+  uint32_t gen_shift_;
+  uint32_t* gen_table_;
+  uint64_t gen_entries_;
   std::unique_ptr<Heap> heap_;
+
+ public:
+  // Repair's hook for the layers above (shared_pool.cc): names, generations and pins made consistent
+  // after a lock holder died. Set once per process.
+  static void set_repair_hook(Status (*hook)(Segment&));
 };
 
 }  // namespace mempool

@@ -101,6 +101,7 @@ void retire_slab(Segment& seg, uint64_t off, const SlabHeader& copy, uint64_t us
   h->remote_pending = 0;
   h->owner_serial = 0;
   h->owner = kNoOwner;
+  seg.header()->orphan_epoch += 1;  // its free slots are for the next cache that needs this class
   seg.header()->orphan_lent_count += n;
   seg.header()->orphan_lent_bytes += n * copy.slot_size;
 }
@@ -127,6 +128,9 @@ Status free_foreign_slot(Segment& seg, const SlotRef& ref, uint64_t off) {
     if (!lent(v)) return v == kSlotFree || v == kSlotRemote ? Status::double_free : Status::corrupted;
     if (__atomic_compare_exchange_n(ref.state, &v, to, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
   }
+  // Crash here (we hold the lock): repair finds the slot free and its word not yet bumped; no handle of
+  // the old word can free it again (it is not lent), and the next lend hands out that word afresh.
+  gen_bump(ref.gen, false);
   if (v & kSlotNamed) seg.dir_forget_offset(off + seg.heap_offset());
   seg.header()->cached_frees += 1;
   if (owner != kNoOwner) {
@@ -164,11 +168,12 @@ uint32_t max_cached_size(uint32_t slab_size) {
 }
 
 void slab_geometry(uint32_t slab_bytes, uint32_t slot_size, uint32_t* count, uint32_t* slots_offset) {
-  // Largest n with round_up(64 + n, 16) + n * slot_size <= slab_bytes.
-  uint32_t n = (slab_bytes - static_cast<uint32_t>(sizeof(SlabHeader))) / (slot_size + 1);
-  while (n > 0 && round_up(sizeof(SlabHeader) + n, 16) + uint64_t(n) * slot_size > slab_bytes) --n;
+  // Largest n with round_up(round_up(64 + n, 4) + 4n, 16) + n * slot_size <= slab_bytes.
+  auto slots_at = [](uint32_t n) { return round_up(uint64_t(slab_gens_offset(n)) + 4 * uint64_t(n), 16); };
+  uint32_t n = (slab_bytes - static_cast<uint32_t>(sizeof(SlabHeader))) / (slot_size + 5);
+  while (n > 0 && slots_at(n) + uint64_t(n) * slot_size > slab_bytes) --n;
   *count = n;
-  *slots_offset = static_cast<uint32_t>(round_up(sizeof(SlabHeader) + n, 16));
+  *slots_offset = static_cast<uint32_t>(slots_at(n));
 }
 
 bool shared_is_slab(const Segment& seg, uint64_t off) {
@@ -196,6 +201,7 @@ bool shared_find_slot(const Segment& seg, uint64_t off, SlotRef* out) {
     out->slot_count = h.slot_count;
     out->header = reinterpret_cast<SlabHeader*>(heap_base(seg) + c);
     out->state = states_of(seg, c) + out->index;
+    out->gen = reinterpret_cast<uint32_t*>(heap_base(seg) + c + slab_gens_offset(h.slot_count)) + out->index;
     return true;
   }
   return false;
@@ -213,6 +219,13 @@ Status shared_usable_size(const Segment& seg, uint64_t off, uint64_t* size) {
 }
 
 Status Segment::usable_any(uint64_t off, uint64_t* size) const { return shared_usable_size(*this, off, size); }
+
+uint32_t* shared_gen_word(const Segment& seg, uint64_t off) {
+  uint64_t u = 0;
+  if (seg.heap().usable_size(off, &u) == Status::ok) return shared_is_slab(seg, off) ? nullptr : seg.gen_word(off);
+  SlotRef ref;
+  return shared_find_slot(seg, off, &ref) ? ref.gen : nullptr;
+}
 
 Status shared_mark_named(Segment& seg, uint64_t off) {
   uint64_t u = 0;
@@ -483,12 +496,13 @@ void SharedCache::disown() {
 }
 
 // Takes the slot on top of a non-empty private stack and lends it: only the owner leaves kSlotFree in its
-// slabs, so a plain store is enough.
-uint64_t SharedCache::lend_top(std::vector<uint64_t>* stack) {
+// slabs, so a plain store is enough. *gen gets the slot's generation word (the new owner's handle).
+uint64_t SharedCache::lend_top(std::vector<uint64_t>* stack, uint32_t* gen) {
   uint64_t o = stack->back();
   stack->pop_back();
   SlabRec* rec = mine(o);
   uint32_t index = static_cast<uint32_t>((((o - rec->slots_base) >> 4) * rec->recip) >> 32);
+  *gen = __atomic_load_n(rec->gens + index, __ATOMIC_RELAXED) & kGenCount;
   __atomic_store_n(rec->states + index, static_cast<uint8_t>(kSlotLent), __ATOMIC_RELAXED);
   lent_count_ += 1;
   lent_bytes_ += rec->slot_size;
@@ -498,49 +512,65 @@ uint64_t SharedCache::lend_top(std::vector<uint64_t>* stack) {
   return o;
 }
 
-Status SharedCache::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
+Status SharedCache::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen) {
   if (usable() && size - 1 < max_size_ && align <= kDefaultAlign && hint == kNoHint) {
     std::vector<uint64_t>& stack = classes_[(size - 1) >> 4].stack;
     if (__builtin_expect(!stack.empty(), 1)) {
-      *off = lend_top(&stack);
+      *off = lend_top(&stack, gen);
       return Status::ok;
     }
   }
   bool recovered = false;
   Status s = seg_->lock(&recovered);
   if (s != Status::ok) return s;
-  s = alloc_locked(size, align, hint, off);
+  s = alloc_locked(size, align, hint, off, gen);
   seg_->unlock();
   return s;
 }
 
-Status SharedCache::free(uint64_t off) {
-  if (usable()) {
-    if (SlabRec* rec = mine(off)) {
-      uint64_t rel = off - rec->slots_base;  // wraps for offsets before slot 0: then >= span
-      if (rel >= rec->span) return Status::foreign;
-      uint32_t index = static_cast<uint32_t>(((rel >> 4) * rec->recip) >> 32);
-      if (uint64_t(index) * rec->slot_size != rel) return Status::foreign;  // inside a slot
-      uint8_t v = kSlotLent;
-      if (__builtin_expect(__atomic_compare_exchange_n(rec->states + index, &v, static_cast<uint8_t>(kSlotFree), false,
-                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE), 1)) {
-        took_back(*rec, off);
-        return Status::ok;
-      }
-      if (v == kSlotFree || v == kSlotRemote) return Status::double_free;
-      if (!lent(v)) return Status::corrupted;
-      // Named: the names go too, under the lock.
-    }
+bool SharedCache::try_free(uint64_t off, uint32_t gen, Status* out) {
+  if (!usable()) return false;
+  SlabRec* rec = mine(off);
+  if (rec == nullptr) return false;
+  uint64_t rel = off - rec->slots_base;  // wraps for offsets before slot 0: then >= span
+  if (rel >= rec->span || uint64_t(static_cast<uint32_t>(((rel >> 4) * rec->recip) >> 32)) * rec->slot_size != rel) {
+    *out = Status::foreign;  // the slab header, or inside a slot
+    return true;
   }
-  bool recovered = false;
-  Status s = seg_->lock(&recovered);
-  if (s != Status::ok) return s;
-  s = free_locked(off);
-  seg_->unlock();
-  return s;
+  uint32_t index = static_cast<uint32_t>(((rel >> 4) * rec->recip) >> 32);
+  // Only the owner of the current word may free. Others change the word only under the lock and only after
+  // swapping the state byte away from kSlotLent, so if the swap below succeeds the word read here was the
+  // slot's word while it was lent to that handle.
+  uint32_t word = __atomic_load_n(rec->gens + index, __ATOMIC_ACQUIRE);
+  uint8_t v = kSlotLent;
+  if (gen != kAnyGen && gen != word) {
+    v = load_state(rec->states + index);
+    if (v == kSlotFree || v == kSlotRemote) *out = Status::double_free;
+    else if (lent(v) && (word & kGenNamed)) return false;  // named: the locked path says so
+    else *out = lent(v) ? Status::stale : Status::corrupted;
+    return true;
+  }
+  if (__builtin_expect(__atomic_compare_exchange_n(rec->states + index, &v, static_cast<uint8_t>(kSlotFree), false,
+                                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE), 1)) {
+    // Crash here: the slot is free in our slab, with the old word; our slabs go ownerless when we are
+    // found dead, and no other process held this word (we owned the slot).
+    gen_bump(rec->gens + index, false);
+    took_back(*rec, off);
+    *out = Status::ok;
+    return true;
+  }
+  if (v == kSlotFree || v == kSlotRemote) {
+    *out = Status::double_free;
+    return true;
+  }
+  if (!lent(v)) {
+    *out = Status::corrupted;
+    return true;
+  }
+  return false;  // ever named (or pinned): under the lock
 }
 
-Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
+Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen) {
   if (usable() && size - 1 < max_size_ && align <= kDefaultAlign && hint == kNoHint) {
     uint32_t cls = static_cast<uint32_t>((size - 1) >> 4);
     std::vector<uint64_t>& stack = classes_[cls].stack;
@@ -549,16 +579,25 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
       else refill(cls);
     }
     if (!stack.empty()) {
-      *off = lend_top(&stack);
+      *off = lend_top(&stack, gen);
       return Status::ok;
     }
   }
   Heap& heap = seg_->heap();
-  Status s = heap.alloc(size, align, hint, off);
+  uint64_t a = heap_align(*seg_, align);
+  Status s = heap.alloc(size, a, hint, off);
   if (s == Status::out_of_memory && size <= kMaxRequest) {
     // Memory parked in slabs may be what is missing: give back what is free, and what dead caches hold.
     uint64_t given = trim_locked();
-    if (shared_collect_dead(*seg_) > 0 || given > 0) s = heap.alloc(size, align, hint, off);
+    if (shared_collect_dead(*seg_) > 0 || given > 0) s = heap.alloc(size, a, hint, off);
+  }
+  if (s == Status::ok) {
+    uint32_t* w = seg_->gen_word(*off);
+    if (w == nullptr) {  // the heap ignored the granule: never hand out a block no generation covers
+      heap.free(*off);
+      return Status::corrupted;
+    }
+    *gen = __atomic_load_n(w, __ATOMIC_RELAXED) & kGenCount;
   }
   return s;
 }
@@ -576,17 +615,29 @@ Status SharedCache::free_locked(uint64_t off) {
         if (!lent(v)) return v == kSlotFree || v == kSlotRemote ? Status::double_free : Status::corrupted;
         if (__atomic_compare_exchange_n(state, &v, static_cast<uint8_t>(kSlotFree), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) break;
       }
+      gen_bump(rec->gens + index, false);
       if (v & kSlotNamed) seg_->dir_forget_offset(off + seg_->heap_offset());
       took_back(*rec, off);
       return Status::ok;
     }
   }
+  return shared_free_locked(*seg_, off);
+}
+
+Status shared_free_locked(Segment& seg, uint64_t off) {
+  Segment* seg_ = &seg;
   Heap& heap = seg_->heap();
   uint64_t usable_bytes = 0;
   if (heap.usable_size(off, &usable_bytes) == Status::ok) {
     if (shared_is_slab(*seg_, off)) return Status::foreign;  // a slab is not the user's allocation
     Status s = heap.free(off);
-    if (s == Status::ok) seg_->dir_forget_offset(off + seg_->heap_offset());
+    if (s == Status::ok) {
+      // Crash between the free and the bump: the block is free; its old word can only free a block that
+      // starts here again, and every such block is handed out with the word as it is then: the old holder
+      // (the dead process, which owned it) is gone. Same for a live caller: bump now.
+      if (uint32_t* w = seg_->gen_word(off)) gen_bump(w, false);
+      seg_->dir_forget_offset(off + seg_->heap_offset());
+    }
     return s;
   }
   SlotRef ref;
@@ -594,37 +645,69 @@ Status SharedCache::free_locked(uint64_t off) {
   return heap.free(off);  // not live: the heap says which code (and changes nothing)
 }
 
-Status SharedCache::realloc_locked(uint64_t off, uint64_t size, uint64_t align, uint64_t* moved) {
-  Heap& heap = seg_->heap();
-  uint64_t u = 0;
-  Status hs = heap.usable_size(off, &u);
-  if (hs == Status::ok) {
-    if (shared_is_slab(*seg_, off)) return Status::foreign;
-    return heap_realloc(heap, off, size, align, moved);
+bool SharedCache::refill(uint32_t cls) { return take_back_remote(cls) || adopt_slab(cls) || new_slab(cls); }
+
+// An ownerless slab of this class with free slots becomes ours (its owner closed or died while some of its
+// slots were still lent or named): without this, each such slab would strand its free slots for good.
+bool SharedCache::adopt_slab(uint32_t cls) {
+  SegmentHeader* sh = seg_->header();
+  if (sh->orphan_lent_count == 0 || adopt_epoch_[cls] == sh->orphan_epoch + 1) return false;
+  uint32_t size = (cls + 1) * 16;
+  std::vector<uint64_t> slabs;
+  list_slabs(*seg_, &slabs);
+  for (uint64_t off : slabs) {
+    SlabHeader h;
+    uint64_t usable_bytes = 0;
+    if (!slab_at(*seg_, off, &h, &usable_bytes) || h.slot_size != size || owner_of(*seg_, h) != kNoOwner) continue;
+    uint8_t* st = states_of(*seg_, off);
+    uint32_t lent_n = 0, free_n = 0;
+    for (uint32_t i = 0; i < h.slot_count; ++i) {
+      uint8_t v = load_state(st + i);
+      if (lent(v)) ++lent_n;
+      else if (v == kSlotFree) ++free_n;
+    }
+    if (free_n == 0) continue;
+    // Crash here (under the lock): the slab names us, a registered owner; if we die, shared_collect_dead
+    // retires it again, and repair's recount derives the totals from the slabs.
+    SlabHeader* live = reinterpret_cast<SlabHeader*>(heap_base_ + off);
+    live->owner = index_;
+    live->owner_serial = serial_;
+    live->remote_pending = 0;
+    sh->orphan_lent_count = sat_sub(sh->orphan_lent_count, lent_n);
+    sh->orphan_lent_bytes = sat_sub(sh->orphan_lent_bytes, uint64_t(lent_n) * size);
+    // Its lent slots are ours to take back now: counted as lent by us, as lend_top() would have.
+    lent_count_ += lent_n;
+    lent_bytes_ += uint64_t(lent_n) * size;
+    publish();
+    add_rec(off, size, h.slot_count, h.slots_offset, cls);
+    std::vector<uint64_t>& stack = classes_[cls].stack;
+    for (uint32_t i = h.slot_count; i-- > 0;) {
+      if (load_state(st + i) == kSlotFree) stack.push_back(off + h.slots_offset + uint64_t(i) * size);
+    }
+    return true;
   }
-  SlotRef ref;
-  if (!shared_find_slot(*seg_, off, &ref)) return hs;
-  uint8_t v = load_state(ref.state);
-  if (!lent(v)) return v == kSlotFree || v == kSlotRemote ? Status::double_free : Status::corrupted;
-  if (size == 0 || !valid_align(align)) return Status::invalid_argument;
-  if (size <= ref.slot_size && off % align == 0) {
-    *moved = off;
-    return Status::ok;
-  }
-  uint64_t to = 0;
-  Status s = alloc_locked(size, align, kNoHint, &to);
-  if (s != Status::ok) return s;
-  std::memmove(heap_base_ + to, heap_base_ + off, size < ref.slot_size ? size : ref.slot_size);
-  s = free_locked(off);
-  if (s != Status::ok) {  // freed by someone else meanwhile cannot happen under the lock; keep the old one
-    free_locked(to);
-    return s;
-  }
-  *moved = to;
-  return Status::ok;
+  adopt_epoch_[cls] = sh->orphan_epoch + 1;  // nothing for this class until another slab goes ownerless
+  return false;
 }
 
-bool SharedCache::refill(uint32_t cls) { return take_back_remote(cls) || new_slab(cls); }
+void SharedCache::add_rec(uint64_t off, uint32_t size, uint32_t count, uint32_t slots, uint32_t cls) {
+  uint32_t r = static_cast<uint32_t>(slabs_.size());
+  for (uint32_t i = 0; i < slabs_.size(); ++i) {
+    if (slabs_[i].base == 0) {
+      r = i;
+      break;
+    }
+  }
+  uint8_t* p = heap_base_ + off;
+  uint64_t d = size / 16;
+  SlabRec rec{off, off + slots, uint64_t(count) * size, p + sizeof(SlabHeader),
+              reinterpret_cast<uint32_t*>(p + slab_gens_offset(count)),
+              (uint64_t(1) << 32) / d + ((uint64_t(1) << 32) % d != 0), size, count, cls};
+  if (r == slabs_.size()) slabs_.push_back(rec);
+  else slabs_[r] = rec;
+  for (uint64_t pg = off >> 12; pg < (off + slab_size_) >> 12; ++pg) page_map_[pg] = r + 1;
+  classes_[cls].slabs.push_back(r);
+}
 
 bool SharedCache::take_back_remote(uint32_t cls) {
   if (__atomic_load_n(&entry_->remote_count, __ATOMIC_RELAXED) == 0) return false;
@@ -672,6 +755,14 @@ bool SharedCache::new_slab(uint32_t cls) {
   slab_geometry(slab_size_, size, &count, &slots);
   uint8_t* p = heap_base_ + off;
   std::memset(p + sizeof(SlabHeader), kSlotFree, count);
+  // Slot words start from the segment's seed, in [2^30, 2^31): far from the heap words (which start at 0
+  // and move one per transfer), so a stale handle of an earlier block here does not match a slot.
+  SegmentHeader* seed_h = seg_->header();
+  uint32_t seed = seed_h->slot_gen_seed;
+  if (seed < (1u << 30) || seed > kGenCount) seed = 1u << 30;
+  uint32_t* gens = reinterpret_cast<uint32_t*>(p + slab_gens_offset(count));
+  for (uint32_t i = 0; i < count; ++i) gens[i] = (1u << 30) | ((seed + i) & ((1u << 30) - 1));
+  seed_h->slot_gen_seed = (1u << 30) | ((seed + count) & ((1u << 30) - 1));
   SlabHeader* h = reinterpret_cast<SlabHeader*>(p);
   h->self = off;
   h->slab_bytes = slab_size_;
@@ -690,20 +781,7 @@ bool SharedCache::new_slab(uint32_t cls) {
   sh->slab_bytes += usable;
   sh->slab_allocations += 1;
 
-  uint32_t r = static_cast<uint32_t>(slabs_.size());
-  for (uint32_t i = 0; i < slabs_.size(); ++i) {
-    if (slabs_[i].base == 0) {
-      r = i;
-      break;
-    }
-  }
-  uint64_t d = size / 16;
-  SlabRec rec{off, off + slots, uint64_t(count) * size, p + sizeof(SlabHeader),
-              (uint64_t(1) << 32) / d + ((uint64_t(1) << 32) % d != 0), size, count, cls};
-  if (r == slabs_.size()) slabs_.push_back(rec);
-  else slabs_[r] = rec;
-  for (uint64_t pg = off >> 12; pg < (off + slab_size_) >> 12; ++pg) page_map_[pg] = r + 1;
-  classes_[cls].slabs.push_back(r);
+  add_rec(off, size, count, slots, cls);
   std::vector<uint64_t>& stack = classes_[cls].stack;
   stack.reserve(stack.size() + count);
   for (uint32_t i = count; i-- > 0;) stack.push_back(off + slots + uint64_t(i) * size);

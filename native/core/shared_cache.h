@@ -4,12 +4,18 @@
 // A slab is one ordinary heap allocation of SegmentHeader::slab_size bytes (4 KiB..64 KiB, 4096-aligned)
 // carved into equal slots of one size class (16..1024 bytes in steps of 16):
 //
-//   [SlabHeader, 64 bytes][one state byte per slot][pad to 16][slots]
+//   [SlabHeader, 64 bytes][one state byte per slot][pad to 4][one generation word per slot][pad to 16][slots]
+//
+// A slot's generation word is segment.h's: a 31-bit counter bumped at every free and every change of owner,
+// bit 31 set while a name owns the slot. The owner hands out the current word with a slot and checks it on
+// its lock-free free; everything else reads and writes it under the lock.
 //
 // Each slab has an owner: one SharedCache (one attachment of one thread, registered in the cache table
 // of the segment header), or none. Slot states (one byte, in the segment):
 //   kSlotFree    free: on its owner's private free stack (or, in an ownerless slab, simply unused)
-//   kSlotLent    the user holds it;                      | kSlotNamed while names may point at it
+//   kSlotLent    the user holds it;                      | kSlotNamed once a name or pin may refer to it:
+//                                                          sticky until the slot is freed, so every free of
+//                                                          a slot that was ever named goes through the lock
 //   kSlotRemote  freed by someone other than its owner; the owner takes it back when it runs dry
 //
 // The owner allocates from a process-local stack (a plain store of kSlotLent: only the owner leaves
@@ -85,6 +91,8 @@ uint32_t choose_slab_size(uint64_t heap_size);
 uint32_t max_cached_size(uint32_t slab_size);
 // Slots of `slot_size` bytes in a slab of `slab_bytes`, and where they start.
 void slab_geometry(uint32_t slab_bytes, uint32_t slot_size, uint32_t* count, uint32_t* slots_offset);
+// Where a slab of `count` slots keeps its generation words (from the slab's start).
+inline uint32_t slab_gens_offset(uint32_t count) { return static_cast<uint32_t>(round_up(64 + uint64_t(count), 4)); }
 
 // A slot found from an offset: everything validated.
 struct SlotRef {
@@ -94,7 +102,25 @@ struct SlotRef {
   uint32_t slot_count = 0;  // from the validated copy of the header: the live header may change under us
   SlabHeader* header = nullptr;
   uint8_t* state = nullptr;
+  uint32_t* gen = nullptr;  // the slot's generation word
 };
+
+// The generation word of the allocation at heap offset `off`: a lent slot's, or the segment's word for a
+// heap block. Null when `off` can start neither. Under the lock.
+uint32_t* shared_gen_word(const Segment& seg, uint64_t off);
+// The physical free of a heap block or of anyone's lent slot (a slot of a live owner is handed back to
+// it as kSlotRemote), with its word bumped. Under the lock; the caller has checked ownership.
+Status shared_free_locked(Segment& seg, uint64_t off);
+// One transfer of a block: the counter moves on; `named` says who owns it now.
+inline void gen_bump(uint32_t* word, bool named) {
+  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
+  __atomic_store_n(word, ((v + 1) & kGenCount) | (named ? kGenNamed : 0u), __ATOMIC_RELEASE);
+}
+// The alignment heap blocks of this segment get (at least the generation granule).
+inline uint64_t heap_align(const Segment& seg, uint64_t align) {
+  uint64_t g = uint64_t(1) << seg.gen_shift();
+  return align > g ? align : g;
+}
 
 // Segment-level operations, all under the segment's lock. Offsets are heap offsets.
 // Whether a valid slab starts at `off` (a live heap allocation with a valid header).
@@ -132,14 +158,16 @@ class SharedCache {
 
   bool enabled() const { return enabled_; }
 
-  // Takes the lock itself when it has to. *off is a heap offset.
-  Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
-  Status free(uint64_t off);
+  // Takes the lock itself when it has to. *off is a heap offset; *gen the block's generation word.
+  Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen);
+  // The owner's lock-free free of an unnamed slot of its own whose generation is `gen` (or kAnyGen):
+  // true when it decided (*out: ok, double_free, stale, foreign), false when the locked path must decide.
+  bool try_free(uint64_t off, uint32_t gen, Status* out);
 
-  // Under the lock (the caller holds it).
-  Status alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
+  // Under the lock (the caller holds it). free_locked is the physical free: the caller has checked
+  // generations, names and pins (shared_pool.cc).
+  Status alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen);
   Status free_locked(uint64_t off);
-  Status realloc_locked(uint64_t off, uint64_t size, uint64_t align, uint64_t* moved);
   // Gives back fully free slabs of this cache to the heap (under the lock); returns bytes given back.
   uint64_t trim_locked();
 
@@ -153,6 +181,7 @@ class SharedCache {
     uint64_t slots_base;  // heap offset of slot 0
     uint64_t span;        // slot_count * slot_size
     uint8_t* states;      // the state bytes
+    uint32_t* gens;       // the generation words
     uint64_t recip;       // ceil(2^32 / (slot_size / 16)): index = ((rel / 16) * recip) >> 32, exact for
                           // rel / 16 < 2^16 and slot_size / 16 <= 64
     uint32_t slot_size;
@@ -179,7 +208,7 @@ class SharedCache {
   }
   static uint64_t current_fork_gen();
   void disown();
-  uint64_t lend_top(std::vector<uint64_t>* stack);
+  uint64_t lend_top(std::vector<uint64_t>* stack, uint32_t* gen);
   // The owner's side of a slot that became free (its state byte already swapped to kSlotFree): back on the
   // private stack, counted. lend_top()'s reverse.
   void took_back(const SlabRec& rec, uint64_t off) {
@@ -203,6 +232,8 @@ class SharedCache {
   bool refill(uint32_t cls);
   bool take_back_remote(uint32_t cls);
   bool new_slab(uint32_t cls);
+  bool adopt_slab(uint32_t cls);
+  void add_rec(uint64_t off, uint32_t size, uint32_t count, uint32_t slots, uint32_t cls);
   void forget_slab(uint32_t rec_index);
   Status free_slot_locked(const SlotRef& ref, uint64_t off);
   void register_entry();
@@ -222,6 +253,7 @@ class SharedCache {
   ClassState classes_[kSlotClasses];
   uint64_t lent_count_ = 0, lent_bytes_ = 0, allocations_ = 0, frees_ = 0;
   uint32_t slab_backoff_ = 0;  // allocations to serve from the heap before trying a new slab again
+  uint32_t adopt_epoch_[kSlotClasses] = {};  // orphan_epoch when this class last found nothing to adopt
 };
 
 }  // namespace mempool

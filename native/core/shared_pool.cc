@@ -1,0 +1,520 @@
+#include "shared_pool.h"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "debug_heap.h"
+
+namespace mempool {
+namespace {
+
+uint32_t my_pid() { return static_cast<uint32_t>(getpid()); }
+
+// The segment's lock held for one scope.
+class Locked {
+ public:
+  explicit Locked(Segment& seg) : seg_(seg) {
+    bool recovered = false;
+    status_ = seg_.lock(&recovered);
+  }
+  ~Locked() {
+    if (status_ == Status::ok) seg_.unlock();
+  }
+  Status status() const { return status_; }
+
+ private:
+  Segment& seg_;
+  Status status_;
+};
+
+bool pin_entry_valid(const Segment& seg, const PinEntry& e) {
+  return (e.state == kPinHeld || e.state == kPinFreePending) && e.offset >= seg.heap_offset() && e.offset < seg.size();
+}
+
+// Clears a pin entry: pid first, so a crash leaves it empty, never half a pin.
+void pin_clear(Segment& seg, PinEntry* e) {
+  __atomic_store_n(&e->pid, 0u, __ATOMIC_RELEASE);
+  e->state = kPinEmpty;
+  SegmentHeader* h = seg.header();
+  if (h->pins_active > 0) h->pins_active -= 1;
+}
+
+// Drops the pins of processes that are gone; the blocks whose last pin went and whose free was waiting
+// are appended to `frees` (segment offsets) for the caller to free.
+void drop_dead_pins(Segment& seg, std::vector<uint64_t>* frees) {
+  if (seg.header()->pins_active == 0 || !seg.same_pid_namespace()) return;
+  PinEntry* t = seg.pins();
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    PinEntry e;
+    std::memcpy(&e, &t[i], sizeof e);
+    if (e.pid == 0 || process_alive(e.pid, e.start_ticks)) continue;
+    bool pending = e.state == kPinFreePending && pin_entry_valid(seg, e);
+    pin_clear(seg, &t[i]);
+    if (pending && !shared_pinned(seg, e.offset, true)) frees->push_back(e.offset);
+  }
+}
+
+}  // namespace
+
+bool shared_pinned(Segment& seg, uint64_t off, bool mark) {
+  if (seg.header()->pins_active == 0) return false;
+  PinEntry* t = seg.pins();
+  bool judge = seg.same_pid_namespace();
+  bool found = false;
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    if (__atomic_load_n(&t[i].pid, __ATOMIC_ACQUIRE) == 0 || t[i].offset != off) continue;
+    if (judge && !process_alive(t[i].pid, t[i].start_ticks)) {
+      pin_clear(seg, &t[i]);  // a dead reader's pin: it reads nothing any more
+      continue;
+    }
+    found = true;
+    if (mark) t[i].state = kPinFreePending;
+  }
+  return found;
+}
+
+Status repair_names_and_pins(Segment& seg) {
+  // Pins: entries a scribbler or a half-done store left impossible are dropped; the count is recomputed.
+  PinEntry* t = seg.pins();
+  uint64_t active = 0;
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    if (t[i].pid == 0) continue;
+    if (!pin_entry_valid(seg, t[i])) {
+      t[i].pid = 0;
+      t[i].state = kPinEmpty;
+      continue;
+    }
+    ++active;
+  }
+  seg.header()->pins_active = active;
+  std::vector<uint64_t> frees;
+  drop_dead_pins(seg, &frees);
+  // Names: the directory is the truth. Blocks are collected first and changed after the walk.
+  std::vector<uint64_t> orphans;
+  uint64_t heap_off = seg.heap_offset();
+  Status s = shared_walk(seg, [&](const BlockInfo& b) {
+    if (!b.used) return true;
+    uint32_t* w = shared_gen_word(seg, b.offset);
+    if (w == nullptr) return true;
+    bool named = (*w & kGenNamed) != 0;
+    bool listed = seg.dir_names(b.offset + heap_off);
+    if (listed && !named) gen_bump(w, true);  // the dead process named it and stopped before the word
+    if (!listed && named) orphans.push_back(b.offset);
+    return true;
+  });
+  if (s != Status::ok) return s;
+  for (uint64_t off : orphans) {
+    // Named by nothing: the dead process was taking it from a name (it would have owned it) or replacing
+    // the name (the old block goes as set() would free it). Freed, unless a live reader still pins it.
+    uint32_t* w = shared_gen_word(seg, off);
+    if (w != nullptr) gen_bump(w, false);
+    if (!shared_pinned(seg, off + heap_off, true)) shared_free_locked(seg, off);
+  }
+  for (uint64_t off : frees) shared_free_locked(seg, off - heap_off);
+  return Status::ok;
+}
+
+SharedPool::SharedPool(std::unique_ptr<Segment> seg) : seg_(std::move(seg)) {
+  static const bool hooked = (Segment::set_repair_hook(repair_names_and_pins), true);
+  (void)hooked;
+  debug_ = seg_->heap().debug() != nullptr;
+  seg_->attach();  // listed until unmapped
+  cache_ = std::make_unique<SharedCache>(seg_.get());  // registers itself, collecting dead caches
+  Locked l(*seg_);
+  if (l.status() == Status::ok) collect_dead_locked();
+}
+
+SharedPool::~SharedPool() { close(); }
+
+Status SharedPool::create(const std::string& name, uint64_t size, const SegmentOptions& options,
+                          std::unique_ptr<SharedPool>* out, int* err, bool* created) {
+  std::unique_ptr<Segment> seg;
+  Status s = Segment::create(name, size, options, &seg, err, created);
+  if (s != Status::ok) return s;
+  out->reset(new SharedPool(std::move(seg)));
+  return Status::ok;
+}
+
+Status SharedPool::open(const std::string& name, uint32_t lock_timeout_ms, std::unique_ptr<SharedPool>* out, int* err) {
+  std::unique_ptr<Segment> seg;
+  Status s = Segment::open(name, lock_timeout_ms, &seg, err);
+  if (s != Status::ok) return s;
+  out->reset(new SharedPool(std::move(seg)));
+  return Status::ok;
+}
+
+void SharedPool::close(uint32_t lock_ms) {
+  if (!seg_ || !seg_->mapped()) return;
+  if (cache_) cache_->close(lock_ms);
+  cache_.reset();
+  seg_->unmap();
+}
+
+Status SharedPool::lock() {
+  if (!seg_->mapped()) return Status::invalid_argument;
+  bool recovered = false;
+  return seg_->lock(&recovered);
+}
+
+uint32_t SharedPool::collect_dead_locked() {
+  uint32_t n = shared_collect_dead(*seg_);
+  std::vector<uint64_t> frees;
+  drop_dead_pins(*seg_, &frees);
+  for (uint64_t off : frees) physical_free(off - heap_offset());
+  return n + static_cast<uint32_t>(frees.size());
+}
+
+// The caller owns the live block at heap offset `hoff` through `gen` (or has no handle: kAnyGen).
+Status SharedPool::owned(uint64_t hoff, uint32_t gen, uint32_t** word) {
+  uint64_t usable = 0;
+  Status s = seg_->usable_any(hoff, &usable);
+  if (s != Status::ok) return s;  // free (double_free) or not a block (foreign): the heap says which
+  uint32_t* w = shared_gen_word(*seg_, hoff);
+  if (w == nullptr) return Status::foreign;
+  uint32_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+  if (v & kGenNamed) return Status::named;
+  if (gen != kAnyGen && gen != v) return Status::stale;
+  *word = w;
+  return Status::ok;
+}
+
+Status SharedPool::physical_free(uint64_t hoff) { return cache_->free_locked(hoff); }
+
+// The owner lets go of a block it owns (its word checked): freed now, or when the last reader unpins it.
+Status SharedPool::release_locked(uint64_t hoff, uint32_t* word) {
+  if (shared_pinned(*seg_, hoff + heap_offset(), true)) {
+    // Crash after the mark: the pins say a free waits; their holders (or whoever finds them dead) do it.
+    gen_bump(word, false);  // no handle of the block is current any more: it belongs to its pins now
+    return Status::ok;
+  }
+  return physical_free(hoff);
+}
+
+Status SharedPool::alloc(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* off, uint32_t* gen) {
+  if (!seg_->mapped()) return Status::invalid_argument;
+  if (size > kMaxRequest) return Status::out_of_memory;
+  uint64_t heap_hint = hint != kNoHint && hint >= heap_offset() ? hint - heap_offset() : kNoHint;
+  Status s;
+  if (debug_) {
+    Locked l(*seg_);
+    if (l.status() != Status::ok) return l.status();
+    seg_->heap().debug()->set_site(site);
+    s = cache_->alloc_locked(size, align, heap_hint, off, gen);
+  } else {
+    s = cache_->alloc(size, align, heap_hint, off, gen);  // takes the lock only when it must
+  }
+  if (s == Status::ok) *off += heap_offset();
+  return s;
+}
+
+Status SharedPool::free(uint64_t off, uint32_t gen) {
+  if (!seg_->mapped()) return Status::invalid_argument;
+  if (off < heap_offset()) return Status::foreign;
+  uint64_t hoff = off - heap_offset();
+  Status s;
+  if (cache_->try_free(hoff, gen, &s)) return s;  // the owner's own unnamed slot: no lock
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  uint32_t* word = nullptr;
+  s = owned(hoff, gen, &word);
+  if (s != Status::ok) return s;
+  return release_locked(hoff, word);
+}
+
+Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t align, uint64_t* moved, uint32_t* new_gen) {
+  if (!seg_->mapped()) return Status::invalid_argument;
+  if (off < heap_offset()) return Status::foreign;
+  if (size > kMaxRequest) return Status::out_of_memory;
+  if (size == 0 || !valid_align(align)) return Status::invalid_argument;
+  uint64_t hoff = off - heap_offset();
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  uint32_t* word = nullptr;
+  Status s = owned(hoff, gen, &word);
+  if (s != Status::ok) return s;
+  uint64_t usable = 0;
+  seg_->usable_any(hoff, &usable);
+  bool pinned = shared_pinned(*seg_, off, false);
+  bool slot = seg_->gen_word(hoff) != word;
+  // In place: a slot that already fits; a heap block the heap can resize where it is. Not while a reader
+  // pins it: a shrink would hand its tail to someone else under the reader.
+  if (!pinned && hoff % align == 0) {
+    if (slot && size <= usable) {
+      *moved = off;
+      *new_gen = *word;
+      return Status::ok;
+    }
+    if (!slot && !debug_ && seg_->heap().resize_in_place(hoff, size) == Status::ok) {
+      *moved = off;
+      *new_gen = *word;
+      return Status::ok;
+    }
+  }
+  uint64_t to = 0;
+  uint32_t to_gen = 0;
+  s = cache_->alloc_locked(size, align, kNoHint, &to, &to_gen);
+  if (s != Status::ok) return s;  // the old block is untouched
+  std::memmove(seg_->heap().base() + to, seg_->heap().base() + hoff, size < usable ? size : usable);
+  // Crash here: both blocks are live and unnamed; the dead caller owned both, and both stay allocated
+  // (as any block a dead process held: a leak, which trackOwners-style reclaim is for).
+  s = release_locked(hoff, word);
+  if (s != Status::ok) {
+    shared_free_locked(*seg_, to);
+    return s;
+  }
+  *moved = to + heap_offset();
+  *new_gen = to_gen;
+  return Status::ok;
+}
+
+Status SharedPool::usable_size(uint64_t off, uint64_t* size) {
+  if (off < heap_offset()) return Status::foreign;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  return seg_->usable_any(off - heap_offset(), size);
+}
+
+// set() and replace(): names the owned block at `hoff` `key`; the block the key named before goes to
+// *old (replace) or is freed (old == nullptr).
+Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t gen, uint64_t length, NamedBlock* old, bool* had) {
+  if (had != nullptr) *had = false;
+  uint32_t* word = nullptr;
+  Status s = owned(hoff, gen, &word);
+  if (s != Status::ok) return s;
+  uint64_t usable = 0;
+  seg_->usable_any(hoff, &usable);
+  if (length > usable) return Status::foreign;
+  uint64_t off = hoff + heap_offset();
+  uint64_t prev_off = 0, prev_len = 0;
+  int64_t index = seg_->dir_lookup(key, &prev_off, &prev_len);
+  // 1. A slot is marked as ever named (its frees go through the lock from now on). Racing the owner's
+  //    lock-free free of it (offset API): one compare-and-swap wins; losing changes nothing.
+  s = shared_mark_named(*seg_, hoff);
+  if (s != Status::ok) return s;
+  // 2. The directory. Crash after this: the entry names the block and repair gives the block kGenNamed;
+  //    the block named before has kGenNamed and no entry, and repair frees it.
+  if (index >= 0) {
+    seg_->dir_point(static_cast<uint32_t>(index), off, length);
+  } else {
+    s = seg_->dir_set(key, off, length);
+    if (s != Status::ok) return s;  // full: nothing changed (the sticky slot mark is harmless)
+  }
+  // 3. The name owns the block: the caller's handle is stale from here.
+  gen_bump(word, true);
+  if (index < 0) return Status::ok;
+  // 4. The block named before (if the entry was sound: a scribbled offset names nothing).
+  uint64_t prev_hoff = prev_off - heap_offset();
+  uint32_t* prev_word = shared_gen_word(*seg_, prev_hoff);
+  if (prev_word == nullptr || prev_off == off || !(*prev_word & kGenNamed)) return Status::ok;
+  gen_bump(prev_word, false);
+  if (old != nullptr) {
+    old->offset = prev_off;
+    old->length = prev_len;
+    old->gen = *prev_word;
+    *had = true;
+    return Status::ok;
+  }
+  if (!shared_pinned(*seg_, prev_off, true)) physical_free(prev_hoff);
+  return Status::ok;
+}
+
+Status SharedPool::set(const std::string& key, uint64_t off, uint32_t gen, uint64_t length) {
+  if (off < heap_offset()) return Status::foreign;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  return name_block(key, off - heap_offset(), gen, length, nullptr, nullptr);
+}
+
+Status SharedPool::replace(const std::string& key, uint64_t off, uint32_t gen, uint64_t length, NamedBlock* old, bool* had) {
+  if (off < heap_offset()) return Status::foreign;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  return name_block(key, off - heap_offset(), gen, length, old, had);
+}
+
+Status SharedPool::take(const std::string& key, NamedBlock* out, bool* had) {
+  *had = false;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  int64_t index = seg_->dir_lookup(key, &out->offset, &out->length);
+  if (index < 0) return Status::ok;
+  uint32_t* word = shared_gen_word(*seg_, out->offset - heap_offset());
+  if (word == nullptr) return Status::corrupted;  // an entry naming no block: check() says more
+  // Crash after the removal: the block has kGenNamed and no entry: repair frees it (the taker is dead).
+  seg_->dir_remove(static_cast<uint32_t>(index));
+  gen_bump(word, false);
+  out->gen = *word;
+  *had = true;
+  return Status::ok;
+}
+
+Status SharedPool::get(const std::string& key, NamedBlock* out, bool* had) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  *had = seg_->dir_lookup(key, &out->offset, &out->length) >= 0;
+  if (!*had) return Status::ok;
+  uint32_t* word = shared_gen_word(*seg_, out->offset - heap_offset());
+  if (word == nullptr) return Status::corrupted;
+  out->gen = *word;
+  return Status::ok;
+}
+
+Status SharedPool::copy(const std::string& key, std::string* bytes, bool* had) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  uint64_t off = 0, length = 0;
+  *had = seg_->dir_lookup(key, &off, &length) >= 0;
+  if (*had) bytes->assign(reinterpret_cast<const char*>(seg_->base() + off), length);  // bounds: dir_lookup
+  return Status::ok;
+}
+
+Status SharedPool::remove(const std::string& key, bool* had) {
+  NamedBlock b;
+  *had = false;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  int64_t index = seg_->dir_lookup(key, &b.offset, &b.length);
+  if (index < 0) return Status::ok;
+  uint32_t* word = shared_gen_word(*seg_, b.offset - heap_offset());
+  // Crash after the removal: repair frees the block (kGenNamed, no entry), which is what delete does.
+  seg_->dir_remove(static_cast<uint32_t>(index));
+  *had = true;
+  if (word == nullptr) return Status::ok;
+  gen_bump(word, false);
+  return release_locked(b.offset - heap_offset(), word);
+}
+
+Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, bool* had) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  *had = seg_->dir_lookup(key, &out->offset, &out->length) >= 0;
+  if (!*had) return Status::ok;
+  uint32_t* word = shared_gen_word(*seg_, out->offset - heap_offset());
+  if (word == nullptr) return Status::corrupted;
+  out->gen = *word;
+  PinEntry* t = seg_->pins();
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    if (t[i].pid != 0) continue;
+    // Filled with the pid last: a crash before it leaves an empty entry; after it, a pin of a dead
+    // process, dropped by the next process that looks.
+    t[i].state = kPinHeld;
+    t[i].offset = out->offset;
+    t[i].start_ticks = process_start_ticks(my_pid());
+    t[i].reserved = 0;
+    __atomic_store_n(&t[i].pid, my_pid(), __ATOMIC_RELEASE);
+    seg_->header()->pins_active += 1;
+    *pin = i;
+    return Status::ok;
+  }
+  // Full: perhaps of dead readers' pins.
+  std::vector<uint64_t> frees;
+  drop_dead_pins(*seg_, &frees);
+  for (uint64_t f : frees) physical_free(f - heap_offset());
+  return Status::pins_full;
+}
+
+Status SharedPool::unpin(uint32_t pin, uint64_t off) {
+  if (pin >= kPinSlots) return Status::invalid_argument;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  PinEntry* e = &seg_->pins()[pin];
+  if (e->pid != my_pid() || e->offset != off) return Status::invalid_argument;  // not our pin (any more)
+  bool pending = e->state == kPinFreePending;
+  pin_clear(*seg_, e);
+  // Crash here: the pin is gone and the free it held back is not done; the block's word has no holder.
+  // Leaked until the segment is recreated: a window of two stores, accepted (documented in the note).
+  if (pending && !shared_pinned(*seg_, off, true)) return physical_free(off - heap_offset());
+  return Status::ok;
+}
+
+Status SharedPool::keys(std::vector<std::string>* out) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  seg_->dir_keys(out);
+  return Status::ok;
+}
+
+Status SharedPool::stats(HeapStats* out) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  collect_dead_locked();  // exact figures for dead owners' slots
+  seg_->heap().stats(out);
+  shared_adjust_stats(*seg_, out);  // slabs are allocations to the heap; the user's are the slots
+  out->capacity += heap_offset();
+  out->overhead += heap_offset();
+  return Status::ok;
+}
+
+Status SharedPool::check(CheckResult* r) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  seg_->heap().check(r);
+  shared_check(*seg_, r);
+  seg_->dir_check(r);
+  // Names and words agree (O3), and pins name live blocks.
+  uint64_t heap_off = heap_offset();
+  shared_walk(*seg_, [&](const BlockInfo& b) {
+    if (!b.used) return true;
+    uint32_t* w = shared_gen_word(*seg_, b.offset);
+    if (w == nullptr) return true;
+    bool named = (*w & kGenNamed) != 0;
+    bool listed = seg_->dir_names(b.offset + heap_off);
+    if (named != listed) {
+      r->report("names: the block at " + std::to_string(b.offset + heap_off) +
+                (named ? " is marked named but no key names it" : " is named but not marked so"));
+    }
+    return true;
+  });
+  const PinEntry* t = seg_->pins();
+  uint64_t active = 0;
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    if (t[i].pid == 0) continue;
+    ++active;
+    uint64_t u = 0;
+    if (!pin_entry_valid(*seg_, t[i]) || seg_->usable_any(t[i].offset - heap_off, &u) != Status::ok) {
+      r->report("pins: entry " + std::to_string(i) + " pins no live block");
+    }
+  }
+  if (active != seg_->header()->pins_active) r->report("pins: the active count disagrees with the entries");
+  return Status::ok;
+}
+
+Status SharedPool::walk(const std::function<bool(const BlockInfo&)>& visit) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  collect_dead_locked();
+  uint64_t heap_off = heap_offset();
+  return shared_walk(*seg_, [&](const BlockInfo& b) {
+    BlockInfo shifted{b.offset + heap_off, b.size, b.used};
+    return visit(shifted);
+  });
+}
+
+Status SharedPool::processes(std::vector<AttachedProcess>* out) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  seg_->attached(out);
+  return Status::ok;
+}
+
+Status SharedPool::reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes) {
+  if (!debug_) return Status::invalid_argument;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  uint64_t heap_off = heap_offset();
+  // A reclaimed block's names go with it, as with any free.
+  return seg_->heap().debug()->reclaim(pid, count, bytes, [&](uint64_t off) {
+    seg_->dir_forget_offset(off + heap_off);
+    if (uint32_t* w = seg_->gen_word(off)) gen_bump(w, false);
+  });
+}
+
+Status SharedPool::locked(const std::function<Status()>& fn) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  return fn();
+}
+
+}  // namespace mempool
