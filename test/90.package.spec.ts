@@ -74,11 +74,13 @@ console.log(JSON.stringify({ kind, frees: stats.frees, closed: code === expected
   create: typeof SharedPool.create, mm: typeof MemoryManager.getInstance, sharedSize: shared.size }));
 `;
 
-const TS_SETTINGS: Record<string, Record<string, unknown>> = {
+/** Compiler options, and the consumer files compiled (and, when emitted, run) with them. */
+const TS_SETTINGS: Record<string, { options: Record<string, unknown>; files: string[] }> = {
   // The strictest for a CommonJS package's types: no synthetic default imports.
-  commonjs: { module: 'commonjs', esModuleInterop: false, outDir: 'out-commonjs' },
-  node16: { module: 'node16', moduleResolution: 'node16', outDir: 'out-node16' },
-  bundler: { module: 'esnext', moduleResolution: 'bundler', noEmit: true },
+  commonjs: { options: { module: 'commonjs', esModuleInterop: false, outDir: 'out-commonjs' }, files: ['consumer.ts'] },
+  // A CommonJS file and an ES module (.mts) importing the CommonJS package.
+  node16: { options: { module: 'node16', moduleResolution: 'node16', outDir: 'out-node16' }, files: ['consumer.ts', 'consumer.mts'] },
+  bundler: { options: { module: 'esnext', moduleResolution: 'bundler', noEmit: true }, files: ['consumer.ts'] },
 };
 
 describe('Packaging: the tarball a user installs', function () {
@@ -104,6 +106,22 @@ describe('Packaging: the tarball a user installs', function () {
     // Its dependencies (node-addon-api, bindings) are in the npm cache after `npm ci`; the addon is built
     // from the shipped sources by the package's install script.
     run('npm', ['install', tarball, '--no-audit', '--no-fund', '--prefer-offline'], consumer);
+  });
+
+  it('without its install script (--ignore-scripts), loading fails with ERR_ADDON_LOAD and advice for a dependent project', function () {
+    const unbuilt = path.join(work, 'unbuilt');
+    fs.mkdirSync(unbuilt);
+    fs.writeFileSync(path.join(unbuilt, 'package.json'), JSON.stringify({ name: 'unbuilt', version: '1.0.0', private: true }));
+    run('npm', ['install', tarball, '--no-audit', '--no-fund', '--prefer-offline', '--ignore-scripts'], unbuilt);
+    const script = `try { require('mempool'); console.log('{}'); } catch (e) {
+  console.log(JSON.stringify({ code: e.code, isError: e instanceof Error, message: e.message, cause: String(e.cause) })); }`;
+    const r = JSON.parse(run(process.execPath, ['-e', script], unbuilt));
+    expect(r.code).to.equal('ERR_ADDON_LOAD');
+    expect(r.isError).to.equal(true);
+    expect(r.message).to.include('`npm rebuild mempool`');
+    expect(r.message).to.include('apt-get install -y python3 make g++');
+    expect(r.message).to.not.include('npm run build');
+    expect(r.cause).to.match(/bindings/i);
   });
 
   after(function () {
@@ -181,9 +199,10 @@ console.log(JSON.stringify({ code, same: mempool.Pool === Pool && dynamic.Pool =
     expect(JSON.parse(run(bin, ['list', '--json'], consumer))).to.be.an('array');
   });
 
-  for (const [setting, options] of Object.entries(TS_SETTINGS)) {
+  for (const [setting, { options, files: sources }] of Object.entries(TS_SETTINGS)) {
     it(`its types compile in a TypeScript project with ${setting} module settings`, function () {
       fs.writeFileSync(path.join(consumer, 'consumer.ts'), CONSUMER_TS);
+      fs.writeFileSync(path.join(consumer, 'consumer.mts'), CONSUMER_TS);
       const tsconfig = `tsconfig.${setting}.json`;
       fs.writeFileSync(
         path.join(consumer, tsconfig),
@@ -197,13 +216,16 @@ console.log(JSON.stringify({ code, same: mempool.Pool === Pool && dynamic.Pool =
             typeRoots: [path.join(root, 'node_modules', '@types')],
             ...options,
           },
-          files: ['consumer.ts'],
+          files: sources,
         }),
       );
       run(process.execPath, [tsc, '-p', tsconfig], consumer);
       if (options.noEmit) return;
-      const r = JSON.parse(run(process.execPath, [path.join(String(options.outDir), 'consumer.js')], consumer));
-      expect(r).to.deep.equal({ kind: 'normal', frees: 1, closed: true, channel: 'mempool:alloc', create: 'function', mm: 'function', sharedSize: 1 << 20 });
+      for (const source of sources) {
+        const emitted = path.join(String(options.outDir), source.replace(/\.ts$/, '.js').replace(/\.mts$/, '.mjs'));
+        const r = JSON.parse(run(process.execPath, [emitted], consumer));
+        expect(r, emitted).to.deep.equal({ kind: 'normal', frees: 1, closed: true, channel: 'mempool:alloc', create: 'function', mm: 'function', sharedSize: 1 << 20 });
+      }
     });
   }
 });
