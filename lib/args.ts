@@ -1,5 +1,5 @@
 // Argument checks shared by every public call, with one message template (see errors.ts).
-import { invalidArgType, outOfRange } from './errors';
+import { invalidArgType, invalidArgValue, outOfRange } from './errors';
 import { Algorithm, ALGORITHMS, HeapOptions } from './types';
 
 export const MAX_ALIGN = 4096;
@@ -59,4 +59,53 @@ export function checkHeapOptions(options: HeapOptions): [number, number, number]
     options.minBlock === undefined ? 16 : checkSize(options.minBlock, 'options.minBlock'),
     options.maxBlock === undefined ? 0 : checkSize(options.maxBlock, 'options.maxBlock'),
   ];
+}
+
+/** The options every heap takes (HeapOptions), for the lists of known option names. */
+export const HEAP_OPTION_NAMES: readonly (keyof HeapOptions)[] = ['blockSize', 'minBlock', 'maxBlock'];
+
+/**
+ * Throws ERR_INVALID_ARG_VALUE for an own enumerable option name that is not in `allowed`, so a typo
+ * (`debgu: true`) is an error instead of an option silently ignored. `what` names the call, e.g.
+ * 'new Pool()'. Anything but a plain object is left to the caller's type checks.
+ */
+export function checkKnownOptions(options: unknown, allowed: readonly string[], what: string): void {
+  if (typeof options !== 'object' || options === null) return;
+  for (const key of Object.keys(options)) {
+    if (allowed.includes(key)) continue;
+    const near = closestName(key, allowed);
+    throw invalidArgValue(
+      `Unknown option '${key}' for ${what}: expected one of ${allowed.join(', ')}${near === undefined ? '' : ` (did you mean '${near}'?)`}`,
+    );
+  }
+}
+
+/** The allowed name a typo most likely meant: the same ignoring case, or at most two edits away. */
+function closestName(key: string, allowed: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const name of allowed) {
+    const d = name.toLowerCase() === key.toLowerCase() ? 0 : editDistance(key, name);
+    if (d < bestDistance) {
+      best = name;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance, with a transposition counted as one edit ('debgu' is one from 'debug'). */
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2) return 3;
+  const d: number[][] = [];
+  for (let i = 0; i <= a.length; i++) d.push([i]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
 }

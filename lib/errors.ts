@@ -28,9 +28,11 @@ export type PoolErrorCode =
 
 /**
  * Every `code` mempool's errors carry: PoolError's, plus Node's ERR_INVALID_ARG_TYPE (a TypeError: an
- * argument of the wrong type) and ERR_OUT_OF_RANGE (a RangeError: a value outside what is accepted).
+ * argument of the wrong type), ERR_INVALID_ARG_VALUE (a TypeError: an unknown option name) and
+ * ERR_OUT_OF_RANGE (a RangeError: a value outside what is accepted); and ERR_ADDON_LOAD (an Error thrown
+ * when mempool is first loaded: the native addon is missing or was built for another Node).
  */
-export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_OUT_OF_RANGE';
+export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_INVALID_ARG_VALUE' | 'ERR_OUT_OF_RANGE' | 'ERR_ADDON_LOAD';
 
 /**
  * An error about pool memory (out of memory, a foreign or double free, a closed or corrupted pool) or
@@ -49,6 +51,9 @@ export class PoolError extends Error {
 export interface CodedTypeError extends TypeError {
   code: 'ERR_INVALID_ARG_TYPE';
 }
+export interface CodedValueError extends TypeError {
+  code: 'ERR_INVALID_ARG_VALUE';
+}
 export interface CodedRangeError extends RangeError {
   code: 'ERR_OUT_OF_RANGE';
 }
@@ -66,6 +71,13 @@ function describe(value: unknown): string {
 export function invalidArgType(name: string, expected: string, value: unknown): CodedTypeError {
   const e = new TypeError(`Expected ${expected} for ${name} but received ${describe(value)}`) as CodedTypeError;
   e.code = 'ERR_INVALID_ARG_TYPE';
+  return e;
+}
+
+/** An argument of the right type whose value is not one mempool knows (Node's ERR_INVALID_ARG_VALUE, a TypeError). */
+export function invalidArgValue(message: string): CodedValueError {
+  const e = new TypeError(message) as CodedValueError;
+  e.code = 'ERR_INVALID_ARG_VALUE';
   return e;
 }
 

@@ -1,6 +1,7 @@
 // Allocation events on node:diagnostics_channel. Publishing checks hasSubscribers first, so nothing is
 // built or sent while no one listens.
-import diagnosticsChannel from 'node:diagnostics_channel';
+// A namespace import, not a default one: the emitted .d.ts must compile without esModuleInterop (TS1192).
+import * as diagnosticsChannel from 'node:diagnostics_channel';
 
 /** `{ pool, offset, size }` after every allocation. */
 export const allocChannel = diagnosticsChannel.channel('mempool:alloc');

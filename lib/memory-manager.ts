@@ -1,6 +1,6 @@
 // MemoryManager: the seeds' singleton interface (init_normal, allocate(size, prefix_address),
 // init_shared, allocate_shared, deallocate, memory_type, ...) as a thin facade over Pool and SharedPool.
-import { checkBoolean, checkBuffer, checkObject, checkSize } from './args';
+import { checkBoolean, checkBuffer, checkKnownOptions, checkObject, checkSize, HEAP_OPTION_NAMES } from './args';
 import { invalidArgType, PoolError } from './errors';
 import { memoryType, MemoryType } from './memory-type';
 import { Pool } from './pool';
@@ -46,6 +46,12 @@ export interface InitSharedOptions extends HeapOptions {
   mode?: number;
 }
 
+/** Every option of initNormal() / initShared(): any other name is refused (ERR_INVALID_ARG_VALUE). */
+const INIT_NORMAL_OPTION_NAMES: readonly (keyof InitNormalOptions)[] = ['memorySizeBytes', 'algorithm', 'grow', ...HEAP_OPTION_NAMES];
+const INIT_SHARED_OPTION_NAMES: readonly (keyof InitSharedOptions)[] = [
+  'name', 'memorySizeBytes', 'algorithm', 'create', 'lockTimeoutMs', 'maxKeys', 'debug', 'mode', ...HEAP_OPTION_NAMES,
+];
+
 function notInitialized(what: string): PoolError {
   return new PoolError('ERR_MM_NOT_INITIALIZED', `${what} is not initialized: call ${what === 'Shared memory' ? 'initShared' : 'initNormal'} first`);
 }
@@ -71,10 +77,12 @@ export class MemoryManager {
 
   /**
    * Creates the normal pool (a Pool with `fallback: true`). Throws ERR_MM_ALREADY_INITIALIZED when one
-   * exists (close() first), and the errors of `new Pool()`.
+   * exists (close() first), ERR_INVALID_ARG_VALUE for an option name it does not know, and the errors
+   * of `new Pool()`.
    */
   initNormal(options: InitNormalOptions): void {
     const o = checkObject<InitNormalOptions>(options, 'options');
+    checkKnownOptions(o, INIT_NORMAL_OPTION_NAMES, 'MemoryManager.initNormal()');
     if (this.normal) throw new PoolError('ERR_MM_ALREADY_INITIALIZED', 'Normal memory is already initialized');
     const { memorySizeBytes, ...rest } = o;
     this.normal = new Pool({ ...rest, size: checkSize(memorySizeBytes, 'options.memorySizeBytes'), fallback: true });
@@ -102,11 +110,12 @@ export class MemoryManager {
    * create: false only attaches. True when it is ready; false only when create is false and no segment
    * of that name exists yet. The segment stays after close(): unlink it with SharedPool.unlink(name).
    *
-   * @throws ERR_MM_ALREADY_INITIALIZED when a shared pool is already set up (close() first), and the
-   *   errors of SharedPool.create() / open().
+   * @throws ERR_MM_ALREADY_INITIALIZED when a shared pool is already set up (close() first);
+   *   ERR_INVALID_ARG_VALUE for an option name it does not know; the errors of SharedPool.create() / open().
    */
   initShared(options: InitSharedOptions): boolean {
     const o = checkObject<InitSharedOptions>(options, 'options');
+    checkKnownOptions(o, INIT_SHARED_OPTION_NAMES, 'MemoryManager.initShared()');
     if (this.shared) throw new PoolError('ERR_MM_ALREADY_INITIALIZED', 'Shared memory is already initialized');
     if (typeof o.name !== 'string') throw invalidArgType('options.name', 'a string', o.name);
     const create = o.create === undefined ? true : checkBoolean(o.create, 'options.create');

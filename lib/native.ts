@@ -106,14 +106,16 @@ function load(): Addon {
   try {
     return bindings('mempool') as Addon;
   } catch (cause) {
+    // Said to a user whose project depends on mempool: `npm run build` exists only in mempool's own repository.
     const e = new Error(
-      'mempool: the native addon could not be loaded.\n' +
+      `mempool: the native addon could not be loaded (${cause instanceof Error ? cause.message.split('\n')[0] : String(cause)}).\n` +
         'Possible solutions:\n' +
-        '- run `npm install` (it builds the addon with node-gyp: needs python3, make and a C++17 compiler)\n' +
-        '- run `npm run build` after changing Node versions\n' +
+        '- reinstall mempool (`npm rebuild mempool`): it builds the addon with node-gyp, which needs python3, make and a C++17 compiler (apt-get install -y python3 make g++)\n' +
+        '- run `npm rebuild mempool` again after changing Node versions, and do not install with --ignore-scripts\n' +
         '- mempool supports Linux only',
-    );
-    (e as Error & { cause: unknown }).cause = cause;
+    ) as Error & { code: string; cause: unknown };
+    e.code = 'ERR_ADDON_LOAD';
+    e.cause = cause;
     throw e;
   }
 }

@@ -1,6 +1,6 @@
 // Pool: memory from the system allocator, one malloc per region, managed by one of the core's heaps.
 // With grow it takes more regions when full; with fallback it serves what it cannot from malloc.
-import { checkAlgorithm, checkBoolean, checkHeapOptions, checkObject, checkSize } from './args';
+import { checkAlgorithm, checkBoolean, checkHeapOptions, checkKnownOptions, checkObject, checkSize, HEAP_OPTION_NAMES } from './args';
 import { invalidArgType, outOfRange } from './errors';
 import { Chunk, closedError, HeapPool } from './heap-pool';
 import { registerRegion } from './memory-type';
@@ -49,6 +49,10 @@ export interface PoolOptions extends HeapOptions {
   cache?: boolean;
 }
 
+/** Every option of `new Pool()`: any other name is refused (ERR_INVALID_ARG_VALUE), so a typo is not ignored. */
+const POOL_OPTION_NAMES: readonly (keyof PoolOptions)[] = ['size', 'algorithm', 'grow', 'fallback', 'debug', 'cache', ...HEAP_OPTION_NAMES];
+const GROW_OPTION_NAMES: readonly (keyof GrowOptions)[] = ['chunkSize', 'maxSize'];
+
 /** Regions start at multiples of this in a pool's offset space, so offset alignment is address alignment. */
 const REGION_ALIGN = 4096;
 
@@ -76,11 +80,12 @@ export class Pool extends HeapPool {
    * Takes the first region (`options.size` bytes) from the system with one malloc.
    *
    * @throws ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE for bad options (a size too small for the heap's
-   *   metadata, bad heap options, grow.maxSize below size); ERR_POOL_OUT_OF_MEMORY when the system
-   *   refuses the memory.
+   *   metadata, bad heap options, grow.maxSize below size); ERR_INVALID_ARG_VALUE for an option name
+   *   Pool does not know (a typo); ERR_POOL_OUT_OF_MEMORY when the system refuses the memory.
    */
   constructor(options: PoolOptions) {
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
+    checkKnownOptions(options, POOL_OPTION_NAMES, 'new Pool()');
     const size = checkSize(options.size, 'options.size');
     super(checkAlgorithm(options.algorithm), size, checkBoolean(options.debug, 'options.debug'));
     this.heapOptions = checkHeapOptions(options);
@@ -89,6 +94,7 @@ export class Pool extends HeapPool {
       throw invalidArgType('options.grow', 'a boolean or an object', grow);
     }
     this.canGrow = grow !== undefined && grow !== false;
+    checkKnownOptions(grow, GROW_OPTION_NAMES, 'options.grow of new Pool()');
     const growOptions = checkObject<GrowOptions>(typeof grow === 'object' ? grow : undefined, 'options.grow');
     this.growChunkSize = growOptions.chunkSize === undefined ? size : checkSize(growOptions.chunkSize, 'options.grow.chunkSize');
     this.growMaxSize =

@@ -8,6 +8,8 @@ import { registerRegion } from './memory-type';
 import { addon, NativePool, Status } from './native';
 import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
+import { checkKnownOptions } from './args';
+
 /** Options of `SharedPool.create(name, options)`. */
 export interface SharedPoolCreateOptions extends HeapOptions {
   /** Bytes of the whole segment: header, directory and heap (ERR_OUT_OF_RANGE when too small for them). */
@@ -171,6 +173,7 @@ export class SharedPool extends HeapPool {
    *   false also the errors of open().
    */
   static create(name: string, options: SharedPoolCreateOptions): SharedPool {
+    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'maxKeys', 'lockTimeoutMs', 'debug', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
     checkName(name);
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
@@ -193,6 +196,7 @@ export class SharedPool extends HeapPool {
    *   ERR_SHM_LOCK_TIMEOUT; ERR_SHM_SYSTEM.
    */
   static open(name: string, options?: SharedPoolOpenOptions): SharedPool {
+    checkKnownOptions(options, ['lockTimeoutMs'], 'SharedPool.open()');
     checkName(name);
     const o = checkObject<SharedPoolOpenOptions>(options, 'options');
     const native = new addon.NativePool('open', name, checkTimeout(o.lockTimeoutMs));

@@ -106,8 +106,8 @@ describe('MemoryManager', () => {
       expect(pool.algorithm).to.equal('buddy');
       expect(pool.debug).to.equal(true);
       expect(pool.stats().maxKeys).to.equal(4);
+      mm.deallocate(b); // before closing the debug attachment `pool`, which would warn about b as a leak
       pool.close();
-      mm.deallocate(b);
       mm.close();
       expect(mm.initShared({ name, create: false })).to.equal(true);
       expect(mm.getMemorySizeBytes()).to.equal(MiB);

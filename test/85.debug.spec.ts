@@ -4,7 +4,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import * as path from 'node:path';
 import { ALGORITHMS, CHANNELS, Pool, PoolError, SharedPool } from '../lib';
-import { expectCode } from './helpers';
+import { captureWarnings, expectCode } from './helpers';
 
 const MiB = 1 << 20;
 const root = path.join(__dirname, '..');
@@ -16,17 +16,19 @@ function makeLeak(pool: Pool): Buffer {
 for (const algorithm of ALGORITHMS) {
   describe(`Debug mode (${algorithm})`, () => {
     let pool: Pool;
+    /** What closing `pool` must warn about: the first line of each MEMPOOL_LEAK warning, set by the test. */
+    let expectedLeaks: string[];
     beforeEach(() => {
       pool = new Pool({ size: 4 * MiB, algorithm, debug: true });
+      expectedLeaks = [];
     });
-    afterEach(() => {
-      // Closing with live allocations warns on purpose in some tests; keep the output quiet here.
-      const listeners = process.listeners('warning');
-      process.removeAllListeners('warning');
-      process.once('warning', () => {});
-      pool.close();
-      process.removeAllListeners('warning');
-      for (const l of listeners) process.on('warning', l);
+    afterEach(async () => {
+      // Some tests leave allocations live on purpose: closing then warns, and the warning is checked
+      // here instead of being printed among the test results.
+      const warnings = await captureWarnings(() => pool.close());
+      expect(warnings.map((w) => `${w.name} ${w.code}: ${w.message.split(';')[0]}`)).to.deep.equal(
+        expectedLeaks.map((l) => `MempoolLeakWarning MEMPOOL_LEAK: ${l}`),
+      );
     });
 
     it('an overrun is reported on free and by check(), naming the allocation and the side', () => {
@@ -41,6 +43,7 @@ for (const algorithm of ALGORITHMS) {
       expect(f.message).to.contain('overrun');
       expect(pool.stats().liveAllocations).to.equal(2); // the free was refused
       pool.free(b); // the neighbour is fine
+      expectedLeaks = ['closing a debug pool with 1 live allocation(s) (100 bytes)']; // a, whose free was refused
     });
 
     it('an underrun is reported', () => {
@@ -48,6 +51,7 @@ for (const algorithm of ALGORITHMS) {
       pool.view(pool.offsetOf(a) - 1, 1)[0] = 0;
       const e = expectCode(() => pool.free(a), 'ERR_POOL_CORRUPTED', PoolError);
       expect(e.message).to.contain(`underrun before the allocation at offset ${pool.offsetOf(a)}`);
+      expectedLeaks = ['closing a debug pool with 1 live allocation(s) (64 bytes)'];
     });
 
     it('a write after free is reported by check() and before the memory is reused', () => {
@@ -83,18 +87,24 @@ for (const algorithm of ALGORITHMS) {
       expect(leaks.reduce((n, l) => n + l.count, 0)).to.equal(4);
       pool.free(x);
       expect(pool.leaks().reduce((n, l) => n + l.count, 0)).to.equal(3);
+      expectedLeaks = ['closing a debug pool with 3 live allocation(s) (300 bytes)'];
     });
 
     it('closing a debug pool with live allocations emits a warning naming the top sites', async () => {
       const p = new Pool({ size: MiB, algorithm, debug: true });
       makeLeak(p);
       makeLeak(p);
-      const warning = new Promise<Error & { code?: string }>((resolve) => process.once('warning', resolve));
-      p.close();
-      const w = await warning;
+      const warnings = await captureWarnings(() => p.close());
+      expect(warnings).to.have.length(1);
+      const w = warnings[0];
+      expect(w.name).to.equal('MempoolLeakWarning');
       expect(w.code).to.equal('MEMPOOL_LEAK');
       expect(w.message).to.contain('2 live allocation(s) (200 bytes)');
       expect(w.message).to.contain('makeLeak');
+      // A pool with nothing live closes without a word.
+      const clean = new Pool({ size: MiB, algorithm, debug: true });
+      clean.free(makeLeak(clean));
+      expect(await captureWarnings(() => clean.close())).to.deep.equal([]);
     });
 
     it('leaks() needs debug mode', () => {

@@ -29,3 +29,25 @@ export function skipBecause(ctx: Mocha.Context, why: string): never {
   console.log(`      (skipped: ${why})`);
   ctx.skip();
 }
+
+/**
+ * Runs fn with the process's 'warning' listeners (Node's printer among them) replaced by a collector,
+ * and returns the warnings emitted. process.emitWarning() emits on the next tick, so this waits a turn
+ * of the event loop before restoring the listeners: swapping them only around a synchronous call lets
+ * the warning through to stderr.
+ */
+export async function captureWarnings(fn: () => unknown): Promise<(Error & { code?: string })[]> {
+  const saved = process.listeners('warning');
+  const caught: (Error & { code?: string })[] = [];
+  const collect = (w: Error): void => void caught.push(w);
+  process.removeAllListeners('warning');
+  process.on('warning', collect);
+  try {
+    await fn();
+    await new Promise((resolve) => setImmediate(resolve));
+  } finally {
+    process.removeListener('warning', collect);
+    for (const l of saved) process.on('warning', l);
+  }
+  return caught;
+}
