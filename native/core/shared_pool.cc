@@ -395,6 +395,13 @@ Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, b
   if (word == nullptr) return Status::corrupted;
   out->gen = *word;
   PinEntry* t = seg_->pins();
+  for (int round = 0; round < 2; ++round) {
+    if (round == 1) {
+      // Full: perhaps of dead readers' pins. Drop them (doing the frees they held back) and look again.
+      std::vector<uint64_t> frees;
+      drop_dead_pins(*seg_, &frees);
+      for (uint64_t f : frees) physical_free(f - heap_offset());
+    }
   for (uint32_t i = 0; i < kPinSlots; ++i) {
     if (t[i].pid != 0) continue;
     // Filled with the pid last: a crash before it leaves an empty entry; after it, a pin of a dead
@@ -408,10 +415,7 @@ Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, b
     *pin = i;
     return Status::ok;
   }
-  // Full: perhaps of dead readers' pins.
-  std::vector<uint64_t> frees;
-  drop_dead_pins(*seg_, &frees);
-  for (uint64_t f : frees) physical_free(f - heap_offset());
+  }
   return Status::pins_full;
 }
 
