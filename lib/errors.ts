@@ -32,6 +32,8 @@ export type PoolErrorCode =
  * ERR_OUT_OF_RANGE (a RangeError: a value outside what is accepted); and ERR_ADDON_LOAD (an Error thrown
  * when mempool is first loaded: the native addon is missing or was built for another Node).
  */
+const POOL_ERROR_BRAND = Symbol.for('mempool.PoolError');
+
 export type ErrorCode = PoolErrorCode | 'ERR_INVALID_ARG_TYPE' | 'ERR_INVALID_ARG_VALUE' | 'ERR_OUT_OF_RANGE' | 'ERR_ADDON_LOAD';
 
 /**
@@ -45,6 +47,14 @@ export class PoolError extends Error {
     super(message);
     this.name = 'PoolError';
     this.code = code;
+    Object.defineProperty(this, POOL_ERROR_BRAND, { value: true });
+  }
+
+  // Two copies of mempool in one process (a bundled and an installed one, dist/ beside lib/ under ts-node)
+  // share one native addon, whose errors are made by the copy that loaded last: `instanceof PoolError`
+  // holds for a PoolError of any copy.
+  static [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[POOL_ERROR_BRAND] === true;
   }
 }
 

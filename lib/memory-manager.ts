@@ -38,18 +38,20 @@ export interface InitSharedOptions extends HeapOptions {
   create?: boolean;
   /** Longest wait for the segment's lock, in ms (default 5000). */
   lockTimeoutMs?: number;
-  /** When creating: capacity of the directory of named allocations (default 256). */
+  /** When creating: capacity of the directory of named allocations (default: one key per 8 KiB, at least 256). */
   maxKeys?: number;
   /** When creating: debug mode for the segment (guards, poison, owners; see SharedPool). */
   debug?: boolean;
   /** When creating: permission bits of /dev/shm/<name> (default 0o600). */
   mode?: number;
+  /** When creating: record block owners, so a dead process's unnamed blocks are freed (see SharedPool). */
+  trackOwners?: boolean;
 }
 
 /** Every option of initNormal() / initShared(): any other name is refused (ERR_INVALID_ARG_VALUE). */
 const INIT_NORMAL_OPTION_NAMES: readonly (keyof InitNormalOptions)[] = ['memorySizeBytes', 'algorithm', 'grow', ...HEAP_OPTION_NAMES];
 const INIT_SHARED_OPTION_NAMES: readonly (keyof InitSharedOptions)[] = [
-  'name', 'memorySizeBytes', 'algorithm', 'create', 'lockTimeoutMs', 'maxKeys', 'debug', 'mode', ...HEAP_OPTION_NAMES,
+  'name', 'memorySizeBytes', 'algorithm', 'create', 'lockTimeoutMs', 'maxKeys', 'debug', 'mode', 'trackOwners', ...HEAP_OPTION_NAMES,
 ];
 
 function notInitialized(what: string): PoolError {

@@ -53,7 +53,7 @@ export interface NativePool {
   unpinKey(pin: number, offset: number): number;
   deleteKey(key: string): boolean | number;
   keys(): string[] | number;
-  /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] */
+  /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners, reclaimedAllocations, reclaimedBytes] */
   segmentInfo(): Float64Array | null;
   /** (pid, startUnixMs) pairs of the processes attached to a shared segment, or a negative Status */
   processes(): Float64Array | number;
@@ -91,6 +91,7 @@ export interface Addon {
       maxKeys: number,
       lockTimeoutMs: number,
       debug: boolean,
+      trackOwners: boolean,
     ): NativePool;
     new (kind: 'open', name: string, lockTimeoutMs: number): NativePool;
   };

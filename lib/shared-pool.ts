@@ -38,6 +38,13 @@ export interface SharedPoolCreateOptions extends HeapOptions {
    * each allocation's owner pid (for reclaim) and, in the allocating process, its call site.
    */
   debug?: boolean;
+  /**
+   * Record in each block's generation word which attachment owns it, so that when a process dies the
+   * unnamed blocks it owned are freed by the next process that notices (attach, stats(), a full heap,
+   * reclaim()). Costs one store per small alloc; a process beyond the 16 attachments that have a slab
+   * cache allocates blocks with no recorded owner. Default false.
+   */
+  trackOwners?: boolean;
 }
 
 /** Options of `SharedPool.open(name, options)`. */
@@ -73,6 +80,10 @@ export interface SharedSegmentInfo {
 export interface SharedPoolStats extends PoolStats {
   /** Times a process found the lock held by a dead process and repaired the heap. */
   recoveries: number;
+  /** Whether the segment records owners (trackOwners), and what it freed of dead processes, ever. */
+  trackOwners: boolean;
+  reclaimedAllocations: number;
+  reclaimedBytes: number;
   /** Names in the directory now. */
   keys: number;
   /** Capacity of the directory (the maxKeys the segment was created with). */
@@ -173,7 +184,7 @@ export class SharedPool extends HeapPool {
    *   false also the errors of open().
    */
   static create(name: string, options: SharedPoolCreateOptions): SharedPool {
-    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'maxKeys', 'lockTimeoutMs', 'debug', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
+    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'maxKeys', 'lockTimeoutMs', 'debug', 'trackOwners', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
     checkName(name);
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
@@ -183,7 +194,8 @@ export class SharedPool extends HeapPool {
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
     const maxKeys = options.maxKeys === undefined ? 0 : checkSize(options.maxKeys, 'options.maxKeys'); // 0: sized from `size`
     const debug = checkBoolean(options.debug, 'options.debug');
-    const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug);
+    const trackOwners = checkBoolean(options.trackOwners, 'options.trackOwners');
+    const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug, trackOwners);
     return new SharedPool(native, name);
   }
 
@@ -362,6 +374,9 @@ export class SharedPool extends HeapPool {
     return {
       ...base,
       recoveries: info[0],
+      trackOwners: info[6] === 1,
+      reclaimedAllocations: info[7],
+      reclaimedBytes: info[8],
       keys: info[3],
       maxKeys: info[4],
       creatorPid: info[1],
@@ -404,7 +419,10 @@ export class SharedPool extends HeapPool {
    * freed. Views of those blocks, in any process, then show memory that may be handed to someone else.
    *
    * @throws ERR_PROCESS_ALIVE for a process that is still running (or that exists under another user);
-   *   ERR_POOL_NOT_DEBUG for a segment created without debug: true; ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT.
+   *   ERR_POOL_NOT_DEBUG for a segment that records no owners (created without debug: true or
+   *   trackOwners: true); ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT. With trackOwners, every dead process's
+   *   unnamed blocks are freed when they are noticed: this call collects now and returns what it freed
+   *   (0 when another process collected them first).
    */
   reclaim(pid: number): {
     /** Allocations freed. */
@@ -414,7 +432,9 @@ export class SharedPool extends HeapPool {
   } {
     if (this.closed) throw closedError();
     checkSize(pid, 'pid');
-    if (!this.debug) throw new PoolError('ERR_POOL_NOT_DEBUG', 'reclaim() needs a segment created with debug: true (allocations carry their owner only then)');
+    if (!this.debug && this.native.segmentInfo()![6] !== 1) {
+      throw new PoolError('ERR_POOL_NOT_DEBUG', 'reclaim() needs a segment that records owners: create it with trackOwners: true (or debug: true)');
+    }
     if (processAlive(pid)) throw new PoolError('ERR_PROCESS_ALIVE', `Process ${pid} is still running: it may still use its memory`);
     const r = this.native.reclaim(pid);
     if (typeof r === 'number') throw statusError(r, `reclaiming process ${pid}`);

@@ -114,7 +114,7 @@ describe('Option names', () => {
       const name = uniqueName('create');
       const message = expectUnknown(() => SharedPool.create(name, js({ size: MiB, exclusve: false })));
       expect(message).to.equal(
-        "Unknown option 'exclusve' for SharedPool.create(): expected one of size, algorithm, mode, exclusive, maxKeys, lockTimeoutMs, debug, blockSize, minBlock, maxBlock (did you mean 'exclusive'?)",
+        "Unknown option 'exclusve' for SharedPool.create(): expected one of size, algorithm, mode, exclusive, maxKeys, lockTimeoutMs, debug, trackOwners, blockSize, minBlock, maxBlock (did you mean 'exclusive'?)",
       );
       expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(false);
     });

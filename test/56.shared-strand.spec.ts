@@ -17,13 +17,14 @@ function uniqueName(tag: string): string {
 
 // A child that allocates small blocks of several sizes (slabs in several classes), names one small
 // block, frees the rest but a few, says so, and waits to be killed.
-async function runAndKill(name: string, i: number): Promise<void> {
+async function runAndKill(name: string, i: number, extra = ''): Promise<void> {
   const script = `const { SharedPool } = require(${JSON.stringify(root)});
     const pool = SharedPool.open(${JSON.stringify(name)});
     const held = [];
     for (let k = 0; k < 200; k++) held.push(pool.alloc(${JSON.stringify(SIZES)}[k % ${SIZES.length}]));
     const named = pool.alloc(64); named.write('child ${i}'); pool.set('child-${i}', named);
     for (let k = 0; k < held.length; k++) if (k % 50 !== 0) pool.free(held[k]);
+    ${extra}
     process.stdout.write('ready\\n');
     setInterval(() => {}, 1000);`;
   const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -86,6 +87,43 @@ describe('SharedPool: kill -9 strands no memory', () => {
       } finally {
         pool.close();
         SharedPool.unlink(name);
+      }
+    });
+  }
+
+  for (const algorithm of ['tlsf', 'buddy', 'bitmap'] as const) {
+    it(`${algorithm}, trackOwners: the unnamed blocks of killed processes are freed, named ones kept; without it they stay`, async function () {
+      this.timeout(120000);
+      for (const trackOwners of [true, false]) {
+        const name = uniqueName(`owners-${algorithm}`);
+        const pool = SharedPool.create(name, { size: 16 * MiB, algorithm, trackOwners });
+        try {
+          expect(pool.stats().trackOwners).to.equal(trackOwners);
+          const idle = pool.stats().used;
+          // Each child also takes a named block of this process's (it owns it now) and holds big blocks.
+          for (let i = 0; i < 5; i++) {
+            const mine = pool.alloc(3000);
+            pool.set(`gift-${i}`, mine);
+            await runAndKill(name, i, `pool.take('gift-${i}'); for (let k = 0; k < 3; k++) pool.alloc(20000 + k);`);
+          }
+          const s = pool.stats(); // collects the dead
+          for (let i = 0; i < 5; i++) expect(pool.getCopy(`child-${i}`)!.subarray(0, 7).toString()).to.equal(`child ${i}`);
+          expect(pool.keys().length).to.equal(5);
+          if (trackOwners) {
+            expect(s.liveAllocations).to.equal(5); // the five named blocks
+            expect(s.reclaimedAllocations).to.equal(5 * (4 + 1 + 3));
+            expect(s.used - idle).to.equal(5 * 64);
+            expect(pool.reclaim(999999)).to.deep.equal({ allocations: 0, bytes: 0 }); // collected already
+          } else {
+            expect(s.liveAllocations).to.equal(5 + 5 * (4 + 1 + 3));
+            expect(s.reclaimedAllocations).to.equal(0);
+            expect(() => pool.reclaim(999999)).to.throw(/trackOwners/);
+          }
+          pool.check();
+        } finally {
+          pool.close();
+          SharedPool.unlink(name);
+        }
       }
     });
   }

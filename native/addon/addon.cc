@@ -265,6 +265,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       options.directory_capacity = static_cast<uint32_t>(arg_uint(info, 9, "maxKeys", mempool::kMaxDirectoryCapacity));
       options.lock_timeout_ms = static_cast<uint32_t>(arg_uint(info, 10, "lockTimeoutMs", 86400000));
       options.heap.debug = info[11].ToBoolean();
+      options.track_owners = info[12].ToBoolean();
       bool created = false;
       s = mempool::SharedPool::create(name, size, options, &pool, &err, &created);
       if (s == Status::invalid_argument) {
@@ -641,7 +642,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return out;
   }
 
-  // segmentInfo() -> [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset] (read without
+  // segmentInfo() -> [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners,
+  // reclaimedAllocations, reclaimedBytes] (read without
   // the lock: diagnostics only)
   Napi::Value SegmentInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -649,7 +651,9 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     const mempool::SegmentHeader* h = shared_->segment().header();
     const double fields[] = {static_cast<double>(h->recoveries), static_cast<double>(h->creator_pid),
                              static_cast<double>(h->created_unix_ms), static_cast<double>(h->directory_live),
-                             static_cast<double>(h->directory_capacity), static_cast<double>(bias_)};
+                             static_cast<double>(h->directory_capacity), static_cast<double>(bias_),
+                             static_cast<double>(h->track_owners), static_cast<double>(h->reclaimed_blocks),
+                             static_cast<double>(h->reclaimed_bytes)};
     Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
     for (size_t i = 0; i < std::size(fields); ++i) out[i] = fields[i];
     return out;
@@ -692,7 +696,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   Napi::Value Reclaim(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed()) return status_number(env, kClosed);
-    if (heap_ptr_->debug() == nullptr) return status_number(env, Status::invalid_argument);
+    if (heap_ptr_->debug() == nullptr && shared_ == nullptr) return status_number(env, Status::invalid_argument);
     uint32_t pid = static_cast<uint32_t>(arg_uint(info, 0, "pid", UINT32_MAX));
     uint64_t count = 0, bytes = 0;
     Status s = shared_ != nullptr ? shared_->reclaim(pid, &count, &bytes)

@@ -126,7 +126,7 @@ bool header_consistent(const SegmentHeader& h, uint64_t real_size, uint64_t* hea
   if (h.directory_offset != kDirectoryOffset) return false;
   if (h.directory_capacity < 1 || h.directory_capacity > kMaxDirectoryCapacity) return false;
   if (h.gen_shift != 4 && h.gen_shift != 8) return false;
-  if (h.pin_slots != kPinSlots) return false;
+  if (h.pin_slots != kPinSlots || h.track_owners > 1) return false;
   uint64_t gen_offset = 0;
   if (!Segment::layout(real_size, static_cast<uint32_t>(h.directory_capacity), h.gen_shift, &gen_offset, heap_offset)) return false;
   if (h.gen_table_offset != gen_offset || h.gen_entries != (real_size - *heap_offset) >> h.gen_shift) return false;
@@ -278,6 +278,7 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->pin_slots = kPinSlots;
   h->gen_table_offset = gen_offset;
   h->gen_entries = (size - heap_offset) >> gen_shift;
+  h->track_owners = options.track_owners ? 1 : 0;
   h->heap_offset = heap_offset;
   h->heap_size = size - heap_offset;
   h->creator_pid = static_cast<uint64_t>(getpid());
@@ -288,6 +289,7 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, capacity, options.algorithm,
                                            options.lock_timeout_ms, gen_shift, gen_offset));
   seg->slab_size_ = h->slab_size;
+  seg->track_owners_ = options.track_owners;
   Status s = heap_format(options.algorithm, base + heap_offset, size - heap_offset, options.heap, &seg->heap_);
   if (s != Status::ok) {
     seg->unmap();
@@ -355,6 +357,7 @@ Status Segment::open(const std::string& name, uint32_t lock_timeout_ms, std::uni
     return s == Status::incompatible ? Status::corrupted : s;
   }
   seg->slab_size_ = h.slab_size;
+  seg->track_owners_ = h.track_owners == 1;
   // Slabs only live in heaps that are not in debug mode (debug pools do not cache).
   if (seg->heap_->algorithm() != seg->algorithm_ || (seg->slab_size_ != 0 && seg->heap_->debug() != nullptr)) {
     seg->unmap();

@@ -42,8 +42,13 @@ constexpr uint64_t kBytesPerDefaultKey = 8192;        // default capacity: one k
 constexpr uint64_t kPinTableOffset = 4096;
 constexpr uint32_t kPinSlots = 128;
 constexpr uint64_t kDirectoryOffset = 8192;
-constexpr uint32_t kGenNamed = 0x80000000u;           // generation word: the block is owned by a name
-constexpr uint32_t kGenCount = 0x7fffffffu;           // generation word: the counter
+// A generation word: bit 31 named; bits 26..30 the recorded owner (trackOwners: 1 + the cache table entry
+// of the attachment that owns the block; 0 = none recorded); bits 0..25 the counter.
+constexpr uint32_t kGenNamed = 0x80000000u;
+constexpr uint32_t kGenOwnerShift = 26;
+constexpr uint32_t kGenOwnerMask = 0x7c000000u;
+constexpr uint32_t kGenCount = 0x03ffffffu;
+constexpr uint32_t kSlotGenBase = 1u << 25;           // slot counters start in [2^25, 2^26): far from heap words
 constexpr uint32_t kAnyGen = 0xffffffffu;             // a caller without a handle (the offset API)
 constexpr uint32_t kMaxDirectoryCapacity = 1u << 20;
 
@@ -90,9 +95,12 @@ struct SegmentHeader {
   uint64_t gen_entries;         // 216 words: heap_size >> gen_shift
   uint64_t pins_active;         // 224 live pin entries (under the lock; recomputed by repair)
   uint32_t orphan_epoch;        // 232 bumped whenever a slab becomes ownerless (caches look for one to adopt)
-  uint32_t slot_gen_seed;       // 236 where a new slab's slot generations start (they stay in [2^30, 2^31),
-                                //     apart from the heap words, which start at 0 and move one per transfer)
-  uint64_t reserved[2];         // 240
+  uint32_t slot_gen_seed;       // 236 where a new slab's slot counters start (kept in [2^25, 2^26), apart
+                                //     from the heap words' counters, which start at 0 and move one per transfer)
+  uint32_t track_owners;        // 240 1: generation words record the owning attachment, and the unnamed blocks
+                                //     of an attachment whose process died are freed when it is retired
+  uint32_t reclaimed_blocks;    // 244 blocks freed that way, ever (saturating)
+  uint64_t reclaimed_bytes;     // 248 their usable bytes
   // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
@@ -166,6 +174,7 @@ struct SegmentOptions {
   bool exclusive = true;
   uint32_t directory_capacity = 0;  // 0: default_directory_capacity(size)
   uint32_t lock_timeout_ms = 5000;
+  bool track_owners = false;
 };
 
 struct AttachedProcess {
@@ -248,6 +257,7 @@ class Segment {
   // Generation words (see Ownership above). gen_word() is null for an offset that has none (not in the heap
   // or not on the granule): such an offset is never a heap block of this segment.
   uint32_t gen_shift() const { return gen_shift_; }
+  bool track_owners() const { return track_owners_; }
   uint32_t* gen_word(uint64_t heap_off) const {
     if ((heap_off & ((uint64_t(1) << gen_shift_) - 1)) != 0 || (heap_off >> gen_shift_) >= gen_entries_) return nullptr;
     return gen_table_ + (heap_off >> gen_shift_);
@@ -288,6 +298,7 @@ class Segment {
   bool attached_ = false;
   uint32_t slab_size_ = 0;
   uint32_t gen_shift_;
+  bool track_owners_ = false;
   uint32_t* gen_table_;
   uint64_t gen_entries_;
   std::unique_ptr<Heap> heap_;

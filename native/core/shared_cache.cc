@@ -406,6 +406,34 @@ uint32_t shared_collect_dead(Segment& seg) {
     }
   }
   if (n == 0) return 0;
+  if (seg.track_owners()) {
+    // Their unnamed blocks have no other owner (shared_pool.h, O1): free them, slots of their own slabs
+    // included, before the slabs are retired. Crash in the middle: the entries are still there, and the
+    // next process that collects them finishes the job.
+    std::vector<uint64_t> owned;
+    shared_walk(seg, [&](const BlockInfo& b) {
+      if (!b.used) return true;
+      uint32_t* w = shared_gen_word(seg, b.offset);
+      if (w == nullptr) return true;
+      uint32_t v = *w, owner = (v & kGenOwnerMask) >> kGenOwnerShift;
+      if (!(v & kGenNamed) && owner != 0 && dead[owner - 1]) owned.push_back(b.offset);
+      return true;
+    });
+    SegmentHeader* rh = seg.header();
+    for (uint64_t off : owned) {
+      uint64_t usable = 0;
+      if (seg.usable_any(off, &usable) != Status::ok) continue;
+      uint32_t* w = shared_gen_word(seg, off);
+      if (w == nullptr) continue;
+      if (shared_pinned(seg, off + seg.heap_offset(), true)) {
+        gen_bump(w, false);  // the pins do the free
+      } else if (shared_free_locked(seg, off) != Status::ok) {
+        continue;
+      }
+      if (rh->reclaimed_blocks != UINT32_MAX) rh->reclaimed_blocks += 1;
+      rh->reclaimed_bytes = saturating_add(rh->reclaimed_bytes, usable);
+    }
+  }
   std::vector<uint64_t> slabs;
   list_slabs(seg, &slabs);
   for (uint64_t off : slabs) {
@@ -474,6 +502,7 @@ void SharedCache::register_entry() {
     serial_ = t[i].serial;
     entry_ = &t[i];
     enabled_ = true;
+    owner_bits_ = seg_->track_owners() ? (i + 1) << kGenOwnerShift : 0;
     break;
   }
   seg_->unlock();
@@ -502,7 +531,12 @@ uint64_t SharedCache::lend_top(std::vector<uint64_t>* stack, uint32_t* gen) {
   stack->pop_back();
   SlabRec* rec = mine(o);
   uint32_t index = static_cast<uint32_t>((((o - rec->slots_base) >> 4) * rec->recip) >> 32);
-  *gen = __atomic_load_n(rec->gens + index, __ATOMIC_RELAXED) & kGenCount;
+  uint32_t word = __atomic_load_n(rec->gens + index, __ATOMIC_RELAXED) & kGenCount;
+  if (owner_bits_ != 0) {
+    word |= owner_bits_;
+    __atomic_store_n(rec->gens + index, word, __ATOMIC_RELAXED);  // before the state: lent with its owner
+  }
+  *gen = word;
   __atomic_store_n(rec->states + index, static_cast<uint8_t>(kSlotLent), __ATOMIC_RELAXED);
   lent_count_ += 1;
   lent_bytes_ += rec->slot_size;
@@ -597,7 +631,8 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
       heap.free(*off);
       return Status::corrupted;
     }
-    *gen = __atomic_load_n(w, __ATOMIC_RELAXED) & kGenCount;
+    gen_own(w, owner_bits_);  // a free block's word records no owner: only this store sets one
+    *gen = __atomic_load_n(w, __ATOMIC_RELAXED);
   }
   return s;
 }
@@ -759,10 +794,10 @@ bool SharedCache::new_slab(uint32_t cls) {
   // and move one per transfer), so a stale handle of an earlier block here does not match a slot.
   SegmentHeader* seed_h = seg_->header();
   uint32_t seed = seed_h->slot_gen_seed;
-  if (seed < (1u << 30) || seed > kGenCount) seed = 1u << 30;
+  if (seed < kSlotGenBase || seed > kGenCount) seed = kSlotGenBase;
   uint32_t* gens = reinterpret_cast<uint32_t*>(p + slab_gens_offset(count));
-  for (uint32_t i = 0; i < count; ++i) gens[i] = (1u << 30) | ((seed + i) & ((1u << 30) - 1));
-  seed_h->slot_gen_seed = (1u << 30) | ((seed + count) & ((1u << 30) - 1));
+  for (uint32_t i = 0; i < count; ++i) gens[i] = kSlotGenBase | ((seed + i) & (kSlotGenBase - 1));
+  seed_h->slot_gen_seed = kSlotGenBase | ((seed + count) & (kSlotGenBase - 1));
   SlabHeader* h = reinterpret_cast<SlabHeader*>(p);
   h->self = off;
   h->slab_bytes = slab_size_;
@@ -837,6 +872,16 @@ void SharedCache::close(uint32_t lock_ms) {
   if (!seg_->mapped()) return;
   bool recovered = false;
   if (seg_->lock_within(lock_ms, &recovered) != Status::ok) return;  // stays registered until this process exits
+  if (owner_bits_ != 0) {
+    // Blocks this attachment owns outlive it (the process may use them through another one): they stop
+    // naming an entry that a later attachment will reuse.
+    shared_walk(*seg_, [&](const BlockInfo& b) {
+      if (!b.used) return true;
+      uint32_t* w = shared_gen_word(*seg_, b.offset);
+      if (w != nullptr && (*w & kGenOwnerMask) == owner_bits_) __atomic_store_n(w, *w & ~kGenOwnerMask, __ATOMIC_RELEASE);
+      return true;
+    });
+  }
   for (uint32_t r = 0; r < slabs_.size(); ++r) {
     SlabRec& rec = slabs_[r];
     if (rec.base == 0) continue;

@@ -112,10 +112,21 @@ uint32_t* shared_gen_word(const Segment& seg, uint64_t off);
 // it as kSlotRemote), with its word bumped. Under the lock; the caller has checked ownership.
 Status shared_free_locked(Segment& seg, uint64_t off);
 // One transfer of a block: the counter moves on; `named` says who owns it now.
+// One transfer of a block: the counter moves on; `named` says whether a name owns it now; any recorded
+// owner is cleared (gen_own records the new one).
 inline void gen_bump(uint32_t* word, bool named) {
   uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
   __atomic_store_n(word, ((v + 1) & kGenCount) | (named ? kGenNamed : 0u), __ATOMIC_RELEASE);
 }
+// Records the attachment that owns an unnamed block (trackOwners; owner_bits 0 records none).
+inline void gen_own(uint32_t* word, uint32_t owner_bits) {
+  if (owner_bits == 0) return;
+  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
+  __atomic_store_n(word, (v & ~kGenOwnerMask) | owner_bits, __ATOMIC_RELEASE);
+}
+// Pins (shared_pool.cc): whether a live reader pins the block at segment offset `off`; with mark, its
+// pins are told a free waits for them.
+bool shared_pinned(Segment& seg, uint64_t off, bool mark);
 // The alignment heap blocks of this segment get (at least the generation granule).
 inline uint64_t heap_align(const Segment& seg, uint64_t align) {
   uint64_t g = uint64_t(1) << seg.gen_shift();
@@ -142,8 +153,9 @@ void shared_adjust_stats(const Segment& seg, HeapStats* s);
 void shared_adjust_counters(const uint8_t* header_page, uint64_t* used, uint64_t* live);
 // Recomputes the header's slab totals from the slabs (after a lock holder died).
 void shared_recount(Segment& seg);
-// Retires the caches of processes that have exited: their free slots become free, empty slabs go back
-// to the heap, the rest become ownerless. Returns how many caches were retired.
+// Retires the caches of processes that have exited: with trackOwners their unnamed blocks are freed
+// first (deferred while a live reader pins one); their free slots become free, empty slabs go back to
+// the heap, the rest become ownerless. Returns how many caches were retired.
 uint32_t shared_collect_dead(Segment& seg);
 
 // One thread's cache over one attachment. Not thread-safe: one per NativePool (each worker thread opens
@@ -157,6 +169,8 @@ class SharedCache {
   SharedCache& operator=(const SharedCache&) = delete;
 
   bool enabled() const { return enabled_; }
+  // What this attachment writes into the words of blocks it owns (trackOwners), or 0.
+  uint32_t owner_bits() const { return owner_bits_; }
 
   // Takes the lock itself when it has to. *off is a heap offset; *gen the block's generation word.
   Status alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen);
@@ -244,6 +258,7 @@ class SharedCache {
   uint64_t fork_gen_ = 0;
   uint32_t index_ = kNoOwner;
   uint32_t serial_ = 0;
+  uint32_t owner_bits_ = 0;
   CacheEntry* entry_ = nullptr;
   uint32_t slab_size_ = 0;
   uint32_t max_size_ = 0;

@@ -310,6 +310,7 @@ Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t ge
   if (prev_word == nullptr || prev_off == off || !(*prev_word & kGenNamed)) return Status::ok;
   gen_bump(prev_word, false);
   if (old != nullptr) {
+    gen_own(prev_word, cache_->owner_bits());
     old->offset = prev_off;
     old->length = prev_len;
     old->gen = *prev_word;
@@ -345,6 +346,7 @@ Status SharedPool::take(const std::string& key, NamedBlock* out, bool* had) {
   // Crash after the removal: the block has kGenNamed and no entry: repair frees it (the taker is dead).
   seg_->dir_remove(static_cast<uint32_t>(index));
   gen_bump(word, false);
+  gen_own(word, cache_->owner_bits());
   out->gen = *word;
   *had = true;
   return Status::ok;
@@ -504,9 +506,20 @@ Status SharedPool::processes(std::vector<AttachedProcess>* out) {
 }
 
 Status SharedPool::reclaim(uint32_t pid, uint64_t* count, uint64_t* bytes) {
-  if (!debug_) return Status::invalid_argument;
+  if (!debug_ && !seg_->track_owners()) return Status::invalid_argument;
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
+  if (!debug_) {
+    // trackOwners: dead attachments' blocks are freed when they are collected; this collects now and
+    // reports what this call freed (0 when someone collected them already).
+    (void)pid;
+    const SegmentHeader* h = seg_->header();
+    uint64_t blocks = h->reclaimed_blocks, b = h->reclaimed_bytes;
+    collect_dead_locked();
+    *count = h->reclaimed_blocks - blocks;
+    *bytes = h->reclaimed_bytes - b;
+    return Status::ok;
+  }
   uint64_t heap_off = heap_offset();
   // A reclaimed block's names go with it, as with any free.
   return seg_->heap().debug()->reclaim(pid, count, bytes, [&](uint64_t off) {
