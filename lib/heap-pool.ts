@@ -20,6 +20,9 @@ export interface Chunk {
 }
 
 
+/** The generation a view that carries none presents in a shared pool (native kNoHandle). */
+const NO_HANDLE = 0xfffffffe;
+
 export function statusError(status: number, what: string, detail?: string): Error {
   if (status === Status.Corrupted && detail) return new PoolError('ERR_POOL_CORRUPTED', `${detail} (found while ${what})`);
   switch (status) {
@@ -46,6 +49,11 @@ export function statusError(status: number, what: string, detail?: string): Erro
       return new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory (${what}): take(key) it first, or delete(key)`);
     case Status.PinsFull:
       return new PoolError('ERR_SHM_PIN_TABLE_FULL', `Every pin of the segment is in use (${what}): finish other reads first, or use getCopy()`);
+    case Status.NoHandle:
+      return new PoolError(
+        'ERR_POOL_NO_HANDLE',
+        `This Buffer was not handed out by the pool (a subarray or view() carries no generation), so a stale one cannot be told from a current one (${what}): pass the Buffer alloc, realloc, take or replace returned (set(key, buffer, length) names fewer bytes), or its offset`,
+      );
     case Status.DirectoryFull:
       return new PoolError('ERR_SHM_DIRECTORY_FULL', `The directory is full (${what}): delete keys, or create the segment with a larger maxKeys`);
     default:
@@ -126,9 +134,14 @@ export abstract class HeapPool {
     return this.views ? this.views.stamp(view, offset, gen) : view;
   }
 
-  /** The generation a view carries (-1 when it is not one this pool made). */
+  /**
+   * The generation a view carries. A view this pool did not make (a subarray, view()) carries none: in a
+   * shared pool that is NO_HANDLE, which the core refuses for a live block's start (ERR_POOL_NO_HANDLE),
+   * since it cannot tell a stale view from a current one; elsewhere -1 (no generations to check).
+   */
   protected genOf(view: Uint8Array): number {
-    return this.views ? this.views.genOf(view) : -1;
+    const gen = this.views ? this.views.genOf(view) : -1;
+    return gen < 0 && this.segmentWide ? NO_HANDLE : gen;
   }
 
   /** A coded error for a status; in debug mode a damaged block is named by the heap's own report. */
@@ -293,7 +306,7 @@ export abstract class HeapPool {
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
         return;
       }
-      return this.freeBlock(chunk, offset, 'buffer at offset', -1);
+      return this.freeBlock(chunk, offset, 'buffer at offset', this.genOf(buffer));
     }
     this.fallbackBlocks.free(buffer);
   }
@@ -345,7 +358,7 @@ export abstract class HeapPool {
         return Buffer.from(chunk!.buffer, buffer.byteOffset, size);
       }
     } else if (chunk !== undefined) {
-      const moved = chunk.native.realloc(buffer.byteOffset, size, align, this.views?.genOf(buffer) ?? -1);
+      const moved = chunk.native.realloc(buffer.byteOffset, size, align, this.genOf(buffer));
       if (moved >= 0) {
         // To a subscriber a realloc is the old block freed and the new one allocated (even in place).
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset: chunk.base + buffer.byteOffset });

@@ -16,6 +16,7 @@ export const enum Status {
   Stale = -15,
   Named = -16,
   PinsFull = -17,
+  NoHandle = -18,
   Closed = -100,
 }
 

@@ -1,7 +1,7 @@
 // SharedPool: a heap inside a named POSIX shared-memory segment (/dev/shm/<name>) that other processes,
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
-import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkObject, checkSize } from './args';
+import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkObject, checkOffset, checkSize } from './args';
 import { invalidArgType, outOfRange, PoolError } from './errors';
 import { closedError, HeapPool, statusError } from './heap-pool';
 import { registerRegion } from './memory-type';
@@ -230,40 +230,55 @@ export class SharedPool extends HeapPool {
   }
 
   /**
-   * Names a block you own (one alloc, realloc, take or replace returned) for every process to find: from
-   * now on **the name owns the block** (docs: "Concurrency rules"). Your Buffer stays readable, but a free,
-   * realloc or set through it is refused (ERR_POOL_STALE_HANDLE); take(key) gives the block back. The
-   * block `key` named before, if any, is freed (once no reader pins it); replace() hands it to you instead.
-   * `buffer.length` is the length recorded with the name.
+   * Names a block you own (the Buffer alloc, realloc, take or replace returned) for every process to find:
+   * from now on **the name owns the block** (README: "Concurrency rules"). Your Buffer stays readable, but
+   * a free, realloc or set through it is refused (ERR_POOL_BLOCK_NAMED); take(key) gives the block back.
+   * The block `key` named before, if any, is freed (once no reader pins it); replace() hands it to you
+   * instead. `length` (default: the Buffer's length) is the length recorded with the name. `block` may also
+   * be an offset (then `length` is required): like free(offset), an offset carries no generation, so only
+   * liveness and names are checked. A subarray or view() is refused (ERR_POOL_NO_HANDLE): pass the Buffer
+   * itself and a length.
    *
    * @throws ERR_POOL_STALE_HANDLE when the Buffer's block was freed or changed owner since you got it;
+   *   ERR_POOL_NO_HANDLE for a Buffer the pool did not hand out (a subarray, view());
    *   ERR_POOL_BLOCK_NAMED when the block is already named; ERR_POOL_FOREIGN_BUFFER when the Buffer does
    *   not start a live allocation of this pool; ERR_POOL_DOUBLE_FREE when its block is free;
    *   ERR_SHM_DIRECTORY_FULL (maxKeys); ERR_OUT_OF_RANGE for a key that is not 1 to 224 UTF-8 bytes;
    *   ERR_POOL_CLOSED; ERR_SHM_LOCK_TIMEOUT. Nothing changes when it throws.
    */
-  set(key: string, buffer: Uint8Array): void {
+  set(key: string, block: Uint8Array | number, length?: number): void {
     if (this.closed) throw closedError();
     checkKey(key);
-    checkBuffer(buffer);
-    const offset = this.offsetOf(buffer);
-    const status = this.native.setKey(key, offset, buffer.length, this.genOf(buffer));
+    const [offset, bytes, gen] = this.handleOf(block, length);
+    const status = this.native.setKey(key, offset, bytes, gen);
     if (status !== 0) throw this.keyError(status, 'set', key);
   }
 
   /**
-   * Names `buffer` (as set() does) and hands you the block `key` named before, atomically: each old
+   * Names `block` (as set() does) and hands you the block `key` named before, atomically: each old
    * block goes to exactly one caller, however many processes replace the key at once. Returns that block
    * (a Buffer you now own: free it or keep it), or undefined when the key was new. Throws as set() does.
    */
-  replace(key: string, buffer: Uint8Array): Buffer | undefined {
+  replace(key: string, block: Uint8Array | number, length?: number): Buffer | undefined {
     if (this.closed) throw closedError();
     checkKey(key);
-    checkBuffer(buffer);
-    const offset = this.offsetOf(buffer);
-    const r = this.native.replaceKey(key, offset, buffer.length, this.genOf(buffer));
+    const [offset, bytes, gen] = this.handleOf(block, length);
+    const r = this.native.replaceKey(key, offset, bytes, gen);
     if (typeof r === 'number') throw this.keyError(r, 'replace', key);
     return r === null ? undefined : this.handleView(r[0], r[1], r[2]);
+  }
+
+  /** (offset, length, generation) of what set() and replace() were given: a Buffer's handle, or an offset. */
+  private handleOf(block: Uint8Array | number, length: number | undefined): [number, number, number] {
+    if (typeof block === 'number') {
+      checkOffset(block);
+      // An offset carries no generation (-1: not checked), as with free(offset); the length must be given.
+      return [block, checkSize(length, 'length', 0), -1];
+    }
+    checkBuffer(block);
+    const bytes = length === undefined ? block.length : checkSize(length, 'length', 0);
+    if (bytes > block.length) throw outOfRange('length', `at most the Buffer's length ${block.length}`, bytes);
+    return [this.offsetOf(block), bytes, this.genOf(block)];
   }
 
   /**
@@ -322,12 +337,18 @@ export class SharedPool extends HeapPool {
     const r = this.native.pinKey(key);
     if (r === null) return undefined;
     if (typeof r === 'number') throw this.keyError(r, 'read', key);
+    let threw = true;
     try {
-      return fn(Buffer.from(this.native.buffer, r[0], r[1]));
+      // A borrowed view (its generation is the name's): a free or set through it is refused.
+      const result = fn(this.handleView(r[0], r[1], r[2]));
+      threw = false;
+      return result;
     } finally {
-      if (!this.closed) {
-        const status = this.native.unpinKey(r[3], r[0]);
-        if (status !== 0) throw this.keyError(status, 'read (unpin)', key);
+      const status = this.closed ? 0 : this.native.unpinKey(r[3], r[0]);
+      // What fn threw goes first; a lost pin (someone judged this process dead, or wrote the pin table) is
+      // reported only when fn returned.
+      if (status !== 0 && !threw) {
+        throw new PoolError('ERR_POOL_CORRUPTED', `read('${key}'): this process's pin was gone when fn returned (the pin table was written by someone else); run check()`);
       }
     }
   }

@@ -129,7 +129,8 @@ describe('SharedPool basics', () => {
     const pool = SharedPool.create(name, { size: MiB, maxKeys: 8 });
     const a = pool.alloc(100);
     a.write('alpha');
-    pool.set('a', a.subarray(0, 5)); // a sub-view carries no handle: only its place is checked
+    expectCode(() => pool.set('a', a.subarray(0, 5)), 'ERR_POOL_NO_HANDLE', PoolError); // a sub-view carries no generation
+    pool.set('a', a, 5);
     expect(pool.get('a')!.toString()).to.equal('alpha');
     expect(pool.get('a')!.byteOffset).to.equal(a.byteOffset);
     // one name per block: the name owns it
@@ -185,8 +186,9 @@ describe('SharedPool basics', () => {
       expect(pool.offsetOf(d)).to.equal(at);
       expect(d).to.not.equal(a);
       expect(d.length).to.equal(50);
-      // A view made some other way over a live block frees it as before, and is not kept.
-      pool.free(pool.view(pool.offsetOf(c), 64));
+      // A view made some other way carries no generation: refused at a live block; its offset frees it.
+      expectCode(() => pool.free(pool.view(pool.offsetOf(c), 64)), 'ERR_POOL_NO_HANDLE');
+      pool.free(pool.offsetOf(c));
       expectCode(() => pool.free(c), 'ERR_POOL_DOUBLE_FREE');
       const e = pool.alloc(64);
       expect(e).to.not.equal(c);
@@ -284,7 +286,7 @@ describe('SharedPool across processes and threads', () => {
     const pool = SharedPool.create(name, { size: MiB });
     const q = pool.alloc(20);
     q.write('what is 6*7?');
-    pool.set('question', q.subarray(0, 12));
+    pool.set('question', q, 12);
     const out = JSON.parse(runChild(['reply', name]));
     expect(out.pid).to.not.equal(process.pid);
     const answer = pool.get('answer')!;

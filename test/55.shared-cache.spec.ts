@@ -74,7 +74,7 @@ describe('SharedPool slab cache across processes', () => {
     const pool = SharedPool.create(name, { size: 8 * MiB });
     const b = pool.alloc(40);
     b.write('hello from the owner');
-    pool.set('greeting', b.subarray(0, 20));
+    pool.set('greeting', b, 20);
     const seen = inChild(
       name,
       `const g = pool.get('greeting'); const refused = code(() => pool.free(pool.offsetOf(g))); const t = pool.take('greeting'); out([t.toString(), pool.offsetOf(t), refused]); pool.free(t);`,
@@ -104,7 +104,7 @@ describe('SharedPool slab cache across processes', () => {
         for (let k = 0; k < b.length; k++) b[k] = (i * 7 + k) & 0xff;
         if (i % 4 === 0) pool.free(b); else offs.push([pool.offsetOf(b), b.length, i]);
       }
-      pool.set('last', pool.view(offs[offs.length - 1][0], 8));
+      pool.set('last', offs[offs.length - 1][0], 8);
       process.stdout.write(JSON.stringify(offs) + '\\n');
       setInterval(() => {}, 1000);`;
     const c: ChildProcess = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });

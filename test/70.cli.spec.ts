@@ -183,7 +183,7 @@ describe('mempool CLI: list, inspect, map, rm against real segments', () => {
     const blocks = [40, 300, 5000, 100, 70000, 2000].map((n) => pool.alloc(n));
     pool.free(blocks[3]); // a hole
     blocks[0].write('hello');
-    pool.set('greeting', blocks[0].subarray(0, 5));
+    pool.set('greeting', blocks[0], 5);
     pool.set('big', blocks[4]);
     pool.set('ключ', blocks[1]);
     for (const [key, b] of [['greeting', blocks[0].subarray(0, 5)], ['big', blocks[4]], ['ключ', blocks[1]]] as const) {

@@ -212,7 +212,7 @@ describe('Shared pools: attached processes and reclaim', () => {
       const pool = SharedPool.open(${JSON.stringify(name)});
       const offsets = [];
       for (let i = 0; i < ${n}; i++) { const b = pool.alloc(100 + i); b.fill(7); offsets.push(pool.offsetOf(b)); }
-      pool.set('child-' + process.pid, pool.view(offsets[0], 100));
+      pool.set('child-' + process.pid, offsets[0], 100);
       process.stdout.write(JSON.stringify(offsets) + '\\n');
       setInterval(() => {}, 1000);
     `;

@@ -29,6 +29,7 @@ const char* status_name(Status s) {
     case Status::stale: return "stale";
     case Status::named: return "named";
     case Status::pins_full: return "pins_full";
+    case Status::no_handle: return "no_handle";
   }
   return "unknown";
 }

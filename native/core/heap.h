@@ -49,6 +49,7 @@ enum class Status : int32_t {
   stale = 15,            // the handle's generation is not the block's: it was freed or changed owner since
   named = 16,            // the block is owned by a directory name: take() it to own it
   pins_full = 17,        // every pin table entry is in use
+  no_handle = 18,        // a live block's start given through a view that carries no generation (kNoHandle)
 };
 
 const char* status_name(Status s);

@@ -744,6 +744,10 @@ void Segment::dir_point(uint32_t index, uint64_t offset, uint64_t length) {
   // and repair rebuilds it. The entry's offset and length are two stores: a reader without the lock may see
   // one of each (the documented lock-free read); repair validates the pair against the heap.
   index_remove(index, e->offset);
+  // Length first as the smaller of the two: every state a crash can leave (old offset or new, with a length
+  // that fits both) names a whole block, which repair keeps.
+  uint64_t old_length = e->length;
+  e->length = length < old_length ? length : old_length;
   e->offset = offset;
   e->length = length;
   index_add(index, offset);

@@ -50,6 +50,8 @@ constexpr uint32_t kGenOwnerMask = 0x7c000000u;
 constexpr uint32_t kGenCount = 0x03ffffffu;
 constexpr uint32_t kSlotGenBase = 1u << 25;           // slot counters start in [2^25, 2^26): far from heap words
 constexpr uint32_t kAnyGen = 0xffffffffu;             // a caller without a handle (the offset API)
+constexpr uint32_t kNoHandle = 0xfffffffeu;           // a view that should carry a handle and does not: refused
+// Neither is a word a block can have: owner fields stop at 1 + the last cache entry (shared_cache.h).
 constexpr uint32_t kMaxDirectoryCapacity = 1u << 20;
 
 enum SegmentState : uint32_t { kStateFormatting = 0, kStateReady = 1 };
@@ -239,6 +241,8 @@ class Segment {
   bool dir_delete(const std::string& key);
   // Whether a live entry names the allocation at `offset` (through the offset index).
   bool dir_names(uint64_t offset) const;
+  // Whether a new key would find a free entry.
+  bool dir_has_room() const { return header()->directory_live < capacity_; }
   void dir_keys(std::vector<std::string>* out) const;
   // Removes every name of the allocation at `offset` (called when it is freed).
   void dir_forget_offset(uint64_t offset);

@@ -71,6 +71,20 @@ uint64_t sat_sub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 // like a slab again (a later allocation at the same place could otherwise not be freed).
 void release_slab(Segment& seg, uint64_t off, uint64_t usable) {
   SegmentHeader* h = seg.header();
+  // The slab's slot counters may have run ahead of the seed (each free moves one on): the seed moves past
+  // the furthest of them, so the next slab here hands out no word a stale handle of these slots holds.
+  SlabHeader copy;
+  if (header_valid(seg, off, &copy)) {
+    const uint32_t* gens = reinterpret_cast<const uint32_t*>(heap_base(seg) + off + slab_gens_offset(copy.slot_count));
+    uint32_t seed = h->slot_gen_seed;
+    if (seed < kSlotGenBase || seed > kGenCount) seed = kSlotGenBase;
+    uint32_t ahead = 0;
+    for (uint32_t i = 0; i < copy.slot_count; ++i) {
+      uint32_t d = ((gens[i] & kGenCount) - seed) & (kSlotGenBase - 1);
+      if (d < (kSlotGenBase >> 1) && d >= ahead) ahead = d + 1;
+    }
+    h->slot_gen_seed = kSlotGenBase | ((seed + ahead) & (kSlotGenBase - 1));
+  }
   h->slab_count = sat_sub(h->slab_count, 1);
   h->slab_frees += 1;
   h->slab_bytes = sat_sub(h->slab_bytes, usable);
@@ -143,6 +157,7 @@ Status free_foreign_slot(Segment& seg, const SlotRef& ref, uint64_t off) {
   SegmentHeader* sh = seg.header();
   sh->orphan_lent_count = sat_sub(sh->orphan_lent_count, 1);
   sh->orphan_lent_bytes = sat_sub(sh->orphan_lent_bytes, ref.slot_size);
+  sh->orphan_epoch += 1;  // a free slot in an ownerless slab: adoptable now
   // The bound is the validated geometry, never the live header, which a writer may change meanwhile.
   for (uint32_t i = 0; i < ref.slot_count; ++i) {
     if (lent(load_state(ref.state - ref.index + i))) return Status::ok;
@@ -373,6 +388,7 @@ void shared_recount(Segment& seg) {
       SlabHeader* live = reinterpret_cast<SlabHeader*>(heap_base(seg) + off);
       live->owner = kNoOwner;
       live->owner_serial = 0;
+      sh->orphan_epoch += 1;
     }
     uint8_t* st = states_of(seg, off);
     uint64_t n = 0;
@@ -572,36 +588,39 @@ bool SharedCache::try_free(uint64_t off, uint32_t gen, Status* out) {
     return true;
   }
   uint32_t index = static_cast<uint32_t>(((rel >> 4) * rec->recip) >> 32);
-  // Only the owner of the current word may free. Others change the word only under the lock and only after
-  // swapping the state byte away from kSlotLent, so if the swap below succeeds the word read here was the
-  // slot's word while it was lent to that handle.
-  uint32_t word = __atomic_load_n(rec->gens + index, __ATOMIC_ACQUIRE);
-  uint8_t v = kSlotLent;
-  if (gen != kAnyGen && gen != word) {
-    v = load_state(rec->states + index);
+  // The transfer happens at one compare-and-swap of the generation word: whoever moves it from the handle's
+  // value owns the free. Everyone who frees or names a plainly lent slot (this owner here; others under the
+  // lock, shared_pool.cc) swaps the word first and only then its state byte, so a free here cannot land
+  // on a slot that someone else freed and this owner lent again meanwhile (the ABA of two holders).
+  uint8_t v = load_state(rec->states + index);
+  if (v != kSlotLent) {
     if (v == kSlotFree || v == kSlotRemote) *out = Status::double_free;
-    else if (lent(v) && (word & kGenNamed)) return false;  // named: the locked path says so
-    else *out = lent(v) ? Status::stale : Status::corrupted;
+    else if (lent(v)) return false;  // ever named or pinned: its frees go through the lock
+    else *out = Status::corrupted;
     return true;
   }
-  if (__builtin_expect(__atomic_compare_exchange_n(rec->states + index, &v, static_cast<uint8_t>(kSlotFree), false,
-                                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE), 1)) {
-    // Crash here: the slot is free in our slab, with the old word; our slabs go ownerless when we are
-    // found dead, and no other process held this word (we owned the slot).
-    gen_bump(rec->gens + index, false);
-    took_back(*rec, off);
-    *out = Status::ok;
+  uint32_t word = __atomic_load_n(rec->gens + index, __ATOMIC_ACQUIRE);
+  if (gen == kNoHandle) return false;  // refused under the lock, with the code its state deserves
+  if (gen != kAnyGen && gen != word) {
+    if (word & kGenNamed) return false;  // named meanwhile: the locked path says so
+    *out = Status::stale;
     return true;
   }
-  if (v == kSlotFree || v == kSlotRemote) {
-    *out = Status::double_free;
+  if (!__atomic_compare_exchange_n(rec->gens + index, &word, ((word + 1) & kGenCount), false, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    return false;  // someone else won the word just now: the locked path sees what they did
+  }
+  // Crash here: the word says freed, the state says lent: the slot is lost to this slab until repair's
+  // recount (a lent slot of a dead owner stays lent: one slot, the dead process's own).
+  uint8_t expected = kSlotLent;
+  if (!__atomic_compare_exchange_n(rec->states + index, &expected, static_cast<uint8_t>(kSlotFree), false,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    *out = Status::corrupted;  // only the word's winner moves a lent slot: someone wrote the state byte
     return true;
   }
-  if (!lent(v)) {
-    *out = Status::corrupted;
-    return true;
-  }
-  return false;  // ever named (or pinned): under the lock
+  took_back(*rec, off);
+  *out = Status::ok;
+  return true;
 }
 
 Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off, uint32_t* gen) {
@@ -631,8 +650,11 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
       heap.free(*off);
       return Status::corrupted;
     }
-    gen_own(w, owner_bits_);  // a free block's word records no owner: only this store sets one
-    *gen = __atomic_load_n(w, __ATOMIC_RELAXED);
+    // A free block's word is unnamed and records no owner; stored whole anyway, so that a word a crash left
+    // named (or owned) cannot make the new owner's handle useless.
+    uint32_t word = (__atomic_load_n(w, __ATOMIC_RELAXED) & kGenCount) | owner_bits_;
+    __atomic_store_n(w, word, __ATOMIC_RELEASE);
+    *gen = word;
   }
   return s;
 }

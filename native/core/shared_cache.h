@@ -84,6 +84,7 @@ constexpr uint64_t kCacheTableOffset = 3072;
 constexpr uint32_t kCacheEntries = 16;
 static_assert(kCacheTableOffset >= kAttachTableOffset + kAttachSlots * sizeof(AttachEntry), "cache table after the attach table");
 static_assert(kCacheTableOffset + kCacheEntries * sizeof(CacheEntry) <= kSegmentHeaderSize, "cache table fits the header page");
+static_assert(kCacheEntries + 1 < (kGenOwnerMask >> kGenOwnerShift), "owner fields never reach kAnyGen or kNoHandle");
 
 // The slab size a new segment gets for a heap of `heap_size` bytes (0: too small for slabs).
 uint32_t choose_slab_size(uint64_t heap_size);

@@ -1,6 +1,8 @@
 #include "shared_pool.h"
 
 #include <sys/syscall.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <cstring>
@@ -58,6 +60,16 @@ void drop_dead_pins(Segment& seg, std::vector<uint64_t>* frees) {
 
 }  // namespace
 
+// Whether a free of the block at segment offset `off` waits for its pins: the block has no owner.
+bool shared_free_pending(const Segment& seg, uint64_t off) {
+  if (seg.header()->pins_active == 0) return false;
+  const PinEntry* t = seg.pins();
+  for (uint32_t i = 0; i < kPinSlots; ++i) {
+    if (__atomic_load_n(&t[i].pid, __ATOMIC_ACQUIRE) != 0 && t[i].offset == off && t[i].state == kPinFreePending) return true;
+  }
+  return false;
+}
+
 bool shared_pinned(Segment& seg, uint64_t off, bool mark) {
   if (seg.header()->pins_active == 0) return false;
   PinEntry* t = seg.pins();
@@ -108,11 +120,18 @@ Status repair_names_and_pins(Segment& seg) {
   for (uint64_t off : orphans) {
     // Named by nothing: the dead process was taking it from a name (it would have owned it) or replacing
     // the name (the old block goes as set() would free it). Freed, unless a live reader still pins it.
-    uint32_t* w = shared_gen_word(seg, off);
-    if (w != nullptr) gen_bump(w, false);
-    if (!shared_pinned(seg, off + heap_off, true)) shared_free_locked(seg, off);
+    // Free first (the free moves the word on): a crash in between leaves the block as it was, named and
+    // unlisted, for the next repair.
+    if (!shared_pinned(seg, off + heap_off, true)) {
+      shared_free_locked(seg, off);
+    } else if (uint32_t* w = shared_gen_word(seg, off)) {
+      gen_bump(w, false);  // the pins do the free
+    }
   }
-  for (uint64_t off : frees) shared_free_locked(seg, off - heap_off);
+  std::sort(frees.begin(), frees.end());
+  for (size_t i = 0; i < frees.size(); ++i) {
+    if (i == 0 || frees[i] != frees[i - 1]) shared_free_locked(seg, frees[i] - heap_off);
+  }
   return Status::ok;
 }
 
@@ -166,29 +185,37 @@ uint32_t SharedPool::collect_dead_locked() {
   return n + static_cast<uint32_t>(frees.size());
 }
 
-// The caller owns the live block at heap offset `hoff` through `gen` (or has no handle: kAnyGen).
-Status SharedPool::owned(uint64_t hoff, uint32_t gen, uint32_t** word) {
+// The caller owns the live block at heap offset `hoff` through `gen` (or has no handle: kAnyGen). *seen is
+// the word as read: a transfer swaps it from that value (release_locked, name_block), because a slot's
+// owner may free the slot without the lock (SharedCache::try_free) until someone wins the word.
+Status SharedPool::owned(uint64_t hoff, uint32_t gen, uint32_t** word, uint32_t* seen) {
   uint64_t usable = 0;
   Status s = seg_->usable_any(hoff, &usable);
   if (s != Status::ok) return s;  // free (double_free) or not a block (foreign): the heap says which
+  if (shared_free_pending(*seg_, hoff + heap_offset())) return Status::double_free;  // freed; pins hold it
   uint32_t* w = shared_gen_word(*seg_, hoff);
   if (w == nullptr) return Status::foreign;
   uint32_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
   if (v & kGenNamed) return Status::named;
+  if (gen == kNoHandle) return Status::no_handle;
   if (gen != kAnyGen && gen != v) return Status::stale;
   *word = w;
+  *seen = v;
   return Status::ok;
 }
 
 Status SharedPool::physical_free(uint64_t hoff) { return cache_->free_locked(hoff); }
 
-// The owner lets go of a block it owns (its word checked): freed now, or when the last reader unpins it.
-Status SharedPool::release_locked(uint64_t hoff, uint32_t* word) {
-  if (shared_pinned(*seg_, hoff + heap_offset(), true)) {
-    // Crash after the mark: the pins say a free waits; their holders (or whoever finds them dead) do it.
-    gen_bump(word, false);  // no handle of the block is current any more: it belongs to its pins now
-    return Status::ok;
+// The owner lets go of a block it owns (its word read as `seen`): freed now, or when the last reader
+// unpins it. The word is swapped first: losing means the slot's owner freed it meanwhile without the lock.
+Status SharedPool::release_locked(uint64_t hoff, uint32_t* word, uint32_t seen) {
+  if (!__atomic_compare_exchange_n(word, &seen, (seen + 1) & kGenCount, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    return Status::stale;
   }
+  // No handle of the block is current any more. Crash after the mark below: the pins say a free waits;
+  // their holders (or whoever finds them dead) do it. Crash before the free: the block is live with a word
+  // nobody holds: leaked (one block, the dying caller's).
+  if (shared_pinned(*seg_, hoff + heap_offset(), true)) return Status::ok;
   return physical_free(hoff);
 }
 
@@ -218,9 +245,10 @@ Status SharedPool::free(uint64_t off, uint32_t gen) {
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
   uint32_t* word = nullptr;
-  s = owned(hoff, gen, &word);
+  uint32_t seen = 0;
+  s = owned(hoff, gen, &word, &seen);
   if (s != Status::ok) return s;
-  return release_locked(hoff, word);
+  return release_locked(hoff, word, seen);
 }
 
 Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t align, uint64_t* moved, uint32_t* new_gen) {
@@ -232,7 +260,8 @@ Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t a
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
   uint32_t* word = nullptr;
-  Status s = owned(hoff, gen, &word);
+  uint32_t seen = 0;
+  Status s = owned(hoff, gen, &word, &seen);
   if (s != Status::ok) return s;
   uint64_t usable = 0;
   seg_->usable_any(hoff, &usable);
@@ -240,17 +269,15 @@ Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t a
   bool slot = seg_->gen_word(hoff) != word;
   // In place: a slot that already fits; a heap block the heap can resize where it is. Not while a reader
   // pins it: a shrink would hand its tail to someone else under the reader.
-  if (!pinned && hoff % align == 0) {
-    if (slot && size <= usable) {
-      *moved = off;
-      *new_gen = *word;
-      return Status::ok;
+  // The handle moves on either way: the old Buffer (of the old length) is stale, as after any realloc.
+  uint32_t next = ((seen + 1) & kGenCount) | (seen & kGenOwnerMask);
+  if (!pinned && hoff % align == 0 && ((slot && size <= usable) || (!slot && !debug_ && seg_->heap().resize_in_place(hoff, size) == Status::ok))) {
+    if (!__atomic_compare_exchange_n(word, &seen, next, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      return Status::stale;  // only a slot's owner races here, freeing it: a heap resize cannot have happened then
     }
-    if (!slot && !debug_ && seg_->heap().resize_in_place(hoff, size) == Status::ok) {
-      *moved = off;
-      *new_gen = *word;
-      return Status::ok;
-    }
+    *moved = off;
+    *new_gen = next;
+    return Status::ok;
   }
   uint64_t to = 0;
   uint32_t to_gen = 0;
@@ -259,7 +286,7 @@ Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t a
   std::memmove(seg_->heap().base() + to, seg_->heap().base() + hoff, size < usable ? size : usable);
   // Crash here: both blocks are live and unnamed; the dead caller owned both, and both stay allocated
   // (as any block a dead process held: a leak, which trackOwners-style reclaim is for).
-  s = release_locked(hoff, word);
+  s = release_locked(hoff, word, seen);
   if (s != Status::ok) {
     shared_free_locked(*seg_, to);
     return s;
@@ -281,7 +308,8 @@ Status SharedPool::usable_size(uint64_t off, uint64_t* size) {
 Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t gen, uint64_t length, NamedBlock* old, bool* had) {
   if (had != nullptr) *had = false;
   uint32_t* word = nullptr;
-  Status s = owned(hoff, gen, &word);
+  uint32_t seen = 0;
+  Status s = owned(hoff, gen, &word, &seen);
   if (s != Status::ok) return s;
   uint64_t usable = 0;
   seg_->usable_any(hoff, &usable);
@@ -289,27 +317,36 @@ Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t ge
   uint64_t off = hoff + heap_offset();
   uint64_t prev_off = 0, prev_len = 0;
   int64_t index = seg_->dir_lookup(key, &prev_off, &prev_len);
-  // 1. A slot is marked as ever named (its frees go through the lock from now on). Racing the owner's
-  //    lock-free free of it (offset API): one compare-and-swap wins; losing changes nothing.
+  if (index < 0 && !seg_->dir_has_room()) return Status::directory_full;  // before anything changes
+  // 1. The name owns the block from this swap on: the caller's handle is stale. Losing it means the slot's
+  //    owner freed the block meanwhile without the lock: nothing changed here.
+  if (!__atomic_compare_exchange_n(word, &seen, ((seen + 1) & kGenCount) | kGenNamed, false, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    return Status::stale;
+  }
+  // 2. A slot is marked as ever named (its frees go through the lock from now on). No one else can move
+  //    its state now: they would have to win the word first.
   s = shared_mark_named(*seg_, hoff);
-  if (s != Status::ok) return s;
-  // 2. The directory. Crash after this: the entry names the block and repair gives the block kGenNamed;
-  //    the block named before has kGenNamed and no entry, and repair frees it.
+  if (s != Status::ok) return Status::corrupted;
+  // 3. The directory. Crash before this: the word says named and no entry names it: repair frees the block
+  //    (the caller that owned it is dead). Crash after: the entry is the truth; the block named before has
+  //    kGenNamed and no entry, and repair frees it.
   if (index >= 0) {
     seg_->dir_point(static_cast<uint32_t>(index), off, length);
   } else {
     s = seg_->dir_set(key, off, length);
-    if (s != Status::ok) return s;  // full: nothing changed (the sticky slot mark is harmless)
+    if (s != Status::ok) {  // a scribbled live count: undo the swap (under the lock, a plain store)
+      __atomic_store_n(word, seen, __ATOMIC_RELEASE);
+      return s;
+    }
   }
-  // 3. The name owns the block: the caller's handle is stale from here.
-  gen_bump(word, true);
   if (index < 0) return Status::ok;
   // 4. The block named before (if the entry was sound: a scribbled offset names nothing).
   uint64_t prev_hoff = prev_off - heap_offset();
   uint32_t* prev_word = shared_gen_word(*seg_, prev_hoff);
   if (prev_word == nullptr || prev_off == off || !(*prev_word & kGenNamed)) return Status::ok;
-  gen_bump(prev_word, false);
   if (old != nullptr) {
+    gen_bump(prev_word, false);  // handed to the caller: crash after this, and the dead caller owned it
     gen_own(prev_word, cache_->owner_bits());
     old->offset = prev_off;
     old->length = prev_len;
@@ -317,7 +354,10 @@ Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t ge
     *had = true;
     return Status::ok;
   }
+  // set(): the old block is freed (the free moves its word on); while pinned, its pins do it. A crash before
+  // either leaves it named and unlisted, and repair frees it.
   if (!shared_pinned(*seg_, prev_off, true)) physical_free(prev_hoff);
+  else gen_bump(prev_word, false);
   return Status::ok;
 }
 
@@ -384,8 +424,11 @@ Status SharedPool::remove(const std::string& key, bool* had) {
   seg_->dir_remove(static_cast<uint32_t>(index));
   *had = true;
   if (word == nullptr) return Status::ok;
-  gen_bump(word, false);
-  return release_locked(b.offset - heap_offset(), word);
+  // Named blocks are freed under the lock only (no lock-free path touches them): free first, so a crash in
+  // between leaves a named, unlisted block that repair frees, never an unnamed one no one can find.
+  if (!shared_pinned(*seg_, b.offset, true)) return physical_free(b.offset - heap_offset());
+  gen_bump(word, false);  // the pins do the free
+  return Status::ok;
 }
 
 Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, bool* had) {

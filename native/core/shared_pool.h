@@ -107,8 +107,8 @@ class SharedPool {
  private:
   explicit SharedPool(std::unique_ptr<Segment> seg);
   Status lock();
-  Status owned(uint64_t hoff, uint32_t gen, uint32_t** word);
-  Status release_locked(uint64_t hoff, uint32_t* word);
+  Status owned(uint64_t hoff, uint32_t gen, uint32_t** word, uint32_t* seen);
+  Status release_locked(uint64_t hoff, uint32_t* word, uint32_t seen);
   Status physical_free(uint64_t hoff);
   Status name_block(const std::string& key, uint64_t hoff, uint32_t gen, uint64_t length, NamedBlock* old, bool* had);
 
