@@ -3,12 +3,13 @@
 //   out/scribble [--seed N] [--rounds N] [--spare-lock] [--algorithm tlsf|buddy|bitmap]
 //
 // Creates a segment, maps the same object a second time as "the attacker" and, round after round,
-// writes random words anywhere in it (half of them aimed at the header and the lock, the directory and
-// the first 16 KiB of the heap's metadata), sometimes while the victim holds the lock; the victim goes
-// on using the segment as the addon does: lock, alloc / free / realloc / usable_size, directory set /
-// get / delete / forget, check, stats, walk, unlock, and now and then re-opens the segment by name. The
-// victim may get statuses (corrupted, lock_timeout, ...); it must never crash or touch memory outside
-// the segment. When the damage makes the segment unusable it is re-created and the rounds go on.
+// writes random words anywhere in it (half of them aimed at the header and the lock, the pin table, the
+// directory and the first 16 KiB of the heap's metadata), sometimes while the victim holds the lock; the
+// victim goes on using the segment as the addon does, through the facade (shared_pool.h): alloc / free /
+// realloc / usable_size with handles (and kAnyGen, the offset API), set / replace / take / get / copy /
+// remove, pin / unpin, keys, check, stats, walk, and now and then re-opens the segment by name. The victim
+// may get statuses (corrupted, lock_timeout, stale, named, ...); it must never crash or touch memory
+// outside the segment. When the damage makes the segment unusable it is re-created and the rounds go on.
 //
 // Then the same for the slab caches of shared_cache.h (attack_caches): rounds / 2 more per algorithm.
 //
@@ -28,6 +29,7 @@
 #include "fuzz_util.h"
 #include "segment.h"
 #include "shared_cache.h"
+#include "shared_pool.h"
 
 using namespace mempool;
 
@@ -39,8 +41,13 @@ struct Stats {
   uint64_t rounds = 0, writes = 0, ops = 0, refused = 0, recreated = 0, reopened = 0, corrupted_checks = 0;
 };
 
+struct Handle {
+  uint64_t off;
+  uint32_t gen;
+};
+
 // A new segment `name` (any old one unlinked first): a small directory, a lock that times out quickly.
-std::unique_ptr<Segment> fresh_segment(const std::string& name, Algorithm algorithm, uint64_t size) {
+std::unique_ptr<SharedPool> fresh_pool(const std::string& name, Algorithm algorithm, uint64_t size) {
   int err = 0;
   Segment::unlink(name, &err);
   SegmentOptions o;
@@ -48,9 +55,9 @@ std::unique_ptr<Segment> fresh_segment(const std::string& name, Algorithm algori
   o.directory_capacity = 16;
   o.lock_timeout_ms = 5;
   bool created = false;
-  std::unique_ptr<Segment> seg;
-  if (Segment::create(name, size, o, &seg, &err, &created) != Status::ok) FUZZ_FAIL("create");
-  return seg;
+  std::unique_ptr<SharedPool> pool;
+  if (SharedPool::create(name, size, o, &pool, &err, &created) != Status::ok) FUZZ_FAIL("create");
+  return pool;
 }
 
 // The attacker's own mapping of the same shared memory object.
@@ -62,47 +69,178 @@ uint8_t* map_attacker(const std::string& name, uint64_t size) {
   return static_cast<uint8_t*>(p);
 }
 
+bool inside(const SharedPool& p, uint64_t off, uint64_t n) {
+  return off >= p.heap_offset() && off < p.size() && n <= p.size() - off;
+}
+
+// One facade operation picked by `rng` on `pool`, with the handles the victim holds. Returns its status
+// (lock_timeout tells the caller the lock is held by someone who does not let go).
+Status victim_op(SharedPool& pool, std::mt19937_64& rng, std::vector<Handle>* mine, std::vector<std::pair<uint32_t, uint64_t>>* pins,
+                 uint64_t max_size, Stats* st, bool* damaged) {
+  auto pick = [&](Handle* h) {
+    if (mine->empty()) return false;
+    *h = (*mine)[rng() % mine->size()];
+    if (rng() % 8 == 0) h->gen = kAnyGen;            // the offset API
+    if (rng() % 16 == 0) h->off += 16;               // an interior offset
+    if (rng() % 32 == 0) h->gen ^= 1;                // a stale handle
+    return true;
+  };
+  std::string key = "k" + std::to_string(rng() % 12);
+  uint64_t size = rng() % 8 == 0 ? 1 + rng() % max_size : 1 + rng() % 1024;
+  NamedBlock nb;
+  bool had = false;
+  Handle h{0, 0};
+  Status s = Status::ok;
+  switch (rng() % 16) {
+    case 0: case 1: case 2: {
+      s = pool.alloc(size, kDefaultAlign << (rng() % 8 == 0 ? rng() % 4 : 0), kNoHint, 0, &h.off, &h.gen);
+      if (s == Status::ok) {
+        if (!inside(pool, h.off, size)) FUZZ_FAIL("alloc returned a block outside the heap");
+        std::memset(pool.base() + h.off, 0x11, size);
+        mine->push_back(h);
+      }
+      break;
+    }
+    case 3: case 4:
+      if (!mine->empty()) {
+        size_t k = rng() % mine->size();
+        h = (*mine)[k];
+        if (rng() % 8 == 0) h.gen = kAnyGen;
+        s = pool.free(h.off + (rng() % 16 == 0 ? 16 : 0), h.gen);
+        (*mine)[k] = mine->back();
+        mine->pop_back();
+      }
+      break;
+    case 5:
+      if (!mine->empty()) {
+        size_t k = rng() % mine->size();
+        uint64_t moved = 0;
+        uint32_t gen = 0;
+        s = pool.realloc((*mine)[k].off, (*mine)[k].gen, size, kDefaultAlign, &moved, &gen);
+        if (s == Status::ok) {
+          if (!inside(pool, moved, size)) FUZZ_FAIL("realloc returned a block outside the heap");
+          (*mine)[k] = {moved, gen};
+        }
+      }
+      break;
+    case 6:
+      if (pick(&h)) {
+        uint64_t u = 0;
+        s = pool.usable_size(h.off, &u);
+        if (s == Status::ok && !inside(pool, h.off, u)) FUZZ_FAIL("usable_size runs past the segment");
+      }
+      break;
+    case 7:
+      if (pick(&h)) s = pool.set(key, h.off, h.gen, 1 + rng() % 16);
+      break;
+    case 8:
+      if (pick(&h)) {
+        s = pool.replace(key, h.off, h.gen, 1 + rng() % 16, &nb, &had);
+        if (s == Status::ok && had) {
+          if (!inside(pool, nb.offset, nb.length)) FUZZ_FAIL("replace handed back bytes outside the heap");
+          mine->push_back({nb.offset, nb.gen});
+        }
+      }
+      break;
+    case 9:
+      s = pool.take(key, &nb, &had);
+      if (s == Status::ok && had) {
+        if (!inside(pool, nb.offset, nb.length)) FUZZ_FAIL("take handed out bytes outside the heap");
+        mine->push_back({nb.offset, nb.gen});
+      }
+      break;
+    case 10: {
+      s = pool.get(key, &nb, &had);
+      if (s == Status::ok && had && !inside(pool, nb.offset, nb.length)) FUZZ_FAIL("get names bytes outside the heap");
+      std::string bytes;
+      if (pool.copy(key, &bytes, &had) == Status::ok && had && bytes.size() > pool.size()) FUZZ_FAIL("copy too long");
+      if (rng() % 4 == 0) s = pool.remove(key, &had);
+      break;
+    }
+    case 11: {
+      uint32_t pin = 0;
+      if (pins->size() < 8) {
+        s = pool.pin(key, &nb, &pin, &had);
+        if (s == Status::ok && had) {
+          if (!inside(pool, nb.offset, nb.length)) FUZZ_FAIL("pin names bytes outside the heap");
+          pins->push_back({pin, nb.offset});
+        }
+      }
+      break;
+    }
+    case 12:
+      if (!pins->empty()) {
+        size_t k = rng() % pins->size();
+        s = pool.unpin((*pins)[k].first, (*pins)[k].second);
+        (*pins)[k] = pins->back();
+        pins->pop_back();
+      }
+      break;
+    case 13: {
+      std::vector<std::string> keys;
+      s = pool.keys(&keys);
+      HeapStats hs;
+      pool.stats(&hs);
+      pool.walk([&](const BlockInfo& b) {
+        if (!inside(pool, b.offset, b.size)) FUZZ_FAIL("walk left the heap");
+        return true;
+      });
+      break;
+    }
+    case 14:
+      s = pool.locked([&] {
+        pool.collect_dead_locked();
+        return Status::ok;
+      });
+      break;
+    default: {
+      CheckResult r;
+      s = pool.check(&r);
+      if (r.violations) ++st->corrupted_checks;
+      *damaged = *damaged || r.violations != 0 || s != Status::ok;
+    }
+  }
+  return s;
+}
+
 // The slab caches (shared_cache.h) under the same attack. A 1 MiB segment, so that its heap has slabs;
-// two attachments, each with its own SharedCache, allocate small and large blocks, free their own (the
-// owner's lock-free path) and each other's (the locked remote path), name slots, and now and then check,
-// walk, count and collect dead caches under the lock, while the attacker writes anywhere, a third of the
-// time into the cache table and slab headers and state bytes. Blocks handed out must lie in the heap.
+// two attachments (two SharedPools, each with its own cache) allocate small and large blocks, free their
+// own (the owner's lock-free path) and each other's (the locked remote path), name, take, pin and check,
+// while the attacker writes anywhere, a third of the time into the cache table and slab headers and
+// state bytes. Blocks handed out must lie in the heap.
 void attack_caches(Algorithm algorithm, uint64_t rounds, std::mt19937_64& rng, const std::string& name) {
   constexpr uint64_t kCacheSize = 1 << 20;
   int err = 0;
   Stats st;
-  std::unique_ptr<Segment> seg[2];
-  std::unique_ptr<SharedCache> cache[2];
+  std::unique_ptr<SharedPool> pool[2];
   uint8_t* attacker = nullptr;
-  std::vector<uint64_t> mine;  // heap offsets handed out
+  std::vector<Handle> mine;
+  std::vector<std::pair<uint32_t, uint64_t>> pins[2];
   auto recreate = [&] {
-    cache[0].reset();
-    cache[1].reset();
-    seg[0].reset();
-    seg[1].reset();
+    pool[0].reset();
+    pool[1].reset();
     if (attacker) munmap(attacker, kCacheSize);
-    seg[0] = fresh_segment(name, algorithm, kCacheSize);
-    if (Segment::open(name, 5, &seg[1], &err) != Status::ok) FUZZ_FAIL("open");
-    if (seg[0]->slab_size() == 0) FUZZ_FAIL("a 1 MiB segment should have slabs");
-    cache[0].reset(new SharedCache(seg[0].get()));
-    cache[1].reset(new SharedCache(seg[1].get()));
+    pool[0] = fresh_pool(name, algorithm, kCacheSize);
+    if (SharedPool::open(name, 5, &pool[1], &err) != Status::ok) FUZZ_FAIL("open");
+    if (pool[0]->segment().slab_size() == 0) FUZZ_FAIL("a 1 MiB segment should have slabs");
     attacker = map_attacker(name, kCacheSize);
     mine.clear();
+    pins[0].clear();
+    pins[1].clear();
     ++st.recreated;
   };
   recreate();
-  auto inside = [&](uint64_t off, uint64_t size) { return off < seg[0]->heap().size() && size <= seg[0]->heap().size() - off; };
   auto scribble = [&] {
     int writes = 1 + static_cast<int>(rng() % 4);
-    uint64_t bias = seg[0]->heap_offset();
     for (int w = 0; w < writes; ++w) {
       uint64_t at;
-      switch (rng() % 6) {
+      switch (rng() % 7) {
         case 0: at = kCacheTableOffset + rng() % (kSegmentHeaderSize - kCacheTableOffset); break;  // the cache table
-        case 1: at = 128 + rng() % 96; break;                                                       // slab totals
-        case 2:                                                                                     // near a block: a slab's header and state bytes
-          at = mine.empty() ? rng() % kCacheSize : bias + (mine[rng() % mine.size()] & ~uint64_t(4095)) + rng() % 256;
+        case 1: at = 128 + rng() % 128; break;                                                      // slab totals, generations, pins
+        case 2:                                                                                     // near a block: a slab's header, states, words
+          at = mine.empty() ? rng() % kCacheSize : (mine[rng() % mine.size()].off & ~uint64_t(4095)) + rng() % 1024;
           break;
+        case 3: at = kPinTableOffset + rng() % 4096; break;  // the pin table
         default: at = rng() % (kCacheSize - 8);
       }
       if (at > kCacheSize - 8) at = kCacheSize - 8;
@@ -112,7 +250,7 @@ void attack_caches(Algorithm algorithm, uint64_t rounds, std::mt19937_64& rng, c
         case 1: v = rng() % kCacheSize; break;
         case 2: v = ~uint64_t(0) - rng() % 64; break;
         case 3: v = rng() % 4; break;  // slot states: free, lent, remote
-        default: v = mine.empty() ? 0 : mine[rng() % mine.size()];
+        default: v = mine.empty() ? 0 : mine[rng() % mine.size()].off;
       }
       std::memcpy(attacker + at, &v, size_t(1) << (rng() % 4));
       ++st.writes;
@@ -121,85 +259,19 @@ void attack_caches(Algorithm algorithm, uint64_t rounds, std::mt19937_64& rng, c
   for (uint64_t round = 0; round < rounds; ++round) {
     ++st.rounds;
     if (rng() % 3 == 0) scribble();
-    bool damaged = false;
-    for (int i = 0; i < 8; ++i) {
+    bool damaged = false, stuck = false;
+    for (int i = 0; i < 8 && !stuck; ++i) {
       ++st.ops;
       int who = static_cast<int>(rng() % 2);
-      SharedCache& c = *cache[who];
-      uint64_t off = 0;
-      switch (rng() % 8) {
-        case 0: case 1: case 2: {
-          uint64_t size = rng() % 8 == 0 ? 1 + rng() % 3000 : 1 + rng() % 1024;
-          if (c.alloc(size, kDefaultAlign, kNoHint, &off) == Status::ok) {
-            if (!inside(off, size)) FUZZ_FAIL("a cache handed out a block outside the heap");
-            std::memset(seg[who]->base() + seg[who]->heap_offset() + off, 0x22, size);
-            mine.push_back(off);
-          }
-          break;
-        }
-        case 3: case 4:  // free by either attachment: its own slot, another's, or a heap block
-          if (!mine.empty()) {
-            size_t k = rng() % mine.size();
-            c.free(mine[k] + (rng() % 16 == 0 ? 16 : 0));  // now and then an interior offset
-            mine[k] = mine.back();
-            mine.pop_back();
-          }
-          break;
-        default: {
-          bool recovered = false;
-          Segment& s = *seg[who];
-          if (s.lock(&recovered) != Status::ok) {
-            ++st.refused;
-            break;
-          }
-          switch (rng() % 6) {
-            case 0:
-              if (!mine.empty()) {
-                uint64_t u = 0, o = mine[rng() % mine.size()];
-                if (shared_usable_size(s, o, &u) == Status::ok && !inside(o, u)) FUZZ_FAIL("usable size runs past the heap");
-                if (shared_mark_named(s, o) == Status::ok) s.dir_set("k" + std::to_string(rng() % 12), o + s.heap_offset(), 1);
-              }
-              break;
-            case 1:
-              shared_walk(s, [&](const BlockInfo& b) {
-                if (!inside(b.offset, b.size)) FUZZ_FAIL("shared_walk left the heap");
-                return true;
-              });
-              break;
-            case 2: {
-              CheckResult r;
-              s.heap().check(&r);
-              shared_check(s, &r);
-              s.dir_check(&r);
-              if (r.violations) ++st.corrupted_checks;
-              damaged = r.violations != 0;
-              break;
-            }
-            case 3: {
-              HeapStats hs;
-              s.heap().stats(&hs);
-              shared_adjust_stats(s, &hs);
-              break;
-            }
-            case 4: shared_collect_dead(s); break;
-            default: {
-              uint64_t moved = 0, size = 1 + rng() % 2000;
-              if (!mine.empty()) {
-                size_t k = rng() % mine.size();
-                if (cache[who]->realloc_locked(mine[k], size, kDefaultAlign, &moved) == Status::ok) {
-                  if (!inside(moved, size)) FUZZ_FAIL("realloc returned a block outside the heap");
-                  mine[k] = moved;
-                }
-              }
-            }
-          }
-          s.unlock();
-        }
+      Status s = victim_op(*pool[who], rng, &mine, &pins[who], 3000, &st, &damaged);
+      if (s == Status::lock_timeout) {
+        ++st.refused;
+        stuck = true;
       }
     }
     // Damage found: usually start over, so that most rounds hit a healthy segment; and now and then
     // anyway, which closes both caches on whatever state the attack left.
-    if ((damaged && rng() % 4 != 0) || rng() % 512 == 0) recreate();
+    if ((damaged && rng() % 4 != 0) || (stuck && rng() % 4 == 0) || rng() % 512 == 0) recreate();
     if (mine.size() > 300) mine.erase(mine.begin(), mine.begin() + 150);
   }
   std::printf("scribble %s with slab caches: %llu rounds, %llu attacker writes, %llu ops, %llu lock refusals, "
@@ -207,10 +279,8 @@ void attack_caches(Algorithm algorithm, uint64_t rounds, std::mt19937_64& rng, c
               algorithm_name(algorithm), (unsigned long long)st.rounds, (unsigned long long)st.writes,
               (unsigned long long)st.ops, (unsigned long long)st.refused, (unsigned long long)st.corrupted_checks,
               (unsigned long long)st.recreated);
-  cache[0].reset();
-  cache[1].reset();
-  seg[0].reset();
-  seg[1].reset();
+  pool[0].reset();
+  pool[1].reset();
   munmap(attacker, kCacheSize);
   Segment::unlink(name, &err);
 }
@@ -240,26 +310,28 @@ int main(int argc, char** argv) {
   int err = 0;
   for (Algorithm algorithm : algorithms) {
     Stats st;
-    std::unique_ptr<Segment> seg;
+    std::unique_ptr<SharedPool> pool;
     uint8_t* attacker = nullptr;
-    std::vector<uint64_t> mine;
+    std::vector<Handle> mine;
+    std::vector<std::pair<uint32_t, uint64_t>> pins;
     auto recreate = [&] {
-      seg.reset();
+      pool.reset();
       if (attacker) munmap(attacker, kSize);
-      seg = fresh_segment(name, algorithm, kSize);
+      pool = fresh_pool(name, algorithm, kSize);
       attacker = map_attacker(name, kSize);
       mine.clear();
+      pins.clear();
       ++st.recreated;
     };
     recreate();
     auto scribble = [&] {
       int writes = 1 + static_cast<int>(rng() % 4);
-      uint64_t heap_meta = seg->heap_offset() + 16384;
+      uint64_t heap_meta = pool->heap_offset() + 16384;
       for (int w = 0; w < writes; ++w) {
         uint64_t at;
         switch (rng() % 4) {
-          case 0: at = rng() % 512; break;                 // segment header and the lock
-          case 1: at = 4096 + rng() % (heap_meta - 4096); break;  // directory, index, heap metadata
+          case 0: at = rng() % 512; break;                        // segment header and the lock
+          case 1: at = 4096 + rng() % (heap_meta - 4096); break;  // pins, directory, index, words, heap metadata
           default: at = rng() % (kSize - 8);
         }
         at &= ~uint64_t(rng() % 2 ? 7 : 0);
@@ -270,7 +342,7 @@ int main(int argc, char** argv) {
           case 1: v = rng() % kSize; break;
           case 2: v = ~uint64_t(0) - rng() % 64; break;
           case 3: v = rng() % 64; break;
-          default: v = mine.empty() ? 0 : mine[rng() % mine.size()] + (rng() % 3) * 16 - 16;
+          default: v = mine.empty() ? 0 : mine[rng() % mine.size()].off + (rng() % 3) * 16 - 16;
         }
         std::memcpy(attacker + at, &v, size_t(1) << (rng() % 4));  // 1, 2, 4 or 8 bytes, little-endian
         ++st.writes;
@@ -280,93 +352,30 @@ int main(int argc, char** argv) {
       ++st.rounds;
       if (rng() % 3 == 0) scribble();
       if (rng() % 64 == 0) {  // another process attaching now: validation must hold
-        std::unique_ptr<Segment> other;
-        if (Segment::open(name, 5, &other, &err) == Status::ok) ++st.reopened;
+        std::unique_ptr<SharedPool> other;
+        if (SharedPool::open(name, 5, &other, &err) == Status::ok) ++st.reopened;
       }
-      bool recovered = false;
-      Status ls = seg->lock(&recovered);
-      if (ls != Status::ok) {
-        ++st.refused;
-        if (rng() % 8 == 0) recreate();
-        continue;
-      }
-      Heap& h = seg->heap();
-      uint64_t bias = seg->heap_offset();
-      for (int i = 0; i < 8; ++i) {
+      bool damaged = false, stuck = false;
+      for (int i = 0; i < 8 && !stuck; ++i) {
         ++st.ops;
-        if (rng() % 16 == 0) scribble();  // while the victim holds the lock
-        uint64_t size = 1 + rng() % 3000, off = 0;
-        switch (rng() % 9) {
-          case 0: case 1:
-            if (h.alloc(size, kDefaultAlign << (rng() % 4), kNoHint, &off) == Status::ok) {
-              if (off >= h.size() || size > h.size() - off) FUZZ_FAIL("alloc returned a block outside the heap");
-              std::memset(seg->base() + bias + off, 0x11, size);
-              mine.push_back(off + bias);
-            }
-            break;
-          case 2:
-            if (!mine.empty()) {
-              size_t k = rng() % mine.size();
-              if (h.free(mine[k] - bias) == Status::ok) seg->dir_forget_offset(mine[k]);
-              mine[k] = mine.back();
-              mine.pop_back();
-            }
-            break;
-          case 3:
-            if (!mine.empty()) {
-              size_t k = rng() % mine.size();
-              uint64_t moved = 0;
-              if (heap_realloc(h, mine[k] - bias, size, kDefaultAlign, &moved) == Status::ok) {
-                if (moved >= h.size() || size > h.size() - moved) FUZZ_FAIL("realloc returned a block outside the heap");
-                if (moved + bias != mine[k]) seg->dir_forget_offset(mine[k]);
-                mine[k] = moved + bias;
-              }
-            }
-            break;
-          case 4:
-            if (!mine.empty()) {
-              uint64_t u = 0, o = mine[rng() % mine.size()];
-              if (h.usable_size(o - bias, &u) == Status::ok && (o >= seg->size() || u > seg->size() - o)) {
-                FUZZ_FAIL("usable_size runs past the segment");
-              }
-            }
-            break;
-          case 5:
-            if (!mine.empty()) seg->dir_set("k" + std::to_string(rng() % 24), mine[rng() % mine.size()], 1 + rng() % 16);
-            break;
-          case 6: {
-            uint64_t o = 0, l = 0;
-            if (seg->dir_get("k" + std::to_string(rng() % 24), &o, &l) == Status::ok &&
-                (o < bias || o >= seg->size() || l > seg->size() - o)) {
-              FUZZ_FAIL("dir_get names bytes outside the segment's heap");
-            }
-            if (rng() % 4 == 0) seg->dir_delete("k" + std::to_string(rng() % 24));
-            break;
-          }
-          case 7: {
-            std::vector<std::string> keys;
-            seg->dir_keys(&keys);
-            HeapStats hs;
-            h.stats(&hs);
-            h.walk([&](const BlockInfo& b) {
-              if (b.offset >= h.size() || b.size > h.size() - b.offset) FUZZ_FAIL("walk left the heap");
-              return true;
-            });
-            break;
-          }
-          default: {
-            CheckResult r;
-            h.check(&r);
-            seg->dir_check(&r);
-            if (r.violations) ++st.corrupted_checks;
-          }
+        if (rng() % 16 == 0) {  // while the victim holds the lock
+          pool->locked([&] {
+            scribble();
+            return Status::ok;
+          });
+        }
+        Status s = victim_op(*pool, rng, &mine, &pins, 3000, &st, &damaged);
+        if (s == Status::lock_timeout) {
+          ++st.refused;
+          stuck = true;
         }
       }
-      seg->unlock();
       // Damage found: usually start over on a fresh segment, so that most rounds hit a healthy one.
-      CheckResult after;
-      seg->heap().check(&after);
-      if (after.violations && rng() % 4 != 0) recreate();
+      if (!damaged && !stuck) {
+        CheckResult after;
+        damaged = pool->check(&after) != Status::ok || after.violations != 0;
+      }
+      if ((damaged && rng() % 4 != 0) || (stuck && rng() % 8 == 0)) recreate();
       if (mine.size() > 200) mine.erase(mine.begin(), mine.begin() + 100);
     }
     std::printf("scribble %s: %llu rounds, %llu attacker writes, %llu ops, %llu lock refusals, %llu checks found damage, "
@@ -374,7 +383,7 @@ int main(int argc, char** argv) {
                 algorithm_name(algorithm), (unsigned long long)st.rounds, (unsigned long long)st.writes,
                 (unsigned long long)st.ops, (unsigned long long)st.refused, (unsigned long long)st.corrupted_checks,
                 (unsigned long long)st.reopened, (unsigned long long)st.recreated);
-    seg.reset();
+    pool.reset();
     munmap(attacker, kSize);
     Segment::unlink(name, &err);
     attack_caches(algorithm, rounds / 2, rng, name);

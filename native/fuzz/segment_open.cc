@@ -1,16 +1,17 @@
-// libFuzzer harness 2a: Segment::open on a shared-memory object holding arbitrary bytes.
+// libFuzzer harness 2a: SharedPool::open (shared_pool.h) on a shared-memory object holding arbitrary bytes.
 //
 // Input: [mode] then
 //   mode % 4 == 0: the rest of the input is the whole object, as it is;
-//   mode % 4 == 1..3: a valid tlsf/buddy/bitmap segment of 64 KiB with 8 directory slots, live blocks
-//                     and names (built once with Segment::create), patched by the input (apply_patches);
+//   mode % 4 == 1..3: a valid tlsf/buddy/bitmap segment of 128 KiB with 8 directory slots, live blocks
+//                     and names (built once through SharedPool, with a pin of a gone process), patched by the input (apply_patches);
 //                     bit 0x10 of mode writes 0x40000000 into the lock word: FUTEX_OWNER_DIED for the
 //                     former robust pthread mutex, a holder thread that does not exist for the futex
 //                     word lock; either way lock() takes over and runs the repair over the patched image.
-// The bytes go into /dev/shm/mempool-fuzz-<pid>; Segment::open must refuse or succeed, and after success
-// lock, directory reads (dir_get, dir_keys, dir_check), heap ops, check, stats, walk and unlock must
-// return statuses: never crash. What the addon turns into Buffer views is asserted to lie inside the
-// segment: directory (offset, length) pairs, allocated blocks, usable sizes.
+// The bytes go into /dev/shm/mempool-fuzz-<pid>; SharedPool::open (the facade, shared_pool.h, as the addon
+// opens a segment) must refuse or succeed, and after success every facade operation (alloc, free, realloc,
+// usable_size, set, replace, take, get, copy, remove, pin/unpin, keys, check, stats, walk) must return
+// statuses: never crash. What the addon turns into Buffer views is asserted to lie inside the segment:
+// directory (offset, length) pairs, allocated blocks, usable sizes.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -21,13 +22,13 @@
 
 #include "fuzz_util.h"
 #include "segment.h"
-#include "shared_cache.h"
+#include "shared_pool.h"
 
 using namespace mempool;
 
 namespace {
 
-constexpr uint64_t kImageSize = 64 * 1024;
+constexpr uint64_t kImageSize = 128 * 1024;  // layout 3 (generation words, pins) no longer fits a heap in 64 KiB
 constexpr uint32_t kLockTimeoutMs = 5;
 const char* kKeys[] = {"alpha", "beta", "gamma", "delta", "k"};
 
@@ -49,23 +50,29 @@ const Template& template_for(Algorithm a) {
   o.algorithm = a;
   o.directory_capacity = 8;
   o.lock_timeout_ms = kLockTimeoutMs;
-  std::unique_ptr<Segment> seg;
+  std::unique_ptr<SharedPool> pool;
   bool created = false;
-  if (Segment::create(name, kImageSize, o, &seg, &err, &created) != Status::ok) FUZZ_FAIL("template create");
-  Heap& h = seg->heap();
+  Status cs = SharedPool::create(name, kImageSize, o, &pool, &err, &created);
+  if (cs != Status::ok) FUZZ_FAIL("template create: %s", status_name(cs));
+  std::vector<uint32_t> gens;
   for (uint64_t i = 0; i < 24; ++i) {
     uint64_t off = 0;
-    if (h.alloc(16 + (i * 53) % 700, kDefaultAlign, kNoHint, &off) != Status::ok) break;
-    out.offsets.push_back(off + seg->heap_offset());
+    uint32_t gen = 0;
+    if (pool->alloc(16 + (i * 53) % 700, kDefaultAlign, kNoHint, 0, &off, &gen) != Status::ok) break;
+    out.offsets.push_back(off);
+    gens.push_back(gen);
   }
-  for (size_t i = 0; i < 5 && i < out.offsets.size(); ++i) seg->dir_set(kKeys[i], out.offsets[i * 2], 16);
-  seg->dir_delete("gamma");
-  for (size_t i = 1; i < out.offsets.size(); i += 4) {
-    h.free(out.offsets[i] - seg->heap_offset());
-    seg->dir_forget_offset(out.offsets[i]);
-  }
-  out.image.assign(seg->base(), seg->base() + kImageSize);
-  seg.reset();
+  for (size_t i = 0; i < 5 && i * 2 < out.offsets.size(); ++i) pool->set(kKeys[i], out.offsets[i * 2], gens[i * 2], 16);
+  bool had = false;
+  pool->remove("gamma", &had);
+  for (size_t i = 1; i < out.offsets.size(); i += 4) pool->free(out.offsets[i], gens[i]);
+  // A pin held by a process that is gone (this one's pid, rewritten below to one that cannot exist).
+  NamedBlock nb;
+  uint32_t pin = 0;
+  if (pool->pin("alpha", &nb, &pin, &had) == Status::ok && had) pool->segment().pins()[pin].pid = 0x7ffffff0u;
+  Segment& seg = pool->segment();
+  out.image.assign(seg.base(), seg.base() + kImageSize);
+  pool.reset();
   Segment::unlink(name, &err);
   return out;
 }
@@ -80,93 +87,122 @@ int shm_fd() {
   return fd;
 }
 
-void expect_inside(const Segment& seg, uint64_t off, uint64_t n, const char* what) {
-  if (off < seg.heap_offset() || off >= seg.size() || n > seg.size() - off) {
+void expect_inside(SharedPool& pool, uint64_t off, uint64_t n, const char* what) {
+  if (off < pool.heap_offset() || off >= pool.size() || n > pool.size() - off) {
     FUZZ_FAIL("%s: [%llu, +%llu) is outside the segment's heap (segment of %llu bytes)", what,
-              (unsigned long long)off, (unsigned long long)n, (unsigned long long)seg.size());
+              (unsigned long long)off, (unsigned long long)n, (unsigned long long)pool.size());
   }
 }
 
-void exercise(Segment& seg, fuzz::Reader& in, const std::vector<uint64_t>& known) {
-  bool recovered = false;
-  if (seg.lock(&recovered) != Status::ok) return;  // timeout or corrupted: refused cleanly
-  Heap& h = seg.heap();
-  uint64_t bias = seg.heap_offset();
-  std::vector<uint64_t> offs = known;
+struct Known {
+  uint64_t off;
+  uint32_t gen;
+};
+
+void exercise(SharedPool& pool, fuzz::Reader& in, const std::vector<uint64_t>& known) {
+  std::vector<Known> offs;
+  for (uint64_t o : known) offs.push_back({o, kAnyGen});
   for (const char* k : kKeys) {
-    uint64_t off = 0, len = 0;
-    if (seg.dir_get(k, &off, &len) == Status::ok) {
-      expect_inside(seg, off, len, "dir_get");
-      offs.push_back(off);
+    NamedBlock nb;
+    bool had = false;
+    if (pool.get(k, &nb, &had) == Status::ok && had) {
+      expect_inside(pool, nb.offset, nb.length, "get");
+      offs.push_back({nb.offset, nb.gen});
     }
   }
   std::vector<std::string> keys;
-  seg.dir_keys(&keys);
+  pool.keys(&keys);
   for (const std::string& k : keys) {
-    uint64_t off = 0, len = 0;
-    if (seg.dir_get(k, &off, &len) == Status::ok) expect_inside(seg, off, len, "dir_get of a listed key");
+    NamedBlock nb;
+    bool had = false;
+    if (pool.get(k, &nb, &had) == Status::ok && had) expect_inside(pool, nb.offset, nb.length, "get of a listed key");
+    std::string bytes;
+    if (pool.copy(k, &bytes, &had) == Status::ok && had && bytes.size() > pool.size()) FUZZ_FAIL("copy longer than the segment");
   }
   CheckResult r;
-  h.check(&r);
-  shared_check(seg, &r);
-  seg.dir_check(&r);
+  pool.check(&r);
   HeapStats st;
-  h.stats(&st);
-  shared_adjust_stats(seg, &st);
-  h.walk([&](const BlockInfo& b) {
-    expect_inside(seg, b.offset + bias, b.size, "walk");
+  pool.stats(&st);
+  pool.walk([&](const BlockInfo& b) {  // slabs (if the header claims any) shown as slots
+    expect_inside(pool, b.offset, b.size, "walk");
     return true;
   });
-  shared_walk(seg, [&](const BlockInfo& b) {  // slabs (if the header claims any) shown as slots
-    expect_inside(seg, b.offset + bias, b.size, "shared_walk");
-    return true;
-  });
+  std::vector<uint32_t> pins;
+  std::vector<uint64_t> pinned;
   for (int n = 0; n < 32 && !in.empty(); ++n) {
     uint8_t op = in.u8();
-    uint64_t off = offs.empty() || (op & 0x80) ? in.u32() % (seg.size() + 64) : offs[in.u8() % offs.size()];
+    Known k = offs.empty() || (op & 0x80) ? Known{in.u32() % (pool.size() + 64), in.u8() % 2 ? kAnyGen : in.u32()}
+                                          : offs[in.u8() % offs.size()];
     uint64_t size = 1 + in.u8() * ((op & 0x40) ? 64u : 1u);
-    switch (op % 8) {
+    const char* key = kKeys[in.u8() % 5];
+    NamedBlock nb;
+    bool had = false;
+    switch (op % 12) {
       case 0: {
         uint64_t got = 0;
-        if (h.alloc(size, kDefaultAlign, kNoHint, &got) == Status::ok) {
-          expect_inside(seg, got + bias, size, "alloc");
-          std::memset(seg.base() + bias + got, 0, size);
-          offs.push_back(got + bias);
+        uint32_t gen = 0;
+        if (pool.alloc(size, kDefaultAlign, kNoHint, 0, &got, &gen) == Status::ok) {
+          expect_inside(pool, got, size, "alloc");
+          std::memset(pool.base() + got, 0, size);
+          offs.push_back({got, gen});
         }
         break;
       }
-      case 1:
-        if (off >= bias && h.free(off - bias) == Status::ok) seg.dir_forget_offset(off);
-        break;
+      case 1: pool.free(k.off, k.gen); break;
       case 2: {
         uint64_t u = 0;
-        if (off >= bias && h.usable_size(off - bias, &u) == Status::ok) expect_inside(seg, off, u, "usable_size");
-        if (off >= bias && seg.usable_any(off - bias, &u) == Status::ok) expect_inside(seg, off, u, "usable_any");
+        if (pool.usable_size(k.off, &u) == Status::ok) expect_inside(pool, k.off, u, "usable_size");
         break;
       }
       case 3: {
         uint64_t moved = 0;
-        if (off >= bias && heap_realloc(h, off - bias, size, kDefaultAlign, &moved) == Status::ok) {
-          expect_inside(seg, moved + bias, size, "realloc");
-          if (moved + bias != off) seg.dir_forget_offset(off);
+        uint32_t gen = 0;
+        if (pool.realloc(k.off, k.gen, size, kDefaultAlign, &moved, &gen) == Status::ok) {
+          expect_inside(pool, moved, size, "realloc");
+          offs.push_back({moved, gen});
         }
         break;
       }
-      case 4: seg.dir_set(kKeys[in.u8() % 5], off, size); break;
-      case 5: seg.dir_delete(kKeys[in.u8() % 5]); break;
-      case 6: {
-        uint64_t o = 0, l = 0;
-        if (seg.dir_get(kKeys[in.u8() % 5], &o, &l) == Status::ok) expect_inside(seg, o, l, "dir_get");
+      case 4: pool.set(key, k.off, k.gen, size); break;
+      case 5: pool.remove(key, &had); break;
+      case 6:
+        if (pool.get(key, &nb, &had) == Status::ok && had) expect_inside(pool, nb.offset, nb.length, "get");
+        break;
+      case 7:
+        if (pool.replace(key, k.off, k.gen, size, &nb, &had) == Status::ok && had) {
+          expect_inside(pool, nb.offset, nb.length, "replace's old block");
+          offs.push_back({nb.offset, nb.gen});
+        }
+        break;
+      case 8:
+        if (pool.take(key, &nb, &had) == Status::ok && had) {
+          expect_inside(pool, nb.offset, nb.length, "take");
+          offs.push_back({nb.offset, nb.gen});
+        }
+        break;
+      case 9: {
+        uint32_t pin = 0;
+        if (pool.pin(key, &nb, &pin, &had) == Status::ok && had) {
+          expect_inside(pool, nb.offset, nb.length, "pin");
+          pins.push_back(pin);
+          pinned.push_back(nb.offset);
+        }
         break;
       }
+      case 10:
+        if (!pins.empty()) {
+          pool.unpin(pins.back(), pinned.back());
+          pins.pop_back();
+          pinned.pop_back();
+        }
+        break;
       default: {
         CheckResult r2;
-        h.check(&r2);
-        seg.dir_check(&r2);
+        pool.check(&r2);
       }
     }
   }
-  seg.unlock();
+  for (size_t i = 0; i < pins.size(); ++i) pool.unpin(pins[i], pinned[i]);
 }
 
 }  // namespace
@@ -192,9 +228,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int fd = shm_fd();
   if (ftruncate(fd, 0) != 0 || ftruncate(fd, static_cast<off_t>(image.size())) != 0) FUZZ_FAIL("ftruncate");
   if (!image.empty() && pwrite(fd, image.data(), image.size(), 0) != static_cast<ssize_t>(image.size())) FUZZ_FAIL("pwrite");
-  std::unique_ptr<Segment> seg;
+  std::unique_ptr<SharedPool> pool;
   int err = 0;
-  Status s = Segment::open(shm_name(), kLockTimeoutMs, &seg, &err);
-  if (s == Status::ok) exercise(*seg, in, known);
+  Status s = SharedPool::open(shm_name(), kLockTimeoutMs, &pool, &err);
+  if (s == Status::ok) exercise(*pool, in, known);
   return 0;
 }

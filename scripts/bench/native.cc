@@ -5,8 +5,8 @@
 // (scripts/bench-native.js) or `make -C scripts/bench run ARGS="..."`.
 //
 // Allocators: tlsf, buddy, bitmap (1 GiB region from aligned_alloc, no lock); shared-tlsf, shared-buddy,
-// shared-bitmap (the same heaps in a real mempool segment, native/core/segment.h, its process-shared robust
-// mutex taken around every alloc and every free as SharedPool does); glibc (malloc/free); jemalloc and
+// shared-bitmap (the same heaps in a real mempool segment through the facade, native/core/shared_pool.h, as
+// the addon uses it: slab caches for small blocks, the segment's lock for the rest); glibc (malloc/free); jemalloc and
 // mimalloc loaded with dlopen at run time (skipped with a note on stderr when not installed); boost
 // (Boost.Interprocess managed_shared_memory, compiled in only when the Boost headers are installed);
 // floor (no allocator at all: the same trace over fixed cells, so the workload's own memory cost shows and
@@ -41,7 +41,7 @@
 
 #include "heap.h"
 #include "segment.h"
-#include "shared_cache.h"
+#include "shared_pool.h"
 
 #if __has_include(<boost/interprocess/managed_shared_memory.hpp>)
 #include <boost/interprocess/managed_shared_memory.hpp>
@@ -207,15 +207,15 @@ class LocalHeap final {
   std::unique_ptr<Heap> heap_;
 };
 
-// --- heaps inside a real mempool segment (native/core/segment.h), its lock around every operation ---------
+// --- heaps inside a real mempool segment, through the facade (native/core/shared_pool.h) -------------------
 //
-// Exactly what a SharedPool does: Segment::create (shm_open + ftruncate + posix_fallocate + mmap MAP_SHARED,
-// the header with its process-shared robust mutex, the directory, the heap formatted at heap_offset), then
-// one SharedCache per pass (as each NativePool has), and every alloc and free through it, as the addon's
-// SharedPool does: small blocks from the attachment's slabs (the lock taken once per slab, not per
-// operation), everything else lock() / heap / unlock(); Segment::unlink at the end. The segment's heap is 1 GiB, as the
-// local heaps' region, so F1 is comparable. A fresh segment per pass (setup/teardown): the heap is formatted
-// by Segment::create only.
+// Exactly what the addon does: SharedPool::create (Segment::create: shm_open + ftruncate + posix_fallocate +
+// mmap MAP_SHARED, the header with its futex-word lock, the pin table, the directory, the generation words,
+// the heap formatted at heap_offset; then this attachment's SharedCache), and every alloc and free through
+// SharedPool with the handle's generation: small blocks from the attachment's slabs (the lock taken once per
+// slab, not per operation), everything else under the lock; Segment::unlink at the end. The segment's heap is
+// at least 1 GiB, as the local heaps' region, so F1 is comparable. A fresh segment per pass (setup/teardown).
+// A benchmark handle packs the block's generation into its high 32 bits (segment offsets stay below 2^32).
 
 // The shm path ("/name") of the segment that exists right now, so that an interrupted run (Ctrl-C, die())
 // does not leave 1 GiB of /dev/shm behind. Only async-signal-safe calls in the handler.
@@ -252,12 +252,16 @@ class SharedHeap final {
   static constexpr bool kHasOffsets = true;
 
   bool open(std::string* why) {
-    uint64_t heap_offset = 0;
-    if (!mempool::Segment::layout(kRegionBytes, mempool::kDefaultDirectoryCapacity, &heap_offset)) {
-      *why = "Segment::layout refused the size";
-      return false;
+    // The generation table grows with the segment: lay out twice so that the heap gets kRegionBytes.
+    uint64_t gen_offset = 0, heap_offset = 0, size = kRegionBytes;
+    for (int i = 0; i < 2; ++i) {
+      if (!mempool::Segment::layout(size, mempool::Segment::default_directory_capacity(size), 8, &gen_offset, &heap_offset)) {
+        *why = "Segment::layout refused the size";
+        return false;
+      }
+      size = kRegionBytes + heap_offset;
     }
-    seg_size_ = kRegionBytes + heap_offset;  // the heap itself gets kRegionBytes
+    seg_size_ = size;
     seg_name_ = std::string("mempool-bench-") + std::to_string(getpid()) + "-" + name;
     // Probe once: a missing /dev/shm or a full one is "not available here", not a crash.
     if (probed_) return true;
@@ -272,32 +276,37 @@ class SharedHeap final {
   }
   inline uint64_t alloc(uint64_t size) {
     uint64_t off = 0;
-    Status s = cache_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, &off);
+    uint32_t gen = 0;
+    Status s = pool_->alloc(size, mempool::kDefaultAlign, mempool::kNoHint, 0, &off, &gen);
     if (__builtin_expect(s == Status::lock_timeout || s == Status::corrupted, 0)) die("%s: lock failed", name);
-    return __builtin_expect(s == Status::ok, 1) ? off : 0;
+    return __builtin_expect(s == Status::ok, 1) ? (uint64_t(gen) << 32) | off : 0;
   }
   inline void free(uint64_t h) {
-    Status s = cache_->free(h);  // drops names as the addon does
-    if (__builtin_expect(s != Status::ok, 0)) die("%s: free(%llu) failed: %s", name, (unsigned long long)h, mempool::status_name(s));
+    Status s = pool_->free(h & 0xffffffffu, static_cast<uint32_t>(h >> 32));
+    if (__builtin_expect(s != Status::ok, 0)) die("%s: free(%llu) failed: %s", name, (unsigned long long)(h & 0xffffffffu), mempool::status_name(s));
   }
-  inline uint8_t* pointer(uint64_t h) const { return heap_base_ + h; }
+  inline uint8_t* pointer(uint64_t h) const { return base_ + (h & 0xffffffffu); }
   uint64_t header_bytes() const { return header_bytes_; }  // asked after the pass, when the segment is gone
   uint64_t extent(uint64_t h) const {
     uint64_t u = 0;
-    if (seg_->usable_any(h, &u) != Status::ok) die("%s: usable_size failed", name);
-    return h + u;
+    uint64_t off = h & 0xffffffffu;
+    if (pool_->usable_size(off, &u) != Status::ok) die("%s: usable_size failed", name);
+    return off - heap_offset_ + u;  // within the heap's region, as the local heaps' offsets
   }
   bool teardown(std::string* err) {
-    cache_.reset();  // every slot is free: its slabs go back to the heap, which must then be empty
-    bool ok = verify_heap(name, heap_, err);
-    if (ok) {
-      mempool::CheckResult cr;
-      seg_->dir_check(&cr);
-      if (cr.violations != 0) {
-        *err = std::string(name) + ": the segment's directory check found " + std::to_string(cr.violations) +
-               " violation(s), first: " + cr.first;
-        ok = false;
-      }
+    // Every block was freed: the user's figures are zero, and check() (heap, slabs, directory, names, pins)
+    // is clean. Then the attachment closes (its empty slabs go back to the heap) and the segment goes.
+    mempool::HeapStats st;
+    bool ok = pool_->stats(&st) == Status::ok;
+    if (!ok || st.used != 0 || st.live_allocations != 0) {
+      *err = std::string(name) + ": after tear-down stats().used = " + std::to_string(st.used) +
+             ", live = " + std::to_string(st.live_allocations) + " (expected 0)";
+      ok = false;
+    }
+    mempool::CheckResult cr;
+    if (ok && (pool_->check(&cr) != Status::ok || cr.violations != 0)) {
+      *err = std::string(name) + ": check() found " + std::to_string(cr.violations) + " violation(s), first: " + cr.first;
+      ok = false;
     }
     destroy();
     return ok;
@@ -311,39 +320,38 @@ class SharedHeap final {
     int err = 0;
     bool created = false;
     track_segment(seg_name_);
-    Status s = mempool::Segment::create(seg_name_, seg_size_, so, &seg_, &err, &created);
+    Status s = mempool::SharedPool::create(seg_name_, seg_size_, so, &pool_, &err, &created);
     if (s != Status::ok) {
       untrack_segment();
-      *why = std::string("Segment::create(") + seg_name_ + "): " + mempool::status_name(s) +
+      *why = std::string("SharedPool::create(") + seg_name_ + "): " + mempool::status_name(s) +
              (err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string());
       return false;
     }
-    heap_ = &seg_->heap();
-    heap_offset_ = seg_->heap_offset();
-    heap_base_ = seg_->base() + heap_offset_;
-    header_bytes_ = reinterpret_cast<const mempool::RegionHeader*>(heap_base_)->header_size;
-    cache_.reset(new mempool::SharedCache(seg_.get()));
+    if (pool_->size() > (uint64_t(1) << 32)) {
+      *why = "the segment is too large for 32-bit offsets in benchmark handles";
+      destroy();
+      return false;
+    }
+    base_ = pool_->base();
+    heap_offset_ = pool_->heap_offset();
+    header_bytes_ = reinterpret_cast<const mempool::RegionHeader*>(base_ + heap_offset_)->header_size;
     return true;
   }
   void destroy() {
-    if (!seg_) return;
-    cache_.reset();
-    seg_.reset();  // unmaps
+    if (!pool_) return;
+    pool_.reset();  // closes: the cache's slabs go back, then unmaps
     int err = 0;
     mempool::Segment::unlink(seg_name_, &err);
     untrack_segment();
-    heap_ = nullptr;
-    heap_base_ = nullptr;
+    base_ = nullptr;
   }
 
   Algorithm algo_;
   bool probed_ = false;
   std::string seg_name_;
   uint64_t seg_size_ = 0;
-  std::unique_ptr<mempool::Segment> seg_;
-  std::unique_ptr<mempool::SharedCache> cache_;
-  Heap* heap_ = nullptr;
-  uint8_t* heap_base_ = nullptr;
+  std::unique_ptr<mempool::SharedPool> pool_;
+  uint8_t* base_ = nullptr;
   uint64_t heap_offset_ = 0;
   uint64_t header_bytes_ = 0;
 };
