@@ -41,7 +41,6 @@ function victim(name) {
   const pool = SharedPool.open(name);
   process.stdout.write('ready\n');
   const held = [];
-  const named = new Set();
   let n = 0;
   for (;;) {
     n++;
@@ -54,13 +53,11 @@ function victim(name) {
       } else if (held.length > 0 && r < 0.9) {
         pool.free(held.pop());
       } else if (held.length > 0 && r < 0.97) {
-        // Not a named block: shrinking a named block in place leaves its name longer than the block
-        // (a bug of its own, reported in docs/reliability.md), which is not what this script measures.
         const i = held.length - 1;
-        if (!named.has(held[i])) held[i] = pool.realloc(held[i], 1 + Math.floor(Math.random() * 6000));
+        held[i] = pool.realloc(held[i], 1 + Math.floor(Math.random() * 6000));
       } else if (held.length > 0) {
-        named.add(held[held.length - 1]);
-        pool.set(`victim-${n % 4}`, held[held.length - 1]);
+        // The name owns the block from now on (the block the key named before is freed by set()).
+        pool.set(`victim-${n % 4}`, held.pop());
       }
     } catch (e) {
       if (e.code !== 'ERR_POOL_OUT_OF_MEMORY') throw e;
@@ -144,7 +141,9 @@ async function crashOne(o, algorithm) {
         console.error(`crash ${algorithm}: kill ${k + 1}: a name of the survivor's was lost`);
       }
     }
-    // What the dead victim held stays allocated until someone frees it: reclaim it.
+    // What the dead victim held stays allocated until someone frees it: its names own their blocks
+    // (delete frees them); the rest it owned unnamed, and only it knew: reclaim them by offset.
+    for (const key of pool.keys()) if (key.startsWith('victim-')) pool.delete(key);
     const keep = new Set([...mine.keys(), ...scratch.map((x) => pool.offsetOf(x))]);
     const orphans = [];
     for (const blk of pool.blocks()) if (blk.used && !keep.has(blk.offset)) orphans.push(blk.offset);
@@ -156,7 +155,8 @@ async function crashOne(o, algorithm) {
   pool.check();
   const st = pool.stats();
   const elapsed = (Date.now() - t0) / 1000;
-  for (const off of mine.keys()) pool.free(off);
+  for (const off of myKeys) pool.delete(`mine-${[...mine.keys()].indexOf(off)}`); // the names own these
+  for (const off of mine.keys()) if (!myKeys.includes(off)) pool.free(off);
   pool.check();
   const end = pool.stats();
   pool.close();
