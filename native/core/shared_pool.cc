@@ -139,8 +139,10 @@ SharedPool::SharedPool(std::unique_ptr<Segment> seg) : seg_(std::move(seg)) {
   static const bool hooked = (Segment::set_repair_hook(repair_names_and_pins), true);
   (void)hooked;
   debug_ = seg_->heap().debug() != nullptr;
+  heap_off_ = seg_->heap_offset();
   seg_->attach();  // listed until unmapped
   cache_ = std::make_unique<SharedCache>(seg_.get());  // registers itself, collecting dead caches
+  if (!debug_) fast_ = cache_.get();
   Locked l(*seg_);
   if (l.status() == Status::ok) collect_dead_locked();
 }
@@ -166,6 +168,7 @@ Status SharedPool::open(const std::string& name, uint32_t lock_timeout_ms, std::
 
 void SharedPool::close(uint32_t lock_ms) {
   if (!seg_ || !seg_->mapped()) return;
+  fast_ = nullptr;
   if (cache_) cache_->close(lock_ms);
   cache_.reset();
   seg_->unmap();
@@ -219,7 +222,7 @@ Status SharedPool::release_locked(uint64_t hoff, uint32_t* word, uint32_t seen) 
   return physical_free(hoff);
 }
 
-Status SharedPool::alloc(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* off, uint32_t* gen) {
+Status SharedPool::alloc_slow(uint64_t size, uint64_t align, uint64_t hint, uint32_t site, uint64_t* off, uint32_t* gen) {
   if (!seg_->mapped()) return Status::invalid_argument;
   if (size > kMaxRequest) return Status::out_of_memory;
   uint64_t heap_hint = hint != kNoHint && hint >= heap_offset() ? hint - heap_offset() : kNoHint;
@@ -236,12 +239,11 @@ Status SharedPool::alloc(uint64_t size, uint64_t align, uint64_t hint, uint32_t 
   return s;
 }
 
-Status SharedPool::free(uint64_t off, uint32_t gen) {
+Status SharedPool::free_slow(uint64_t off, uint32_t gen) {
   if (!seg_->mapped()) return Status::invalid_argument;
   if (off < heap_offset()) return Status::foreign;
   uint64_t hoff = off - heap_offset();
   Status s;
-  if (cache_->try_free(hoff, gen, &s)) return s;  // the owner's own unnamed slot: no lock
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
   uint32_t* word = nullptr;
