@@ -3,6 +3,7 @@
 #include <sys/syscall.h>
 
 #include <algorithm>
+#include <atomic>
 #include <unistd.h>
 
 #include <cstring>
@@ -13,6 +14,19 @@ namespace mempool {
 namespace {
 
 uint32_t my_pid() { return static_cast<uint32_t>(getpid()); }
+
+// This process's start ticks, read from /proc once per pid (a fork has another pid): a pin records them,
+// and reading /proc on every read() cost about 9 us.
+uint64_t my_start_ticks() {
+  static std::atomic<uint64_t> cached{0};
+  static std::atomic<uint32_t> cached_pid{0};
+  uint32_t pid = my_pid();
+  if (cached_pid.load(std::memory_order_acquire) != pid) {
+    cached.store(process_start_ticks(pid), std::memory_order_relaxed);
+    cached_pid.store(pid, std::memory_order_release);
+  }
+  return cached.load(std::memory_order_relaxed);
+}
 
 // The segment's lock held for one scope.
 class Locked {
@@ -455,7 +469,7 @@ Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, b
     // process, dropped by the next process that looks.
     t[i].state = kPinHeld;
     t[i].offset = out->offset;
-    t[i].start_ticks = process_start_ticks(my_pid());
+    t[i].start_ticks = my_start_ticks();
     t[i].reserved = 0;
     __atomic_store_n(&t[i].pid, my_pid(), __ATOMIC_RELEASE);
     seg_->header()->pins_active += 1;
