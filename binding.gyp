@@ -9,7 +9,10 @@
         "native/core/buddy.cc",
         "native/core/bitmap.cc",
         "native/core/debug_heap.cc",
+        "native/core/process.cc",
         "native/core/segment.cc",
+        "native/core/segment_lock.cc",
+        "native/core/directory.cc",
         "native/core/shared_cache.cc",
         "native/core/shared_pool.cc"
       ],

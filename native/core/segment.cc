@@ -1,5 +1,9 @@
+// The shared segment's lifecycle: layout, create (format), open (validate), unlink, list, and the attach
+// table. The lock and its recovery are in segment_lock.cc, the directory in directory.cc, process identity
+// in process.cc.
 #include "segment.h"
 
+#include "process.h"
 #include "shared_cache.h"
 
 #include <dirent.h>
@@ -10,37 +14,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <linux/futex.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sys/syscall.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 namespace mempool {
 namespace {
-
-constexpr uint32_t kSlotEmpty = 0;
-constexpr uint32_t kSlotDeleted = UINT32_MAX;
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 14695981039346656037ULL;  // the standard FNV-1a 64 offset basis (layout 2 had a digit less)
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
-uint64_t mix(uint64_t x) {  // splitmix64 finaliser: spreads offsets (multiples of 16) over the slots
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 uint64_t now_unix_ms() {
   struct timespec ts;
@@ -62,59 +41,8 @@ Status errno_status(int e) {
 
 }  // namespace
 
-// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot; 0 if unknown.
-uint64_t process_start_ticks(uint32_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%u/stat", pid);
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  char buf[1024];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
-  const char* p = std::strrchr(buf, ')');  // the command name may contain spaces and parentheses
-  if (p == nullptr) return 0;
-  // After ") " come fields 3, 4, ...: skip to field 22.
-  int field = 2;
-  for (const char* c = p + 1; *c != '\0'; ++c) {
-    if (*c == ' ' && ++field == 22) return std::strtoull(c + 1, nullptr, 10);
-  }
-  return 0;
-}
-
-bool process_alive(uint32_t pid, uint64_t start_ticks) {
-  if (pid == 0) return false;
-  if (kill(static_cast<pid_t>(pid), 0) != 0 && errno != EPERM) return false;
-  if (start_ticks == 0) return true;
-  // A /proc entry that cannot be read (no file descriptors left, hidepid) tells nothing: judged alive,
-  // because calling a live process dead hands its memory to others while it still uses it.
-  uint64_t now = process_start_ticks(pid);
-  return now == 0 || now == start_ticks;
-}
 
 namespace {
-
-// The inode of this process's PID namespace (0 when /proc cannot tell).
-uint64_t current_pid_namespace() {
-  static const uint64_t ns = [] {
-    struct stat st;
-    return stat("/proc/self/ns/pid", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : uint64_t(0);
-  }();
-  return ns;
-}
-
-uint64_t boot_unix_ms() {
-  FILE* f = std::fopen("/proc/stat", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  uint64_t btime = 0;
-  while (std::fgets(line, sizeof line, f)) {
-    if (std::strncmp(line, "btime ", 6) == 0) btime = std::strtoull(line + 6, nullptr, 10);
-  }
-  std::fclose(f);
-  return btime * 1000;
-}
 
 uint64_t directory_bytes(uint32_t capacity) {
   return uint64_t(capacity) * sizeof(DirEntry) + uint64_t(capacity) * 2 * sizeof(uint32_t);
@@ -177,10 +105,6 @@ Segment::Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_o
       gen_table_(reinterpret_cast<uint32_t*>(base + gen_table_offset)),
       gen_entries_((size - heap_offset) >> gen_shift) {}
 
-namespace {
-Status (*g_repair_hook)(Segment&) = nullptr;
-}
-void Segment::set_repair_hook(Status (*hook)(Segment&)) { g_repair_hook = hook; }
 
 Segment::~Segment() { unmap(); }
 
@@ -413,177 +337,6 @@ void Segment::list(std::vector<SegmentInfo>* out) {
   closedir(dir);
 }
 
-namespace {
-
-// This thread's id, cached (a system call otherwise: far more than the lock itself); reset in a
-// forked child.
-thread_local uint32_t cached_tid = 0;
-void forget_ids() { cached_tid = 0; }
-uint32_t my_tid() {
-  if (cached_tid == 0) {
-    static const int registered = pthread_atfork(nullptr, nullptr, forget_ids);
-    (void)registered;
-    cached_tid = static_cast<uint32_t>(syscall(SYS_gettid));
-  }
-  return cached_tid;
-}
-
-
-// Whether thread `tid` still runs: /proc/<tid>/stat exists (thread ids are visible there even when
-// not listed) and the thread is not a zombie waiting to be reaped.
-bool thread_alive(uint32_t tid) {
-  if (tid == 0 || tid >= kLockWaiters) return false;
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno != ENOENT && errno != ESRCH;  // unsure (e.g. EMFILE): treat as alive
-  char buf[512];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return false;
-  buf[n] = '\0';
-  const char* p = std::strrchr(buf, ')');
-  return p != nullptr && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
-}
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-long futex(uint32_t* word, int op, uint32_t value, const struct timespec* timeout) {
-  return syscall(SYS_futex, word, op, value, timeout, nullptr, 0);
-}
-
-uint64_t monotonic_ns() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-}  // namespace
-
-Status Segment::lock_within(uint32_t ms, bool* recovered) {
-  uint32_t timeout = lock_timeout_ms_;
-  lock_timeout_ms_ = timeout < ms ? timeout : ms;
-  Status s = lock(recovered);
-  lock_timeout_ms_ = timeout;
-  return s;
-}
-
-Status Segment::lock(bool* recovered) {
-  *recovered = false;
-  uint32_t* word = &header()->lock;
-  uint32_t tid = my_tid();
-  uint32_t expected = 0;
-  if (__atomic_compare_exchange_n(word, &expected, tid, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return Status::ok;
-  // Contended: spin briefly (critical sections are short), then sleep in slices, checking between
-  // them that the holder still exists.
-  uint64_t deadline = monotonic_ns() + uint64_t(lock_timeout_ms_) * 1000000ULL;
-  uint32_t seen_holder = 0;  // the holder the liveness clock below is running for
-  uint64_t seen_since = 0;
-  for (uint32_t spins = 0;; ++spins) {
-    uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
-    if (v == 0) {
-      // Taken with the waiters bit: others may be asleep, and the unlock must wake them.
-      expected = 0;
-      if (__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) break;
-      continue;
-    }
-    if (spins < 100) {
-      cpu_relax();
-      continue;
-    }
-    uint32_t holder = v & ~kLockWaiters;
-    // Thread ids mean something only in the creator's PID namespace (containers sharing /dev/shm
-    // have their own): elsewhere a holder is never judged, and waiting ends with the timeout.
-    bool judge = same_pid_namespace();
-    if (judge && holder == tid) return Status::corrupted;  // this thread cannot hold it: the word was written
-    uint64_t now = monotonic_ns();
-    if (holder != seen_holder) {
-      seen_holder = holder;
-      seen_since = now;
-    }
-    // Is the holder still there? Asked once it has held the lock for a millisecond (reading /proc
-    // costs microseconds; live holders release far sooner), and again after every sleep.
-    if (judge && now - seen_since >= 1000000ULL && !thread_alive(holder)) {
-      // The holder died inside an operation: take the lock over, repair what it may have left
-      // half-done, then go on.
-      expected = v;
-      if (!__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) continue;
-      Status s = repair();
-      header()->recoveries += 1;
-      if (s != Status::ok) {
-        unlock();
-        return Status::corrupted;
-      }
-      *recovered = true;
-      return Status::ok;
-    }
-    if (now >= deadline) return Status::lock_timeout;
-    if (!(v & kLockWaiters)) {
-      expected = v;
-      if (!__atomic_compare_exchange_n(word, &expected, v | kLockWaiters, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) continue;
-    }
-    uint64_t slice = deadline - now < 1000000ULL ? deadline - now : 1000000ULL;  // at most 1 ms asleep
-    struct timespec ts = {0, static_cast<long>(slice)};
-    futex(word, FUTEX_WAIT, v | kLockWaiters, &ts);
-  }
-  return Status::ok;
-}
-
-void Segment::unlock() {
-  uint32_t* word = &header()->lock;
-  uint32_t tid = my_tid();
-  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
-  // Release only a lock this thread holds: one taken over from us (judged dead by mistake) or a word
-  // a scribbler changed stays as it is.
-  while ((v & ~kLockWaiters) == tid) {
-    if (__atomic_compare_exchange_n(word, &v, 0u, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
-      if (v & kLockWaiters) futex(word, FUTEX_WAKE, 1, nullptr);
-      return;
-    }
-  }
-}
-
-Status Segment::repair() {
-  Status s = heap_->rebuild();
-  if (s != Status::ok) return s;
-  // The slab totals are derived from the slabs themselves (their headers and slot states).
-  shared_recount(*this);
-  // Directory entries become live with one store of their state, so a half-written entry is simply
-  // not live; names of allocations that no longer exist are dropped, and the index is rebuilt.
-  uint64_t live = 0;
-  for (uint32_t i = 0; i < capacity_; ++i) {
-    DirEntry* e = entry(i);
-    if (e->state != kDirLive) {
-      if (e->state != kDirEmpty) e->state = kDirDeleted;
-      continue;
-    }
-    uint64_t usable = 0;
-    if (!entry_valid(*e) || usable_any(e->offset - heap_offset_, &usable) != Status::ok || e->length > usable) {
-      e->state = kDirDeleted;
-      continue;
-    }
-    ++live;
-  }
-  header()->directory_live = live;
-  index_rebuild();
-  // Names, generation words and pins (shared_pool.cc): the directory is the truth for who is named.
-  if (g_repair_hook != nullptr) {
-    Status hs = g_repair_hook(*this);
-    if (hs != Status::ok) return hs;
-  }
-  CheckResult r;
-  heap_->check(&r);
-  shared_check(*this, &r);
-  dir_check(&r);
-  return r.violations == 0 ? Status::ok : Status::corrupted;
-}
-
 static AttachEntry* attach_table(uint8_t* base) { return reinterpret_cast<AttachEntry*>(base + kAttachTableOffset); }
 
 void Segment::register_attach() {
@@ -627,222 +380,6 @@ void Segment::attached(std::vector<AttachedProcess>* out) {
     uint64_t start = hz > 0 ? boot + t[i].start_ticks * 1000 / static_cast<uint64_t>(hz) : 0;
     out->push_back(AttachedProcess{t[i].pid, start});
   }
-}
-
-DirEntry* Segment::entry(uint32_t i) const {
-  return reinterpret_cast<DirEntry*>(base_ + kDirectoryOffset + uint64_t(i) * sizeof(DirEntry));
-}
-
-uint32_t* Segment::offset_slots() const {
-  return reinterpret_cast<uint32_t*>(base_ + kDirectoryOffset + uint64_t(capacity_) * sizeof(DirEntry));
-}
-
-bool Segment::entry_valid(const DirEntry& e) const {
-  return e.key_len >= 1 && e.key_len <= kMaxKeyBytes && e.offset >= heap_offset_ && e.offset < size_ &&
-         e.length <= size_ - e.offset;
-}
-
-int64_t Segment::dir_find(const std::string& key, uint64_t hash) const {
-  for (uint32_t n = 0, i = static_cast<uint32_t>(hash % capacity_); n < capacity_; ++n, i = (i + 1) % capacity_) {
-    const DirEntry* e = entry(i);
-    uint32_t state = e->state;
-    if (state == kDirEmpty) return -1;
-    if (state == kDirLive && e->hash == hash && e->key_len == key.size() && e->key_len <= kMaxKeyBytes &&
-        std::memcmp(e->key, key.data(), key.size()) == 0) {
-      return i;
-    }
-  }
-  return -1;
-}
-
-void Segment::index_add(uint32_t entry_index, uint64_t offset) {
-  uint32_t slots = capacity_ * 2;
-  uint32_t* s = offset_slots();
-  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
-    if (s[i] == kSlotEmpty || s[i] == kSlotDeleted) {
-      s[i] = entry_index + 1;
-      return;
-    }
-  }
-}
-
-void Segment::index_remove(uint32_t entry_index, uint64_t offset) {
-  uint32_t slots = capacity_ * 2;
-  uint32_t* s = offset_slots();
-  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
-    if (s[i] == kSlotEmpty) return;
-    if (s[i] == entry_index + 1) {
-      s[i] = kSlotDeleted;
-      return;
-    }
-  }
-}
-
-void Segment::index_rebuild() {
-  std::memset(offset_slots(), 0, uint64_t(capacity_) * 2 * sizeof(uint32_t));
-  for (uint32_t i = 0; i < capacity_; ++i) {
-    const DirEntry* e = entry(i);
-    if (e->state == kDirLive && entry_valid(*e)) index_add(i, e->offset);
-  }
-}
-
-Status Segment::dir_set(const std::string& key, uint64_t offset, uint64_t length) {
-  if (key.empty() || key.size() > kMaxKeyBytes) return Status::too_large;
-  uint64_t hash = fnv1a(key);
-  int64_t found = dir_find(key, hash);
-  if (found >= 0) {
-    DirEntry* e = entry(static_cast<uint32_t>(found));
-    index_remove(static_cast<uint32_t>(found), e->offset);
-    e->offset = offset;
-    e->length = length;
-    index_add(static_cast<uint32_t>(found), offset);
-    return Status::ok;
-  }
-  for (uint32_t n = 0, i = static_cast<uint32_t>(hash % capacity_); n < capacity_; ++n, i = (i + 1) % capacity_) {
-    DirEntry* e = entry(i);
-    if (e->state == kDirLive) continue;
-    e->key_len = static_cast<uint32_t>(key.size());
-    e->offset = offset;
-    e->length = length;
-    e->hash = hash;
-    std::memcpy(e->key, key.data(), key.size());
-    __atomic_store_n(&e->state, static_cast<uint32_t>(kDirLive), __ATOMIC_RELEASE);  // the entry is whole now
-    index_add(i, offset);
-    header()->directory_live += 1;
-    return Status::ok;
-  }
-  return Status::directory_full;
-}
-
-Status Segment::dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const {
-  if (key.empty() || key.size() > kMaxKeyBytes) return Status::not_found;
-  int64_t found = dir_find(key, fnv1a(key));
-  if (found < 0) return Status::not_found;
-  DirEntry e;
-  std::memcpy(&e, entry(static_cast<uint32_t>(found)), sizeof e);
-  if (!entry_valid(e)) return Status::corrupted;
-  *offset = e.offset;
-  *length = e.length;
-  return Status::ok;
-}
-
-int64_t Segment::dir_lookup(const std::string& key, uint64_t* offset, uint64_t* length) const {
-  if (key.empty() || key.size() > kMaxKeyBytes) return -1;
-  int64_t found = dir_find(key, fnv1a(key));
-  if (found < 0) return -1;
-  DirEntry e;
-  std::memcpy(&e, entry(static_cast<uint32_t>(found)), sizeof e);
-  if (!entry_valid(e)) return -1;  // a scribbled entry names nothing (check() reports it)
-  *offset = e.offset;
-  *length = e.length;
-  return found;
-}
-
-void Segment::dir_point(uint32_t index, uint64_t offset, uint64_t length) {
-  DirEntry* e = entry(index);
-  // Crash here: the index may still lead to the old offset (harmless: lookups compare the entry's offset)
-  // and repair rebuilds it. The entry's offset and length are two stores: a reader without the lock may see
-  // one of each (the documented lock-free read); repair validates the pair against the heap.
-  index_remove(index, e->offset);
-  // Length first as the smaller of the two: every state a crash can leave (old offset or new, with a length
-  // that fits both) names a whole block, which repair keeps.
-  uint64_t old_length = e->length;
-  e->length = length < old_length ? length : old_length;
-  e->offset = offset;
-  e->length = length;
-  index_add(index, offset);
-}
-
-void Segment::dir_remove(uint32_t index) {
-  DirEntry* e = entry(index);
-  index_remove(index, e->offset);
-  e->state = kDirDeleted;  // one store: the name is gone
-  if (header()->directory_live > 0) header()->directory_live -= 1;
-}
-
-bool Segment::dir_names(uint64_t offset) const {
-  if (header()->directory_live == 0) return false;
-  uint32_t slots = capacity_ * 2;
-  const uint32_t* s = offset_slots();
-  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
-    uint32_t v = s[i];
-    if (v == kSlotEmpty) return false;
-    if (v == kSlotDeleted || v > capacity_) continue;
-    const DirEntry* e = entry(v - 1);
-    if (e->state == kDirLive && e->offset == offset) return true;
-  }
-  return false;
-}
-
-bool Segment::dir_delete(const std::string& key) {
-  if (key.empty() || key.size() > kMaxKeyBytes) return false;
-  int64_t found = dir_find(key, fnv1a(key));
-  if (found < 0) return false;
-  DirEntry* e = entry(static_cast<uint32_t>(found));
-  index_remove(static_cast<uint32_t>(found), e->offset);
-  e->state = kDirDeleted;
-  if (header()->directory_live > 0) header()->directory_live -= 1;
-  return true;
-}
-
-void Segment::dir_keys(std::vector<std::string>* out) const {
-  for (uint32_t i = 0; i < capacity_; ++i) {
-    const DirEntry* e = entry(i);
-    if (e->state == kDirLive && e->key_len >= 1 && e->key_len <= kMaxKeyBytes) out->emplace_back(e->key, e->key_len);
-  }
-}
-
-void Segment::dir_forget_offset(uint64_t offset) {
-  if (header()->directory_live == 0) return;
-  uint32_t slots = capacity_ * 2;
-  uint32_t* s = offset_slots();
-  for (uint32_t n = 0, i = static_cast<uint32_t>(mix(offset) % slots); n < slots; ++n, i = (i + 1) % slots) {
-    uint32_t v = s[i];
-    if (v == kSlotEmpty) return;
-    if (v == kSlotDeleted || v > capacity_) continue;
-    DirEntry* e = entry(v - 1);
-    if (e->state == kDirLive && e->offset == offset) {
-      e->state = kDirDeleted;
-      s[i] = kSlotDeleted;
-      if (header()->directory_live > 0) header()->directory_live -= 1;
-    }
-  }
-}
-
-void Segment::dir_check(CheckResult* r) const {
-  uint64_t live = 0;
-  for (uint32_t i = 0; i < capacity_; ++i) {
-    DirEntry e;
-    std::memcpy(&e, entry(i), sizeof e);
-    if (e.state == kDirEmpty || e.state == kDirDeleted) continue;
-    if (e.state != kDirLive) {
-      r->report("directory: entry " + std::to_string(i) + " has an impossible state");
-      continue;
-    }
-    ++live;
-    if (!entry_valid(e)) {
-      r->report("directory: entry " + std::to_string(i) + " points outside the heap");
-      continue;
-    }
-    uint64_t usable = 0;
-    if (usable_any(e.offset - heap_offset_, &usable) != Status::ok || e.length > usable) {
-      r->report("directory: key '" + std::string(e.key, e.key_len) + "' names no live allocation");
-    }
-    if (fnv1a(std::string(e.key, e.key_len)) != e.hash) r->report("directory: entry " + std::to_string(i) + " has a wrong hash");
-    // The offset index must lead to this entry.
-    bool indexed = false;
-    uint32_t slots = capacity_ * 2;
-    const uint32_t* s = offset_slots();
-    for (uint32_t n = 0, j = static_cast<uint32_t>(mix(e.offset) % slots); n < slots; ++n, j = (j + 1) % slots) {
-      if (s[j] == kSlotEmpty) break;
-      if (s[j] == i + 1) {
-        indexed = true;
-        break;
-      }
-    }
-    if (!indexed) r->report("directory: entry " + std::to_string(i) + " is missing from the offset index");
-  }
-  if (live != header()->directory_live) r->report("directory: live count disagrees with the entries");
 }
 
 }  // namespace mempool

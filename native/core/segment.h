@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "heap.h"
+#include "process.h"
 
 namespace mempool {
 
@@ -164,10 +165,6 @@ struct DirEntry {
 static_assert(sizeof(DirEntry) == 256, "directory entries are 256 bytes");
 static_assert(offsetof(DirEntry, offset) == 8 && offsetof(DirEntry, key) == 32, "directory layout");
 
-// Whether process `pid` that started at `start_ticks` (/proc/<pid>/stat field 22; 0 = unknown) still runs,
-// and the start ticks of a process (0 when unknown).
-bool process_alive(uint32_t pid, uint64_t start_ticks);
-uint64_t process_start_ticks(uint32_t pid);
 
 struct SegmentOptions {
   Algorithm algorithm = Algorithm::tlsf;
