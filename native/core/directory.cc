@@ -117,18 +117,6 @@ Status Segment::dir_set(const std::string& key, uint64_t offset, uint64_t length
   return Status::directory_full;
 }
 
-Status Segment::dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const {
-  if (key.empty() || key.size() > kMaxKeyBytes) return Status::not_found;
-  int64_t found = dir_find(key, fnv1a(key));
-  if (found < 0) return Status::not_found;
-  DirEntry e;
-  std::memcpy(&e, entry(static_cast<uint32_t>(found)), sizeof e);
-  if (!entry_valid(e)) return Status::corrupted;
-  *offset = e.offset;
-  *length = e.length;
-  return Status::ok;
-}
-
 int64_t Segment::dir_lookup(const std::string& key, uint64_t* offset, uint64_t* length) const {
   if (key.empty() || key.size() > kMaxKeyBytes) return -1;
   int64_t found = dir_find(key, fnv1a(key));
@@ -175,17 +163,6 @@ bool Segment::dir_names(uint64_t offset) const {
     if (e->state == kDirLive && e->offset == offset) return true;
   }
   return false;
-}
-
-bool Segment::dir_delete(const std::string& key) {
-  if (key.empty() || key.size() > kMaxKeyBytes) return false;
-  int64_t found = dir_find(key, fnv1a(key));
-  if (found < 0) return false;
-  DirEntry* e = entry(static_cast<uint32_t>(found));
-  index_remove(static_cast<uint32_t>(found), e->offset);
-  e->state = kDirDeleted;
-  if (header()->directory_live > 0) header()->directory_live -= 1;
-  return true;
 }
 
 void Segment::dir_keys(std::vector<std::string>* out) const {

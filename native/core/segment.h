@@ -230,12 +230,10 @@ class Segment {
 
   // Directory, under the lock. Offsets are segment offsets. Entry indexes are valid until the next change.
   Status dir_set(const std::string& key, uint64_t offset, uint64_t length);
-  Status dir_get(const std::string& key, uint64_t* offset, uint64_t* length) const;
   // The live entry of `key` (-1 when absent), with its offset and length validated.
   int64_t dir_lookup(const std::string& key, uint64_t* offset, uint64_t* length) const;
   void dir_point(uint32_t index, uint64_t offset, uint64_t length);  // an existing entry names another block
   void dir_remove(uint32_t index);
-  bool dir_delete(const std::string& key);
   // Whether a live entry names the allocation at `offset` (through the offset index).
   bool dir_names(uint64_t offset) const;
   // Whether a new key would find a free entry.

@@ -370,10 +370,9 @@ Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t ge
     *had = true;
     return Status::ok;
   }
-  // set(): the old block is freed (the free moves its word on); while pinned, its pins do it. A crash before
-  // either leaves it named and unlisted, and repair frees it.
-  if (!shared_pinned(*seg_, prev_off, true)) physical_free(prev_hoff);
-  else gen_bump(prev_word, false);
+  // set(): the old block is freed (or its pins are told to). A crash before leaves it named and unlisted,
+  // and repair frees it.
+  free_unlisted_locked(prev_off, prev_word);
   return Status::ok;
 }
 
@@ -408,15 +407,30 @@ Status SharedPool::take(const std::string& key, NamedBlock* out, bool* had) {
   return Status::ok;
 }
 
-Status SharedPool::get(const std::string& key, NamedBlock* out, bool* had) {
-  Locked l(*seg_);
-  if (l.status() != Status::ok) return l.status();
+// The block `key` names and its word, under the lock (get and pin).
+Status SharedPool::lookup_locked(const std::string& key, NamedBlock* out, bool* had) {
   *had = seg_->dir_lookup(key, &out->offset, &out->length) >= 0;
   if (!*had) return Status::ok;
   uint32_t* word = shared_gen_word(*seg_, out->offset - heap_offset());
   if (word == nullptr) return Status::corrupted;
   out->gen = *word;
   return Status::ok;
+}
+
+// A named block whose entry was just removed (delete, set over its key) is freed, or its pins are told to
+// free it. Named blocks are freed under the lock only (no lock-free path touches them): the free comes
+// first and moves the word on, so a crash in between leaves a named, unlisted block that repair frees,
+// never an unnamed one no one can find.
+Status SharedPool::free_unlisted_locked(uint64_t off, uint32_t* word) {
+  if (!shared_pinned(*seg_, off, true)) return physical_free(off - heap_offset());
+  gen_bump(word, false);  // the pins do the free
+  return Status::ok;
+}
+
+Status SharedPool::get(const std::string& key, NamedBlock* out, bool* had) {
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  return lookup_locked(key, out, had);
 }
 
 Status SharedPool::copy(const std::string& key, std::string* bytes, bool* had) {
@@ -440,21 +454,14 @@ Status SharedPool::remove(const std::string& key, bool* had) {
   seg_->dir_remove(static_cast<uint32_t>(index));
   *had = true;
   if (word == nullptr) return Status::ok;
-  // Named blocks are freed under the lock only (no lock-free path touches them): free first, so a crash in
-  // between leaves a named, unlisted block that repair frees, never an unnamed one no one can find.
-  if (!shared_pinned(*seg_, b.offset, true)) return physical_free(b.offset - heap_offset());
-  gen_bump(word, false);  // the pins do the free
-  return Status::ok;
+  return free_unlisted_locked(b.offset, word);
 }
 
 Status SharedPool::pin(const std::string& key, NamedBlock* out, uint32_t* pin, bool* had) {
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
-  *had = seg_->dir_lookup(key, &out->offset, &out->length) >= 0;
-  if (!*had) return Status::ok;
-  uint32_t* word = shared_gen_word(*seg_, out->offset - heap_offset());
-  if (word == nullptr) return Status::corrupted;
-  out->gen = *word;
+  Status s = lookup_locked(key, out, had);
+  if (s != Status::ok || !*had) return s;
   PinEntry* t = seg_->pins();
   for (int round = 0; round < 2; ++round) {
     if (round == 1) {

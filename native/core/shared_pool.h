@@ -125,6 +125,8 @@ class SharedPool {
   Status owned(uint64_t hoff, uint32_t gen, uint32_t** word, uint32_t* seen);
   Status release_locked(uint64_t hoff, uint32_t* word, uint32_t seen);
   Status physical_free(uint64_t hoff);
+  Status lookup_locked(const std::string& key, NamedBlock* out, bool* had);
+  Status free_unlisted_locked(uint64_t off, uint32_t* word);
   Status name_block(const std::string& key, uint64_t hoff, uint32_t gen, uint64_t length, NamedBlock* old, bool* had);
 
   std::unique_ptr<Segment> seg_;
