@@ -30,6 +30,7 @@ const char* status_name(Status s) {
     case Status::named: return "named";
     case Status::pins_full: return "pins_full";
     case Status::no_handle: return "no_handle";
+    case Status::object_mismatch: return "object_mismatch";
   }
   return "unknown";
 }

@@ -50,6 +50,8 @@ enum class Status : int32_t {
   named = 16,            // the block is owned by a directory name: take() it to own it
   pins_full = 17,        // every pin table entry is in use
   no_handle = 18,        // a live block's start given through a view that carries no generation (kNoHandle)
+  // Named objects (objects.h):
+  object_mismatch = 19,  // a mutex, semaphore or queue of that name exists with other parameters
 };
 
 const char* status_name(Status s);

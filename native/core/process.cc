@@ -84,20 +84,42 @@ uint32_t my_tid() {
 
 
 // Whether thread `tid` still runs: /proc/<tid>/stat exists (thread ids are visible there even when
-// not listed) and the thread is not a zombie waiting to be reaped.
-bool thread_alive(uint32_t tid) {
+// not listed), the thread is not a zombie waiting to be reaped, and, when start_lo is not 0, the low 32 bits
+// of its start ticks (field 22) are start_lo, so a later thread that was given the same id is not taken for it.
+bool thread_alive(uint32_t tid, uint32_t start_lo) {
   if (tid == 0 || tid >= kLockWaiters) return false;
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%u/stat", tid);
   int fd = ::open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno != ENOENT && errno != ESRCH;  // unsure (e.g. EMFILE): treat as alive
-  char buf[512];
+  char buf[1024];
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (n <= 0) return false;
   buf[n] = '\0';
   const char* p = std::strrchr(buf, ')');
-  return p != nullptr && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+  if (p == nullptr || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X') return false;
+  if (start_lo == 0) return true;
+  int field = 2;
+  for (const char* c = p + 1; *c != '\0'; ++c) {
+    if (*c == ' ' && ++field == 22) return static_cast<uint32_t>(std::strtoull(c + 1, nullptr, 10)) == start_lo;
+  }
+  return true;  // a line cut short tells nothing: alive
+}
+
+namespace {
+thread_local uint32_t cached_start_lo = 0;
+thread_local bool cached_start_known = false;
+void forget_start() { cached_start_known = false; }
+}  // namespace
+uint32_t my_thread_start_lo() {
+  if (!cached_start_known) {
+    static const int registered = pthread_atfork(nullptr, nullptr, forget_start);
+    (void)registered;
+    cached_start_lo = static_cast<uint32_t>(process_start_ticks(my_tid()));  // /proc/<tid>/stat: this thread's
+    cached_start_known = true;
+  }
+  return cached_start_lo;
 }
 
 }  // namespace mempool

@@ -20,7 +20,10 @@ uint64_t current_pid_namespace();
 uint64_t boot_unix_ms();
 // This thread's id, cached (a system call otherwise); reset in a forked child.
 uint32_t my_tid();
-// Whether thread `tid` still runs (and is not a zombie).
-bool thread_alive(uint32_t tid);
+// Whether thread `tid` still runs (and is not a zombie); with start_lo != 0, also that it is the thread that
+// started at those ticks (low 32 bits of /proc/<tid>/stat field 22), not a later one given the same id.
+bool thread_alive(uint32_t tid, uint32_t start_lo = 0);
+// The low 32 bits of this thread's start ticks, cached (0 when /proc cannot tell); reset in a forked child.
+uint32_t my_thread_start_lo();
 
 }  // namespace mempool

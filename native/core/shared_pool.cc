@@ -508,6 +508,44 @@ Status SharedPool::keys(std::vector<std::string>* out) {
   return Status::ok;
 }
 
+Status SharedPool::object(const std::string& key, uint64_t bytes, const std::function<void(uint8_t*)>& init,
+                          uint64_t* off, uint64_t* bytes_out, bool* created) {
+  if (!seg_->mapped()) return Status::invalid_argument;
+  *created = false;
+  Locked l(*seg_);
+  if (l.status() != Status::ok) return l.status();
+  NamedBlock b;
+  bool had = false;
+  Status s = lookup_locked(key, &b, &had);
+  if (s != Status::ok) return s;
+  if (had) {
+    *off = b.offset;
+    *bytes_out = b.length;
+    return Status::ok;
+  }
+  if (!seg_->dir_has_room()) return Status::directory_full;
+  uint64_t hoff = 0;
+  uint32_t gen = 0;
+  if (debug_) seg_->heap().debug()->set_site(0);
+  s = cache_->alloc_locked(bytes, 64, kNoHint, &hoff, &gen);
+  if (s != Status::ok) return s;
+  // Formatted before it has a name: no other process can find it yet. Crash from here to the naming: the
+  // block is an unnamed block of a dead process (freed when it is noticed with trackOwners, else stranded:
+  // one object's bytes).
+  init(base() + heap_offset() + hoff);
+  s = name_block(key, hoff, gen, bytes, nullptr, nullptr);
+  if (s != Status::ok) {
+    uint32_t* word = nullptr;
+    uint32_t seen = 0;
+    if (owned(hoff, gen, &word, &seen) == Status::ok) release_locked(hoff, word, seen);
+    return s;
+  }
+  *off = hoff + heap_offset();
+  *bytes_out = bytes;
+  *created = true;
+  return Status::ok;
+}
+
 Status SharedPool::stats(HeapStats* out) {
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();

@@ -102,6 +102,11 @@ class SharedPool {
   Status pin(const std::string& key, NamedBlock* out, uint32_t* pin, bool* had);
   Status unpin(uint32_t pin, uint64_t off);
   Status keys(std::vector<std::string>* out);
+  // One of mempool's own named objects (a mutex, semaphore or queue, objects.h): the block `key` names, or,
+  // when absent, a new block of `bytes` that `init` formats under the lock before it is named, so no other
+  // process ever sees it half made. *off and *bytes_out are the block's offset and the bytes its name covers.
+  Status object(const std::string& key, uint64_t bytes, const std::function<void(uint8_t*)>& init, uint64_t* off,
+                uint64_t* bytes_out, bool* created);
 
   Status stats(HeapStats* out);  // capacity and overhead include the segment's own bytes
   Status check(CheckResult* r);
