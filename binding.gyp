@@ -14,7 +14,12 @@
         "native/core/segment_lock.cc",
         "native/core/directory.cc",
         "native/core/shared_cache.cc",
-        "native/core/shared_pool.cc"
+        "native/core/shared_pool.cc",
+        "native/core/sync.cc",
+        "native/core/shared_queue.cc",
+        "native/core/objects.cc",
+        "native/addon/waiters.cc",
+        "native/addon/sync_glue.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -25,7 +25,15 @@ export type PoolErrorCode =
   | 'ERR_MM_NOT_INITIALIZED'
   | 'ERR_MM_ALREADY_INITIALIZED'
   | 'ERR_POOL_NOT_DEBUG'
-  | 'ERR_PROCESS_ALIVE';
+  | 'ERR_PROCESS_ALIVE'
+  | 'ERR_SHM_OBJECT_MISMATCH'
+  | 'ERR_SYNC_TIMEOUT'
+  | 'ERR_SYNC_DEADLOCK'
+  | 'ERR_SYNC_NOT_OWNER'
+  | 'ERR_QUEUE_FULL'
+  | 'ERR_QUEUE_CLOSED'
+  | 'ERR_QUEUE_MESSAGE_TOO_LARGE'
+  | 'ERR_QUEUE_NOT_LEASED';
 
 /**
  * Every `code` mempool's errors carry: PoolError's, plus Node's ERR_INVALID_ARG_TYPE (a TypeError: an

@@ -54,6 +54,8 @@ export function statusError(status: number, what: string, detail?: string): Erro
         'ERR_POOL_NO_HANDLE',
         `This Buffer was not handed out by the pool (a subarray or view() carries no generation), so a stale one cannot be told from a current one (${what}): pass the Buffer alloc, realloc, take or replace returned (set(key, buffer, length) names fewer bytes), or its offset`,
       );
+    case Status.ObjectMismatch:
+      return new PoolError('ERR_SHM_OBJECT_MISMATCH', `An object of that name exists with other parameters (${what}): open it without them to take what exists, or use another name`);
     case Status.DirectoryFull:
       return new PoolError('ERR_SHM_DIRECTORY_FULL', `The directory is full (${what}): delete keys, or create the segment with a larger maxKeys`);
     default:

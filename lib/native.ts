@@ -17,6 +17,7 @@ export const enum Status {
   Named = -16,
   PinsFull = -17,
   NoHandle = -18,
+  ObjectMismatch = -19,
   Closed = -100,
 }
 
@@ -66,6 +67,12 @@ export interface NativePool {
   liveAllocations(): Float64Array | number;
   /** [count, bytes] freed, or a negative Status */
   reclaim(pid: number): [number, number] | number;
+  /** futex wait on the 32-bit word at a segment offset: a SyncResult */
+  wait(offset: number, expected: number, timeoutMs: number): number;
+  waitAsync(offset: number, expected: number, timeoutMs: number): Promise<number>;
+  notify(offset: number, count: number): number;
+  /** kind 'mutex' | 'semaphore' (a = permits) | 'queue' (a = maxBytes, b = maxMessages); 0 = what exists */
+  openObject(kind: string, name: string, a: number, b: number): NativeSync | number;
 }
 
 export interface SegmentListing {
@@ -74,6 +81,54 @@ export interface SegmentListing {
   algorithm: string;
   used: number;
   liveAllocations: number;
+}
+
+/** What a cross-process wait or acquire ended with (native/core/sync.h SyncResult), or -100: the pool closed. */
+export const enum SyncResult {
+  Ok = 0,
+  OwnerDied = 1,
+  NotEqual = 2,
+  TimedOut = 3,
+  Busy = 4,
+  Deadlock = 5,
+  NotOwner = 6,
+  Cancelled = 7,
+  Closed = -100,
+}
+
+/** What a queue call ended with (native/core/shared_queue.h QueueResult), or -100: the pool closed. */
+export const enum QueueResult {
+  Ok = 0,
+  Empty = 1,
+  Full = 2,
+  Closed = 3,
+  TooLarge = 4,
+  TimedOut = 5,
+  Cancelled = 6,
+  Corrupted = 7,
+  NotLeased = 8,
+  PoolClosed = -100,
+}
+
+/** A named mutex, semaphore or queue in a segment (native/addon/sync_glue.cc). Timeouts: ms, or -1 for none. */
+export interface NativeSync {
+  lock(timeoutMs: number): number;
+  tryLock(): number;
+  lockAsync(timeoutMs: number): Promise<number>;
+  unlock(): number;
+  /** [holder tid (0: free), held by this thread] */
+  holder(): [number, boolean] | number;
+  available(): number;
+  push(message: Uint8Array, timeoutMs: number, wait: boolean): number;
+  pushAsync(message: Uint8Array, timeoutMs: number): Promise<number>;
+  pop(lease: boolean, timeoutMs: number, wait: boolean): Buffer | [Buffer, number] | number;
+  popAsync(lease: boolean, timeoutMs: number): Promise<Buffer | [Buffer, number] | number>;
+  ack(position: number): number;
+  closeQueue(): number;
+  /** [count, leased, usedBytes, pushed, popped, redelivered, recoveries, closed] */
+  queueStats(): Float64Array | number;
+  /** semaphore: [permits]; queue: [maxBytes, maxMessages, maxMessageBytes] */
+  readonly geometry: number[];
 }
 
 export interface Addon {

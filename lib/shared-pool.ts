@@ -2,10 +2,12 @@
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
 import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkObject, checkOffset, checkSize } from './args';
-import { invalidArgType, outOfRange, PoolError } from './errors';
+import { invalidArgType, invalidArgValue, outOfRange, PoolError } from './errors';
 import { closedError, HeapPool, statusError } from './heap-pool';
 import { registerRegion } from './memory-type';
-import { addon, NativePool, Status } from './native';
+import { addon, NativePool, NativeSync, Status } from './native';
+import { SharedQueue } from './shared-queue';
+import { checkObjectName, checkTimeoutMs, SharedMutex, SharedSemaphore, waitResult, type WaitResult } from './sync';
 import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
 import { checkKnownOptions } from './args';
@@ -129,6 +131,8 @@ function checkKey(key: unknown): string {
   if (typeof key !== 'string') throw invalidArgType('key', 'a string', key);
   const bytes = Buffer.byteLength(key);
   if (bytes < 1 || bytes > MAX_KEY_BYTES) throw outOfRange('key', `1 to ${MAX_KEY_BYTES} UTF-8 bytes`, key);
+  // Keys that start with NUL name mempool's own objects (mutexes, semaphores, queues: native/core/objects.h).
+  if (key.charCodeAt(0) === 0) throw invalidArgValue(`Keys that start with '\\0' are reserved for mempool's own objects: use another key than ${JSON.stringify(key)}`);
   return key;
 }
 
@@ -377,6 +381,113 @@ export class SharedPool extends HeapPool {
     if (this.closed) throw closedError();
     const r = this.native.keys();
     if (typeof r === 'number') throw statusError(r, 'listing keys');
+    return r.filter((k) => k.charCodeAt(0) !== 0);  // mempool's own objects are not keys
+  }
+
+  // ---- coordination between processes (lib/sync.ts, lib/shared-queue.ts) ----
+
+  /**
+   * An Int32Array over `count` 32-bit words of the segment at `offset` (4-aligned, inside a block you
+   * allocated). Atomics.load/store/add/compareExchange on it are atomic across processes (they compile to
+   * the same lock-prefixed instructions on any ArrayBuffer); Atomics.wait/notify are not (V8 keeps waiters
+   * per process, and the buffer is not a SharedArrayBuffer): use pool.wait()/notify() on the same offset.
+   * The view goes empty when the pool closes.
+   */
+  atomics(offset: number, count: number): Int32Array {
+    return new Int32Array(this.wordView(offset, count, 4), offset, count);
+  }
+
+  /** As atomics(), 64-bit words (8-aligned) as a BigInt64Array. */
+  atomics64(offset: number, count: number): BigInt64Array {
+    return new BigInt64Array(this.wordView(offset, count, 8), offset, count);
+  }
+
+  private wordView(offset: number, count: number, width: number): ArrayBuffer {
+    if (this.closed) throw closedError();
+    const o = checkOffset(offset);
+    const n = checkSize(count, 'count');
+    if (o % width !== 0) throw outOfRange('offset', `a multiple of ${width}`, offset);
+    if (o + n * width > this.size) throw outOfRange('count', `words that end inside the segment (${this.size} bytes)`, count);
+    return this.native.buffer;
+  }
+
+  /**
+   * Blocks this thread while the 32-bit word at `offset` holds `expected` (compared as Int32, as
+   * Atomics.wait does), until pool.notify() on that offset from any process or thread, or timeoutMs
+   * (default: no limit). 'ok' means woken (rarely spuriously, as with any futex: re-check the word),
+   * 'not-equal' that the word did not hold `expected`, 'timed-out'. Allowed on the main thread.
+   */
+  wait(offset: number, expected: number, timeoutMs?: number): WaitResult {
+    const [o, e, t] = this.waitArgs(offset, expected, timeoutMs);
+    return waitResult(this.checked(this.native.wait(o, e, t), 'wait'), `wait at ${o}`);
+  }
+
+  /** As wait(), without blocking the event loop (a waiter thread waits; nothing polls). */
+  async waitAsync(offset: number, expected: number, timeoutMs?: number): Promise<WaitResult> {
+    const [o, e, t] = this.waitArgs(offset, expected, timeoutMs);
+    return waitResult(this.checked(await this.native.waitAsync(o, e, t), 'waitAsync'), `waitAsync at ${o}`);
+  }
+
+  /** Wakes up to `count` (default: all) waiters on the word at `offset`, in any process; returns how many woke. */
+  notify(offset: number, count?: number): number {
+    if (this.closed) throw closedError();
+    const o = checkOffset(offset);
+    const n = count === undefined || count === Infinity ? 2 ** 32 - 1 : checkSize(count, 'count', 0);
+    return this.checked(this.native.notify(o, Math.min(n, 2 ** 32 - 1)), 'notify');
+  }
+
+  private waitArgs(offset: number, expected: number, timeoutMs: number | undefined): [number, number, number] {
+    if (this.closed) throw closedError();
+    if (typeof expected !== 'number') throw invalidArgType('expected', 'a number', expected);
+    return [checkOffset(offset), expected | 0, checkTimeoutMs(timeoutMs)];
+  }
+
+  private checked(r: number, what: string): number {
+    if (r < 0 && r !== -100) throw statusError(r, what);
+    if (r === -100) throw closedError();
+    return r;
+  }
+
+  /**
+   * The robust mutex called `name` in this segment, made on first use: every process and thread that asks
+   * for the name gets the same one. Names are 1 to 200 UTF-8 bytes, apart from the keys of set()/get().
+   */
+  mutex(name: string): SharedMutex {
+    return new SharedMutex(this.object('mutex', name, 0, 0), name);
+  }
+
+  /**
+   * The robust semaphore called `name`, made on first use with `permits` (1 to 4096, default 1). Opening an
+   * existing one with other permits throws ERR_SHM_OBJECT_MISMATCH; leave permits out to take what exists.
+   */
+  semaphore(name: string, options?: { permits?: number }): SharedSemaphore {
+    checkKnownOptions(options, ['permits'], 'semaphore()');
+    const o = checkObject<{ permits: number }>(options, 'options');
+    const permits = o.permits === undefined ? 0 : checkSize(o.permits, 'options.permits');
+    if (permits > 4096) throw outOfRange('options.permits', '1 to 4096', permits);
+    return new SharedSemaphore(this.object('semaphore', name, permits, 0), name);
+  }
+
+  /**
+   * The queue called `name`, made on first use with room for `maxMessages` (default 65536) messages and
+   * `maxBytes` ring bytes (a multiple of 16, at least 32; default 1 MiB; each message takes 16 bytes +
+   * its length rounded up to 16), taken from this segment's heap. Opening an existing one with other limits
+   * throws ERR_SHM_OBJECT_MISMATCH; leave them out to take what exists.
+   */
+  queue(name: string, options?: { maxBytes?: number; maxMessages?: number }): SharedQueue {
+    checkKnownOptions(options, ['maxBytes', 'maxMessages'], 'queue()');
+    const o = checkObject<{ maxBytes: number; maxMessages: number }>(options, 'options');
+    const maxBytes = o.maxBytes === undefined ? 0 : checkSize(o.maxBytes, 'options.maxBytes', 32);
+    if (maxBytes % 16 !== 0) throw outOfRange('options.maxBytes', 'a multiple of 16', maxBytes);
+    const maxMessages = o.maxMessages === undefined ? 0 : checkSize(o.maxMessages, 'options.maxMessages');
+    return new SharedQueue(this.object('queue', name, maxBytes, maxMessages), name);
+  }
+
+  private object(kind: string, name: string, a: number, b: number): NativeSync {
+    if (this.closed) throw closedError();
+    checkObjectName(name);
+    const r = this.native.openObject(kind, name, a, b);
+    if (typeof r === 'number') throw this.error(r, `opening ${kind} '${name}'`);
     return r;
   }
 

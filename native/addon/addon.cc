@@ -17,6 +17,8 @@
 #include "../core/heap.h"
 #include "../core/segment.h"
 #include "../core/shared_pool.h"
+#include "../core/sync.h"
+#include "glue.h"
 
 namespace mempool_addon {
 
@@ -26,37 +28,8 @@ using mempool::HeapOptions;
 using mempool::HeapStats;
 using mempool::Status;
 
-// Memory handed to JavaScript as an external ArrayBuffer. Owned jointly by the native handle and the
-// ArrayBuffer's finalizer, so that neither can free it under the other; close() frees it early and
-// detaches the ArrayBuffer so no view can reach it.
-struct ExternalMemory {
-  void* data = nullptr;
-  uint64_t size = 0;
-  bool released = false;
-  // Set for a shared segment: released by closing it (its slab cache returned, then unmapped).
-  std::unique_ptr<mempool::SharedPool> shared;
-  void release() {
-    if (!released) {
-      if (shared) shared->close(100);
-      else std::free(data);
-    }
-    released = true;
-  }
-  ~ExternalMemory() { release(); }
-};
 
-struct AddonData {
-  Napi::FunctionReference error_factory;  // (kind, code, message) => Error, from lib/errors.ts
-  // Fallback allocations from the system allocator, by address. Weak: the ArrayBuffer's finalizer owns
-  // the memory, so teardown may run the finalizers and delete this in either order.
-  std::unordered_map<void*, std::weak_ptr<ExternalMemory>> system_blocks;
-  size_t purge_at = 1024;
-};
 
-AddonData* data_of(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
-
-// Throws an Error made by lib/'s factory, so it has a string `code`; kind is "TypeError", "RangeError"
-// or "PoolError".
 [[noreturn]] void throw_coded(Napi::Env env, const char* kind, const char* code, const std::string& message) {
   AddonData* d = data_of(env);
   if (d != nullptr && !d->error_factory.IsEmpty()) {
@@ -69,7 +42,6 @@ AddonData* data_of(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
   throw e;
 }
 
-// Argument guards with one message template: "Expected <what> for <name> but received <value>".
 uint64_t arg_uint(const Napi::CallbackInfo& info, size_t i, const char* name, uint64_t max) {
   Napi::Value v = info[i];
   if (!v.IsNumber()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE",
@@ -85,12 +57,20 @@ uint64_t arg_uint(const Napi::CallbackInfo& info, size_t i, const char* name, ui
   return static_cast<uint64_t>(d);
 }
 
-constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
+std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (!info[i].IsString()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", std::string("Expected a string for ") + name);
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+uint64_t arg_deadline(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) return mempool::kNoDeadline;
+  return mempool::deadline_after_ms(info[i].As<Napi::Number>().DoubleValue());
+}
+
 // The largest region one ArrayBuffer can view in Node 20 (buffer.constants.MAX_LENGTH): a region is
 // always one ArrayBuffer, so this is the largest pool region or shared segment.
 constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
 
-Napi::Number status_number(Napi::Env env, Status s) { return Napi::Number::New(env, -static_cast<double>(s)); }
 
 Napi::Float64Array float64_array(Napi::Env env, const std::vector<double>& values) {
   Napi::Float64Array out = Napi::Float64Array::New(env, values.size());
@@ -133,6 +113,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                            InstanceMethod<&NativePool::LiveAllocations>("liveAllocations"),
                            InstanceMethod<&NativePool::Reclaim>("reclaim"),
                            InstanceMethod<&NativePool::Processes>("processes"),
+                           InstanceMethod<&NativePool::Wait>("wait"),
+                           InstanceMethod<&NativePool::WaitAsync>("waitAsync"),
+                           InstanceMethod<&NativePool::Notify>("notify"),
+                           InstanceMethod<&NativePool::OpenObject>("openObject"),
                            InstanceAccessor<&NativePool::GetDebug>("debug"),
                            InstanceAccessor<&NativePool::GetBuffer>("buffer"),
                            InstanceAccessor<&NativePool::GetAddress>("address"),
@@ -721,6 +705,31 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     return out;
   }
 
+  // wait(offset, expected, timeoutMs) / waitAsync / notify(offset, count): futex calls on a word of the
+  // segment (sync_glue.cc); openObject(kind, name, a, b) -> a NativeSync, or -status.
+  Napi::Value Wait(const Napi::CallbackInfo& info) { return WaitOn(info, false); }
+  Napi::Value WaitAsync(const Napi::CallbackInfo& info) { return WaitOn(info, true); }
+  Napi::Value WaitOn(const Napi::CallbackInfo& info, bool async) {
+    if (closed()) return status_number(info.Env(), kClosed);
+    if (shared_ == nullptr) return status_number(info.Env(), Status::invalid_argument);
+    return region_wait(info, memory_, async);
+  }
+  Napi::Value Notify(const Napi::CallbackInfo& info) {
+    if (closed()) return status_number(info.Env(), kClosed);
+    if (shared_ == nullptr) return status_number(info.Env(), Status::invalid_argument);
+    return region_notify(info, memory_);
+  }
+  Napi::Value OpenObject(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed()) return status_number(env, kClosed);
+    if (shared_ == nullptr) return status_number(env, Status::invalid_argument);
+    std::string kind = arg_string(info, 0, "kind");
+    std::string name = arg_string(info, 1, "name");
+    uint64_t a = arg_uint(info, 2, "a", kMaxSafe);
+    uint64_t b = arg_uint(info, 3, "b", kMaxSafe);
+    return make_native_sync(env, memory_, kind, name, a, b);
+  }
+
   Napi::Value GetDebug(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), !closed() && heap_ptr_->debug() != nullptr);
   }
@@ -855,6 +864,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);  // deleted at environment teardown (worker exit too)
   exports.Set("NativePool", NativePool::Define(env));
+  define_native_sync(env);  // made by pool.openObject() only
   exports.Set("systemAlloc", Napi::Function::New<SystemAlloc>(env, "systemAlloc"));
   exports.Set("systemFree", Napi::Function::New<SystemFree>(env, "systemFree"));
   exports.Set("setErrorFactory", Napi::Function::New<SetErrorFactory>(env, "setErrorFactory"));

@@ -1,0 +1,217 @@
+// SharedQueue: a bounded multi-producer multi-consumer queue of byte messages inside a shared segment,
+// found by name (native/core/shared_queue.h states its layout, invariants and crash rules).
+import { invalidArgType, PoolError } from './errors';
+import type { NativeSync } from './native';
+import { QueueResult } from './native';
+import { checkTimeoutMs } from './sync';
+
+/** A message taken with receive(): its bytes, and ack() to say it is done. */
+export interface ReceivedMessage {
+  readonly data: Buffer;
+  /**
+   * Marks the message done. Until then it is leased to this thread: if the thread or its process dies
+   * first, the message is delivered again. Throws ERR_QUEUE_NOT_LEASED when called twice or from another thread.
+   */
+  ack(): void;
+}
+
+/** What queue.stats() reports (a snapshot). */
+export interface SharedQueueStats {
+  /** Messages in the queue: waiting, plus received and not yet acked. */
+  messages: number;
+  /** Messages received and not yet acked. */
+  leased: number;
+  /** Ring bytes in use (messages take 16 bytes of header each, rounded up to 16). */
+  usedBytes: number;
+  maxBytes: number;
+  maxMessages: number;
+  pushed: number;
+  popped: number;
+  /** Messages delivered again because the thread that received them died before ack(). */
+  redelivered: number;
+  /** Times a process died holding the queue's lock and the next one repaired it. */
+  recoveries: number;
+  closed: boolean;
+}
+
+function toBytes(message: unknown): Uint8Array {
+  if (typeof message === 'string') return Buffer.from(message);
+  if (message instanceof Uint8Array) return message;
+  throw invalidArgType('message', 'a Buffer, Uint8Array or string', message);
+}
+
+/**
+ * A queue of byte messages shared by every process and thread that opens its name (`pool.queue(name)`).
+ * Bounded by messages and by bytes: push() waits while it is full (backpressure), tryPush() says false.
+ * pop() takes a message for good (at most once: a consumer killed after pop() returned loses that message);
+ * receive() leases it until ack() (at least once: the message comes back if the consumer dies first).
+ * close() stops pushes; consumers drain what is left, then see the end.
+ */
+export class SharedQueue implements AsyncIterable<Buffer> {
+  readonly name: string;
+  /** Ring bytes (each message takes 16 + its length rounded up to 16). */
+  readonly maxBytes: number;
+  readonly maxMessages: number;
+  /** The largest message that fits (maxBytes - 16). */
+  readonly maxMessageBytes: number;
+  private readonly native: NativeSync;
+
+  /** @internal */
+  constructor(native: NativeSync, name: string) {
+    this.native = native;
+    this.name = name;
+    const [maxBytes, maxMessages, maxMessage] = native.geometry;
+    this.maxBytes = maxBytes;
+    this.maxMessages = maxMessages;
+    this.maxMessageBytes = maxMessage;
+  }
+
+  /**
+   * Appends a message (its bytes are copied), waiting while the queue is full. Throws ERR_QUEUE_FULL when
+   * still full after timeoutMs (default: no limit), ERR_QUEUE_CLOSED after close(),
+   * ERR_QUEUE_MESSAGE_TOO_LARGE when it can never fit, ERR_POOL_CLOSED.
+   */
+  push(message: Uint8Array | string, timeoutMs?: number): void {
+    const bytes = toBytes(message);
+    this.pushed(this.native.push(bytes, checkTimeoutMs(timeoutMs), true), bytes.length);
+  }
+
+  /** Appends a message if there is room now: false when the queue is full. Throws as push() does otherwise. */
+  tryPush(message: Uint8Array | string): boolean {
+    const bytes = toBytes(message);
+    const r = this.native.push(bytes, -1, false);
+    if (r === QueueResult.Full) return false;
+    this.pushed(r, bytes.length);
+    return true;
+  }
+
+  /** As push(), without blocking the event loop: a waiter thread waits for room. */
+  async pushAsync(message: Uint8Array | string, timeoutMs?: number): Promise<void> {
+    const bytes = toBytes(message);
+    const t = checkTimeoutMs(timeoutMs);
+    let r = this.native.push(bytes, -1, false);  // room now: no thread needed
+    if (r === QueueResult.Full) r = await this.native.pushAsync(bytes, t);
+    this.pushed(r, bytes.length);
+  }
+
+  private pushed(r: number, length: number): void {
+    if (r === QueueResult.Ok) return;
+    if (r === QueueResult.Full || r === QueueResult.TimedOut) {
+      throw new PoolError('ERR_QUEUE_FULL', `Queue '${this.name}' stayed full (${this.maxMessages} messages or ${this.maxBytes} bytes): consume faster, push with a longer timeoutMs, or make a larger queue`);
+    }
+    if (r === QueueResult.TooLarge) {
+      throw new PoolError('ERR_QUEUE_MESSAGE_TOO_LARGE', `A message of ${length} bytes never fits queue '${this.name}' (at most ${this.maxMessageBytes}): split it, or put it in the pool and push its offset`);
+    }
+    throw this.error(r, 'push');
+  }
+
+  /**
+   * Takes the oldest message, waiting up to timeoutMs (default: no limit) for one. undefined when the time
+   * ran out, or when the queue is closed and empty (`stats().closed` tells which).
+   */
+  pop(timeoutMs?: number): Buffer | undefined {
+    return this.popped(this.native.pop(false, checkTimeoutMs(timeoutMs), true), 'pop') as Buffer | undefined;
+  }
+
+  /** The oldest message if there is one now, else undefined. */
+  tryPop(): Buffer | undefined {
+    return this.popped(this.native.pop(false, -1, false), 'tryPop') as Buffer | undefined;
+  }
+
+  /** As pop(), without blocking the event loop. */
+  async popAsync(timeoutMs?: number): Promise<Buffer | undefined> {
+    const now = this.native.pop(false, -1, false);
+    if (now !== QueueResult.Empty) return this.popped(now, 'popAsync') as Buffer | undefined;
+    return this.popped(await this.native.popAsync(false, checkTimeoutMs(timeoutMs)), 'popAsync') as Buffer | undefined;
+  }
+
+  /** As pop(), but the message is leased to this thread until its ack(): see ReceivedMessage. */
+  receive(timeoutMs?: number): ReceivedMessage | undefined {
+    return this.received(this.native.pop(true, checkTimeoutMs(timeoutMs), true), 'receive');
+  }
+
+  /** As receive(), without blocking the event loop. */
+  async receiveAsync(timeoutMs?: number): Promise<ReceivedMessage | undefined> {
+    const now = this.native.pop(true, -1, false);
+    if (now !== QueueResult.Empty) return this.received(now, 'receiveAsync');
+    return this.received(await this.native.popAsync(true, checkTimeoutMs(timeoutMs)), 'receiveAsync');
+  }
+
+  private received(r: Buffer | [Buffer, number] | number, op: string): ReceivedMessage | undefined {
+    const got = this.popped(r, op) as [Buffer, number] | undefined;
+    if (got === undefined) return undefined;
+    const [data, position] = got;
+    const native = this.native;
+    const name = this.name;
+    let acked = false;
+    return {
+      data,
+      ack(): void {
+        const a = acked ? QueueResult.NotLeased : native.ack(position);
+        if (a === QueueResult.NotLeased) {
+          throw new PoolError('ERR_QUEUE_NOT_LEASED', `This message of queue '${name}' is not leased to this thread: it was acked already, or received by another thread`);
+        }
+        if (a !== QueueResult.Ok) throw queueError(a, name, 'ack');
+        acked = true;
+      },
+    };
+  }
+
+  private popped(r: Buffer | [Buffer, number] | number, op: string): Buffer | [Buffer, number] | undefined {
+    if (typeof r !== 'number') return r;
+    if (r === QueueResult.Empty || r === QueueResult.TimedOut || r === QueueResult.Closed) return undefined;
+    throw this.error(r, op);
+  }
+
+  /** Messages until the queue is closed and drained, waiting asynchronously between them. */
+  async *[Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    for (;;) {
+      const m = await this.popAsync();
+      if (m === undefined) return;
+      yield m;
+    }
+  }
+
+  /** Refuses pushes from now on (in every process) and wakes every waiter; what is queued can still be popped. */
+  close(): void {
+    const r = this.native.closeQueue();
+    if (r !== QueueResult.Ok) throw this.error(r, 'close');
+  }
+
+  stats(): SharedQueueStats {
+    const r = this.native.queueStats();
+    if (typeof r === 'number') throw this.error(r, 'stats');
+    return {
+      messages: r[0],
+      leased: r[1],
+      usedBytes: r[2],
+      maxBytes: this.maxBytes,
+      maxMessages: this.maxMessages,
+      pushed: r[3],
+      popped: r[4],
+      redelivered: r[5],
+      recoveries: r[6],
+      closed: r[7] === 1,
+    };
+  }
+
+  private error(r: number, op: string): Error {
+    return queueError(r, this.name, op);
+  }
+}
+
+function queueError(r: number, name: string, op: string): Error {
+  switch (r) {
+    case QueueResult.Closed:
+      return new PoolError('ERR_QUEUE_CLOSED', `Queue '${name}' is closed (${op}): no more messages can be pushed`);
+    case QueueResult.PoolClosed:
+    case QueueResult.Cancelled:
+      return new PoolError('ERR_POOL_CLOSED', `The pool is closed (${op} of queue '${name}')`);
+    case QueueResult.TimedOut:
+      return new PoolError('ERR_SYNC_TIMEOUT', `Timed out waiting for the lock of queue '${name}' (${op})`);
+    case QueueResult.Corrupted:
+      return new PoolError('ERR_POOL_CORRUPTED', `Queue '${name}' is damaged (${op}): something wrote over its memory`);
+    default:
+      return new PoolError('ERR_POOL_CORRUPTED', `Unexpected result ${r} (${op} of queue '${name}')`);
+  }
+}

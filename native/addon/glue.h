@@ -1,0 +1,96 @@
+// What the addon's files share: the memory a region's ArrayBuffer views, coded errors, argument guards.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "../core/heap.h"
+#include "../core/shared_pool.h"
+
+namespace mempool_addon {
+
+// Memory handed to JavaScript as an external ArrayBuffer. Owned jointly by the native handle, the
+// ArrayBuffer's finalizer and any async wait running on it, so that none can free it under another;
+// close() frees it early and detaches the ArrayBuffer so no view can reach it.
+//
+// Async waits (waiters.h) touch the memory from other threads: between enter() and leave(). A release()
+// meanwhile raises `closing` (their cancel flag: each ends within 100 ms) and the last leave() does it.
+struct ExternalMemory {
+  void* data = nullptr;
+  uint64_t size = 0;
+  bool released = false;
+  // Set for a shared segment: released by closing it (its slab cache returned, then unmapped).
+  std::unique_ptr<mempool::SharedPool> shared;
+  std::atomic<bool> closing{false};
+
+  bool enter() {
+    std::lock_guard<std::mutex> g(guard_);
+    if (released || closing.load()) return false;
+    ++busy_;
+    return true;
+  }
+  void leave() {
+    std::lock_guard<std::mutex> g(guard_);
+    if (--busy_ == 0 && closing.load()) release_now();
+  }
+  void release() {
+    std::lock_guard<std::mutex> g(guard_);
+    closing.store(true);
+    if (busy_ == 0) release_now();
+  }
+  bool usable() const { return !released && !closing.load(); }
+  ~ExternalMemory() { release(); }
+
+ private:
+  void release_now() {
+    if (!released) {
+      if (shared) shared->close(100);
+      else std::free(data);
+    }
+    released = true;
+  }
+  std::mutex guard_;
+  int busy_ = 0;
+};
+
+struct AddonData {
+  Napi::FunctionReference error_factory;  // (kind, code, message) => Error, from lib/errors.ts
+  // Fallback allocations from the system allocator, by address. Weak: the ArrayBuffer's finalizer owns
+  // the memory, so teardown may run the finalizers and delete this in either order.
+  std::unordered_map<void*, std::weak_ptr<ExternalMemory>> system_blocks;
+  size_t purge_at = 1024;
+  Napi::FunctionReference native_sync;  // the constructor of named objects (sync_glue.cc)
+};
+
+inline AddonData* data_of(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+
+// Throws an Error made by lib/'s factory, so it has a string `code`; kind is "TypeError", "RangeError"
+// or "PoolError".
+[[noreturn]] void throw_coded(Napi::Env env, const char* kind, const char* code, const std::string& message);
+// Argument guards with one message template: "Expected <what> for <name> but received <value>".
+uint64_t arg_uint(const Napi::CallbackInfo& info, size_t i, const char* name, uint64_t max);
+std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* name);
+// A timeout in ms from JavaScript: a number >= 0, or Infinity / undefined / negative for none.
+uint64_t arg_deadline(const Napi::CallbackInfo& info, size_t i);
+
+constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
+inline Napi::Number status_number(Napi::Env env, mempool::Status s) {
+  return Napi::Number::New(env, -static_cast<double>(s));
+}
+
+// The named objects (sync_glue.cc): NativeSync.define(env) once; make() for pool.openMutex and the like.
+Napi::Function define_native_sync(Napi::Env env);
+Napi::Value make_native_sync(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory, const std::string& kind,
+                             const std::string& name, uint64_t a, uint64_t b);
+// pool.wait / waitAsync / notify on a word of a shared region (sync_glue.cc).
+Napi::Value region_wait(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory, bool async);
+Napi::Value region_notify(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory);
+
+}  // namespace mempool_addon

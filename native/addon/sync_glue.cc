@@ -1,0 +1,390 @@
+// The N-API glue for cross-process coordination: pool.wait/waitAsync/notify on words of a segment, and the
+// named objects (mutex, semaphore, queue) as one NativeSync class. Checks and conversions only: the rules
+// live in native/core/sync.h, shared_queue.h and objects.h.
+//
+// Results cross as numbers: a SyncResult or QueueResult (>= 0), or -100 when the pool is closed; lib/ maps
+// them to values and coded errors. A pop returns its Buffer.
+#include <cstring>
+#include <string>
+
+#include "../core/objects.h"
+#include "../core/process.h"
+#include "glue.h"
+#include "waiters.h"
+
+namespace mempool_addon {
+namespace {
+
+using mempool::QueueResult;
+using mempool::SyncResult;
+
+constexpr double kClosedResult = -100;
+
+Napi::Number result_number(Napi::Env env, int32_t r) { return Napi::Number::New(env, r); }
+
+// The waiter for a call made by the JavaScript thread now (async calls hand it to a waiter thread).
+mempool::Waiter js_waiter(const ExternalMemory& memory, uint64_t deadline) {
+  mempool::Waiter w = mempool::sync_waiter(deadline, memory.shared->segment().same_pid_namespace());
+  w.cancel = &memory.closing;
+  return w;
+}
+
+// A word of the region for wait/notify: 4-aligned, inside the heap.
+uint32_t* region_word(const Napi::CallbackInfo& info, const ExternalMemory& memory) {
+  uint64_t off = arg_uint(info, 0, "offset", kMaxSafe);
+  uint64_t heap = memory.shared->heap_offset();
+  if ((off & 3) != 0 || off < heap || off + 4 > memory.size) {
+    throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE",
+                "Expected a 4-aligned offset of the heap (" + std::to_string(heap) + " to " + std::to_string(memory.size - 4) +
+                    ") for offset but received " + std::to_string(off));
+  }
+  return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(memory.data) + off);
+}
+
+struct WaitJob : AsyncJob {
+  uint32_t* word = nullptr;
+  uint32_t expected = 0;
+  uint64_t deadline = 0;
+  SyncResult result = SyncResult::timed_out;
+  void run() override { result = mempool::futex_wait(word, expected, deadline, &memory->closing); }
+  Napi::Value settle(Napi::Env env, bool cancelled) override {
+    return cancelled || result == SyncResult::cancelled ? Napi::Number::New(env, kClosedResult)
+                                                         : result_number(env, static_cast<int32_t>(result));
+  }
+};
+
+enum class Kind { mutex, semaphore, queue };
+
+class NativeSync : public Napi::ObjectWrap<NativeSync> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeSync",
+                       {
+                           InstanceMethod<&NativeSync::Lock>("lock"),
+                           InstanceMethod<&NativeSync::TryLock>("tryLock"),
+                           InstanceMethod<&NativeSync::LockAsync>("lockAsync"),
+                           InstanceMethod<&NativeSync::Unlock>("unlock"),
+                           InstanceMethod<&NativeSync::Holder>("holder"),
+                           InstanceMethod<&NativeSync::Available>("available"),
+                           InstanceMethod<&NativeSync::Push>("push"),
+                           InstanceMethod<&NativeSync::PushAsync>("pushAsync"),
+                           InstanceMethod<&NativeSync::Pop>("pop"),
+                           InstanceMethod<&NativeSync::PopAsync>("popAsync"),
+                           InstanceMethod<&NativeSync::Ack>("ack"),
+                           InstanceMethod<&NativeSync::CloseQueue>("closeQueue"),
+                           InstanceMethod<&NativeSync::QueueStats>("queueStats"),
+                           InstanceAccessor<&NativeSync::Geometry>("geometry"),
+                       });
+  }
+  explicit NativeSync(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSync>(info) {}
+
+  // Opens (or makes) the object; a Status as a negative number when it cannot.
+  mempool::Status Open(const std::shared_ptr<ExternalMemory>& memory, const std::string& kind, const std::string& name,
+                       uint64_t a, uint64_t b) {
+    memory_ = memory;
+    mempool::SharedPool& pool = *memory->shared;
+    if (kind == "mutex") {
+      kind_ = Kind::mutex;
+      return mempool::open_mutex(pool, name, &mutex_);
+    }
+    if (kind == "semaphore") {
+      kind_ = Kind::semaphore;
+      return mempool::open_semaphore(pool, name, static_cast<uint32_t>(a), &semaphore_, &permits_);
+    }
+    kind_ = Kind::queue;
+    return mempool::open_queue(pool, name, a, b, &queue_);
+  }
+
+ private:
+  bool usable() const { return memory_ && memory_->usable(); }
+  void require(const Napi::CallbackInfo& info, Kind k) const {
+    if (kind_ != k) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", "This call does not apply to this object");
+  }
+
+  // ---- mutex and semaphore ----
+
+  // lock(timeoutMs) / acquire -> SyncResult
+  Napi::Value Lock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 0));
+    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_lock(mutex_, w) : Acquire(w, true);
+    return result_number(env, static_cast<int32_t>(r));
+  }
+  SyncResult Acquire(const mempool::Waiter& w, bool wait) {
+    return wait ? mempool::semaphore_acquire(semaphore_, permits_, w) : mempool::semaphore_try_acquire(semaphore_, permits_, w);
+  }
+
+  Napi::Value TryLock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
+    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_try_lock(mutex_, w) : Acquire(w, false);
+    return result_number(env, static_cast<int32_t>(r));
+  }
+
+  struct LockJob : AsyncJob {
+    Kind kind = Kind::mutex;
+    mempool::RobustMutex* mutex = nullptr;
+    mempool::RobustSemaphore* semaphore = nullptr;
+    uint32_t permits = 0;
+    mempool::Waiter w;
+    SyncResult result = SyncResult::timed_out;
+    void run() override {
+      // Acquired for the JavaScript thread (w.tid), which will release it; other tasks of that thread are
+      // waited for, not a deadlock.
+      w.wait_for_self = true;
+      result = kind == Kind::mutex ? mempool::mutex_lock(mutex, w) : mempool::semaphore_acquire(semaphore, permits, w);
+      bool acquired = result == SyncResult::ok || result == SyncResult::owner_died;
+      if (acquired && memory->closing.load()) {
+        // The pool closed while we waited: nobody is left to release it.
+        if (kind == Kind::mutex) mempool::mutex_unlock(mutex, w.tid);
+        else mempool::semaphore_release(semaphore, permits, w.tid);
+        result = SyncResult::cancelled;
+      }
+    }
+    Napi::Value settle(Napi::Env env, bool cancelled) override {
+      return cancelled || result == SyncResult::cancelled ? Napi::Number::New(env, kClosedResult)
+                                                           : result_number(env, static_cast<int32_t>(result));
+    }
+  };
+
+  // lockAsync(timeoutMs) -> Promise<SyncResult>
+  Napi::Value LockAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto job = std::make_unique<LockJob>();
+    if (!usable()) {
+      Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+      d.Resolve(Napi::Number::New(env, kClosedResult));
+      return d.Promise();
+    }
+    job->memory = memory_;
+    job->kind = kind_;
+    job->mutex = mutex_;
+    job->semaphore = semaphore_;
+    job->permits = permits_;
+    job->w = js_waiter(*memory_, arg_deadline(info, 0));
+    return start_async(env, std::move(job));
+  }
+
+  Napi::Value Unlock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    uint32_t tid = mempool::my_tid();
+    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_unlock(mutex_, tid) : mempool::semaphore_release(semaphore_, permits_, tid);
+    return result_number(env, static_cast<int32_t>(r));
+  }
+
+  // holder() -> the tid holding the mutex (0 = free); whether it is this thread is holder() === threadId
+  Napi::Value Holder(const Napi::CallbackInfo& info) {
+    require(info, Kind::mutex);
+    if (!usable()) return Napi::Number::New(info.Env(), kClosedResult);
+    uint32_t h = mempool::mutex_holder(mutex_);
+    Napi::Array out = Napi::Array::New(info.Env(), 2);
+    out.Set(0u, Napi::Number::New(info.Env(), h));
+    out.Set(1u, Napi::Boolean::New(info.Env(), h != 0 && h == mempool::my_tid()));
+    return out;
+  }
+
+  Napi::Value Available(const Napi::CallbackInfo& info) {
+    require(info, Kind::semaphore);
+    if (!usable()) return Napi::Number::New(info.Env(), kClosedResult);
+    return Napi::Number::New(info.Env(), mempool::semaphore_available(semaphore_, permits_));
+  }
+
+  // ---- queue ----
+
+  static const uint8_t* bytes_of(const Napi::CallbackInfo& info, size_t i, size_t* len) {
+    if (!info[i].IsTypedArray()) throw_coded(info.Env(), "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a Uint8Array for message");
+    Napi::TypedArray t = info[i].As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = t.ArrayBuffer();
+    *len = t.ByteLength();
+    return static_cast<const uint8_t*>(ab.Data()) + t.ByteOffset();
+  }
+
+  // push(bytes, timeoutMs, wait) -> QueueResult
+  Napi::Value Push(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    size_t len = 0;
+    const uint8_t* data = bytes_of(info, 0, &len);
+    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 1));
+    return result_number(env, static_cast<int32_t>(queue_.push(data, len, w, info[2].ToBoolean())));
+  }
+
+  struct QueueJob : AsyncJob {
+    mempool::SharedQueue* queue = nullptr;
+    bool pushing = false;
+    std::string bytes;       // the message pushed, or the one popped
+    uint64_t lease = 0;      // pop: the stamp to lease to (0: plain pop)
+    uint64_t position = 0;
+    mempool::Waiter w;
+    QueueResult result = QueueResult::timed_out;
+    void run() override {
+      result = pushing ? queue->push(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), w, true)
+                       : queue->pop(&bytes, lease, &position, w, true);
+    }
+    Napi::Value settle(Napi::Env env, bool cancelled) override {
+      if (cancelled || result == QueueResult::cancelled) {
+        // A message popped as the pool closed is lost with it (at-most-once); a leased one is redelivered.
+        return Napi::Number::New(env, kClosedResult);
+      }
+      if (pushing || result != QueueResult::ok) return result_number(env, static_cast<int32_t>(result));
+      return popped(env, bytes, lease, position);
+    }
+  };
+
+  static Napi::Value popped(Napi::Env env, const std::string& bytes, uint64_t lease, uint64_t position) {
+    Napi::Buffer<char> buf = Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size());
+    if (lease == 0) return buf;
+    Napi::Array out = Napi::Array::New(env, 2);
+    out.Set(0u, buf);
+    out.Set(1u, Napi::Number::New(env, static_cast<double>(position)));
+    return out;
+  }
+
+  // pushAsync(bytes, timeoutMs) -> Promise<QueueResult>: the bytes are copied now
+  Napi::Value PushAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    size_t len = 0;
+    const uint8_t* data = bytes_of(info, 0, &len);
+    return StartQueueJob(info, true, std::string(reinterpret_cast<const char*>(data), len), 0, 1);
+  }
+
+  Napi::Value StartQueueJob(const Napi::CallbackInfo& info, bool pushing, std::string bytes, uint64_t lease, size_t timeout_arg) {
+    Napi::Env env = info.Env();
+    if (!usable()) {
+      Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+      d.Resolve(Napi::Number::New(env, kClosedResult));
+      return d.Promise();
+    }
+    auto job = std::make_unique<QueueJob>();
+    job->memory = memory_;
+    job->queue = &queue_;
+    job->pushing = pushing;
+    job->bytes = std::move(bytes);
+    job->lease = lease;
+    job->w = js_waiter(*memory_, arg_deadline(info, timeout_arg));
+    return start_async(env, std::move(job));
+  }
+
+  // pop(lease, timeoutMs, wait) -> Buffer (lease: [Buffer, position]) or QueueResult
+  Napi::Value Pop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    uint64_t lease = info[0].ToBoolean() ? mempool::sync_stamp() : 0;
+    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 1));
+    thread_local std::string bytes;  // reused: no allocation per message
+    uint64_t position = 0;
+    QueueResult r = queue_.pop(&bytes, lease, &position, w, info[2].ToBoolean());
+    if (r != QueueResult::ok) return result_number(env, static_cast<int32_t>(r));
+    return popped(env, bytes, lease, position);
+  }
+
+  // popAsync(lease, timeoutMs) -> Promise<as pop>
+  Napi::Value PopAsync(const Napi::CallbackInfo& info) {
+    require(info, Kind::queue);
+    return StartQueueJob(info, false, std::string(), info[0].ToBoolean() ? mempool::sync_stamp() : 0, 1);
+  }
+
+  // ack(position) -> QueueResult: the leased message is done (only by the thread it was leased to)
+  Napi::Value Ack(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    uint64_t position = arg_uint(info, 0, "position", kMaxSafe);
+    mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
+    return result_number(env, static_cast<int32_t>(queue_.ack(position, mempool::sync_stamp(), w)));
+  }
+
+  Napi::Value CloseQueue(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
+    return result_number(env, static_cast<int32_t>(queue_.close(w)));
+  }
+
+  // queueStats() -> Float64Array [count, leased, usedBytes, pushed, popped, redelivered, recoveries, closed] or QueueResult
+  Napi::Value QueueStats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    mempool::QueueStats st;
+    mempool::Waiter w = js_waiter(*memory_, mempool::deadline_after_ms(5000));
+    QueueResult r = queue_.stats(&st, w);
+    if (r != QueueResult::ok) return result_number(env, static_cast<int32_t>(r));
+    const double fields[] = {double(st.count), double(st.leased), double(st.used_bytes), double(st.pushed),
+                             double(st.popped), double(st.redelivered), double(st.recoveries), st.closed ? 1.0 : 0.0};
+    Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
+    for (size_t i = 0; i < std::size(fields); ++i) out[i] = fields[i];
+    return out;
+  }
+
+  // geometry -> [permits] for a semaphore, [maxBytes, maxMessages, maxMessageBytes] for a queue
+  Napi::Value Geometry(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Array out = Napi::Array::New(env);
+    if (kind_ == Kind::semaphore) out.Set(0u, Napi::Number::New(env, permits_));
+    if (kind_ == Kind::queue) {
+      out.Set(0u, Napi::Number::New(env, static_cast<double>(queue_.ring_bytes())));
+      out.Set(1u, Napi::Number::New(env, static_cast<double>(queue_.max_messages())));
+      out.Set(2u, Napi::Number::New(env, static_cast<double>(queue_.max_message())));
+    }
+    return out;
+  }
+
+  std::shared_ptr<ExternalMemory> memory_;
+  Kind kind_ = Kind::mutex;
+  mempool::RobustMutex* mutex_ = nullptr;
+  mempool::RobustSemaphore* semaphore_ = nullptr;
+  uint32_t permits_ = 0;
+  mempool::SharedQueue queue_;
+};
+
+}  // namespace
+
+Napi::Function define_native_sync(Napi::Env env) {
+  Napi::Function ctor = NativeSync::Define(env);
+  data_of(env)->native_sync = Napi::Persistent(ctor);
+  return ctor;
+}
+
+Napi::Value make_native_sync(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory, const std::string& kind,
+                             const std::string& name, uint64_t a, uint64_t b) {
+  Napi::Object obj = data_of(env)->native_sync.New({});
+  mempool::Status s = NativeSync::Unwrap(obj)->Open(memory, kind, name, a, b);
+  if (s != mempool::Status::ok) return status_number(env, s);
+  return obj;
+}
+
+// wait(offset, expected, timeoutMs) -> SyncResult; waitAsync(...) -> Promise<SyncResult>
+Napi::Value region_wait(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory, bool async) {
+  Napi::Env env = info.Env();
+  uint32_t* word = region_word(info, *memory);
+  uint32_t expected = static_cast<uint32_t>(static_cast<int32_t>(info[1].As<Napi::Number>().Int32Value()));
+  uint64_t deadline = arg_deadline(info, 2);
+  if (!async) {
+    // No cancel flag: nothing can close this pool while its own thread is blocked here.
+    return result_number(env, static_cast<int32_t>(mempool::futex_wait(word, expected, deadline, nullptr)));
+  }
+  auto job = std::make_unique<WaitJob>();
+  job->memory = memory;
+  job->word = word;
+  job->expected = expected;
+  job->deadline = deadline;
+  return start_async(env, std::move(job));
+}
+
+// notify(offset, count) -> how many waiters were woken
+Napi::Value region_notify(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory) {
+  uint32_t* word = region_word(info, *memory);
+  uint64_t count = info[1].IsNumber() ? arg_uint(info, 1, "count", kMaxSafe) : UINT32_MAX;
+  uint32_t woken = mempool::futex_wake(word, count > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(count));
+  return Napi::Number::New(info.Env(), woken);
+}
+
+}  // namespace mempool_addon
