@@ -246,7 +246,6 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
 
   // pushAsync(bytes, timeoutMs) -> Promise<QueueResult>: the bytes are copied now
   Napi::Value PushAsync(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
     require(info, Kind::queue);
     size_t len = 0;
     const uint8_t* data = bytes_of(info, 0, &len);

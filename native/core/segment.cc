@@ -208,7 +208,7 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   h->creator_pid = static_cast<uint64_t>(getpid());
   h->pid_namespace = current_pid_namespace();
   h->created_unix_ms = now_unix_ms();
-  h->lock = 0;
+  h->lock = RobustMutex{0, 0, 0};
   h->slab_size = gen_shift == 8 ? choose_slab_size(size - heap_offset) : 0;
   std::unique_ptr<Segment> seg(new Segment(name, base, size, heap_offset, capacity, options.algorithm,
                                            options.lock_timeout_ms, gen_shift, gen_offset));

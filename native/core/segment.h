@@ -30,6 +30,7 @@
 
 #include "heap.h"
 #include "process.h"
+#include "sync.h"
 
 namespace mempool {
 
@@ -104,14 +105,15 @@ struct SegmentHeader {
                                 //     of an attachment whose process died are freed when it is retired
   uint32_t reclaimed_blocks;    // 244 blocks freed that way, ever (saturating)
   uint64_t reclaimed_bytes;     // 248 their usable bytes
-  // 256: the lock. 0 = free; otherwise the holder's thread id, with kLockWaiters set when someone
+  // 256: the lock, a RobustMutex (sync.h): u32 word at 256, u64 holder stamp at 264. word 0 = free; otherwise
+  // the holder's thread id, with kLockWaiters set when someone
   // sleeps on it (FUTEX_WAIT, shared). Not a pthread mutex: glibc's robust mutexes keep list pointers
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
   // another write anywhere in its own memory. This word is only ever compared and swapped.
-  uint32_t lock;
-  uint32_t lock_reserved[15];
+  RobustMutex lock;
+  uint32_t lock_reserved[12];
 };
-constexpr uint32_t kLockWaiters = 0x80000000u;
+constexpr uint32_t kLockWaiters = kSyncWaiters;
 
 // The processes attached to a segment, kept in its header page so every process (and the CLI) sees
 // them. start_ticks (from /proc/<pid>/stat) tells a live process from a later one with the same pid.

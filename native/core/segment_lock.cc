@@ -5,34 +5,10 @@
 
 #include "process.h"
 #include "shared_cache.h"
+#include "sync.h"
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
 namespace mempool {
-namespace {
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-long futex(uint32_t* word, int op, uint32_t value, const struct timespec* timeout) {
-  return syscall(SYS_futex, word, op, value, timeout, nullptr, 0);
-}
-
-uint64_t monotonic_ns() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-}  // namespace
 
 namespace {
 Status (*g_repair_hook)(Segment&) = nullptr;
@@ -46,46 +22,27 @@ Status Segment::lock_within(uint32_t ms, bool* recovered) {
   return s;
 }
 
+// The lock is a RobustMutex (sync.h): its waiting, its judging of holders (tid and start ticks) and its
+// take-over are the same as a user's SharedMutex; what is particular here is the repair after a take-over.
 Status Segment::lock(bool* recovered) {
   *recovered = false;
-  uint32_t* word = &header()->lock;
-  uint32_t tid = my_tid();
-  uint32_t expected = 0;
-  if (__atomic_compare_exchange_n(word, &expected, tid, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return Status::ok;
-  // Contended: spin briefly (critical sections are short), then sleep in slices, checking between
-  // them that the holder still exists.
-  uint64_t deadline = monotonic_ns() + uint64_t(lock_timeout_ms_) * 1000000ULL;
-  uint32_t seen_holder = 0;  // the holder the liveness clock below is running for
-  uint64_t seen_since = 0;
-  for (uint32_t spins = 0;; ++spins) {
-    uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
-    if (v == 0) {
-      // Taken with the waiters bit: others may be asleep, and the unlock must wake them.
-      expected = 0;
-      if (__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) break;
-      continue;
-    }
-    if (spins < 100) {
-      cpu_relax();
-      continue;
-    }
-    uint32_t holder = v & ~kLockWaiters;
-    // Thread ids mean something only in the creator's PID namespace (containers sharing /dev/shm
-    // have their own): elsewhere a holder is never judged, and waiting ends with the timeout.
-    bool judge = same_pid_namespace();
-    if (judge && holder == tid) return Status::corrupted;  // this thread cannot hold it: the word was written
-    uint64_t now = monotonic_ns();
-    if (holder != seen_holder) {
-      seen_holder = holder;
-      seen_since = now;
-    }
-    // Is the holder still there? Asked once it has held the lock for a millisecond (reading /proc
-    // costs microseconds; live holders release far sooner), and again after every sleep.
-    if (judge && now - seen_since >= 1000000ULL && !thread_alive(holder)) {
-      // The holder died inside an operation: take the lock over, repair what it may have left
-      // half-done, then go on.
-      expected = v;
-      if (!__atomic_compare_exchange_n(word, &expected, tid | kLockWaiters, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) continue;
+  RobustMutex* m = &header()->lock;
+  Waiter w;
+  w.tid = my_tid();
+  w.stamp = sync_stamp();
+  w.judge = false;  // the uncontended case: one compare-and-swap, no clock, no /proc
+  if (mutex_try_lock(m, w) == SyncResult::ok) return Status::ok;
+  // Contended: spin briefly (critical sections are short), then sleep in slices of 1 ms, asking /proc about
+  // a holder that has held it for a millisecond. Thread ids mean something only in the creator's PID
+  // namespace (containers sharing /dev/shm have their own): elsewhere a holder is never judged, and waiting
+  // ends with the timeout.
+  w.judge = same_pid_namespace();
+  w.deadline = monotonic_now_ns() + uint64_t(lock_timeout_ms_) * 1000000ULL;
+  w.max_sleep_ms = 1;
+  switch (mutex_lock(m, w)) {
+    case SyncResult::ok: return Status::ok;
+    case SyncResult::owner_died: {
+      // The holder died inside an operation: repair what it may have left half done, then go on.
       Status s = repair();
       header()->recoveries += 1;
       if (s != Status::ok) {
@@ -95,31 +52,14 @@ Status Segment::lock(bool* recovered) {
       *recovered = true;
       return Status::ok;
     }
-    if (now >= deadline) return Status::lock_timeout;
-    if (!(v & kLockWaiters)) {
-      expected = v;
-      if (!__atomic_compare_exchange_n(word, &expected, v | kLockWaiters, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) continue;
-    }
-    uint64_t slice = deadline - now < 1000000ULL ? deadline - now : 1000000ULL;  // at most 1 ms asleep
-    struct timespec ts = {0, static_cast<long>(slice)};
-    futex(word, FUTEX_WAIT, v | kLockWaiters, &ts);
+    case SyncResult::timed_out: return Status::lock_timeout;
+    default: return Status::corrupted;  // the word names this thread, which cannot hold it: it was written
   }
-  return Status::ok;
 }
 
-void Segment::unlock() {
-  uint32_t* word = &header()->lock;
-  uint32_t tid = my_tid();
-  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
-  // Release only a lock this thread holds: one taken over from us (judged dead by mistake) or a word
-  // a scribbler changed stays as it is.
-  while ((v & ~kLockWaiters) == tid) {
-    if (__atomic_compare_exchange_n(word, &v, 0u, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
-      if (v & kLockWaiters) futex(word, FUTEX_WAKE, 1, nullptr);
-      return;
-    }
-  }
-}
+// Releases only a lock this thread holds: one taken over from us (judged dead by mistake) or a word a
+// scribbler changed stays as it is.
+void Segment::unlock() { mutex_unlock(&header()->lock, my_tid()); }
 
 Status Segment::repair() {
   Status s = heap_->rebuild();
