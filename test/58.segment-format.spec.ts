@@ -21,11 +21,34 @@ function pythonRead(name: string, keys: string[]): Record<string, string | null>
 }
 
 describe('segment format: a reader written from docs/segment-format.md', () => {
-  it('the fixture is the document\'s code block, verbatim', () => {
+  it('the fixture holds the document\'s code blocks, verbatim', () => {
     const doc = readFileSync(join(root, 'docs', 'segment-format.md'), 'utf8');
-    const start = doc.indexOf('```python\n') + '```python\n'.length;
-    const block = doc.slice(start, doc.indexOf('```', start));
-    expect(readFileSync(reader, 'utf8')).to.contain(block);
+    const blocks = doc.split('```python\n').slice(1).map((rest) => rest.slice(0, rest.indexOf('```')));
+    expect(blocks.length).to.equal(2);
+    for (const block of blocks) expect(readFileSync(reader, 'utf8')).to.contain(block);
+  });
+
+  it('reads the messages of a queue, oldest first, across wrap-around, leased ones included', () => {
+    const name = uniqueName('format-queue');
+    const pool = SharedPool.create(name, { size: 1 << 20 });
+    try {
+      const q = pool.queue('jobs', { maxBytes: 512, maxMessages: 100 });
+      const sent: string[] = [];
+      for (let i = 0; i < 40; i++) {
+        const m = randomBytes(1 + ((i * 53) % 90));
+        while (!q.tryPush(m)) sent.shift(), q.pop(); // the ring wraps around many times
+        sent.push(m.toString('hex'));
+      }
+      const leased = q.receive()!; // received and not acked: still in the queue
+      const peek = () => JSON.parse(execFileSync('python3', [reader, name, '--queue', 'jobs'], { encoding: 'utf8' }));
+      expect(peek()).to.deep.equal(sent);
+      leased.ack();
+      expect(peek()).to.deep.equal(sent.slice(1));
+      expect(JSON.parse(execFileSync('python3', [reader, name, '--queue', 'absent'], { encoding: 'utf8' }))).to.equal(null);
+    } finally {
+      pool.close();
+      SharedPool.unlink(name);
+    }
   });
 
   for (const algorithm of ['tlsf', 'buddy', 'bitmap'] as const) {
