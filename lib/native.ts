@@ -107,21 +107,29 @@ export const enum QueueResult {
   Cancelled = 6,
   Corrupted = 7,
   NotLeased = 8,
+  TooSmall = 9,
   PoolClosed = -100,
+  BadArgument = -101,
 }
 
 /** A named mutex, semaphore or queue in a segment (native/addon/sync_glue.cc). Timeouts: ms, or -1 for none. */
 export interface NativeSync {
-  lock(timeoutMs: number): number;
-  tryLock(): number;
+  /**
+   * The hot calls' arguments and results (sync_glue.cc FastLock and the like): set the arguments, call, read
+   * mailbox[0]. Mutex and semaphore: fastLock ([0] timeoutMs), fastTryLock, fastUnlock. Queue: fastPush(bytes)
+   * ([0] timeoutMs, [1] wait), fastPop(scratch) ([0] timeoutMs, [1] wait, [2] lease -> [1] length, [2] position).
+   */
+  readonly mailbox: Float64Array;
+  fastLock(): void;
+  fastTryLock(): void;
+  fastUnlock(): void;
+  fastPush(message: Uint8Array): void;
+  fastPop(scratch: Uint8Array): void;
   lockAsync(timeoutMs: number): Promise<number>;
-  unlock(): number;
   /** [holder tid (0: free), held by this thread] */
   holder(): [number, boolean] | number;
   available(): number;
-  push(message: Uint8Array, timeoutMs: number, wait: boolean): number;
   pushAsync(message: Uint8Array, timeoutMs: number): Promise<number>;
-  pop(lease: boolean, timeoutMs: number, wait: boolean): Buffer | [Buffer, number] | number;
   popAsync(lease: boolean, timeoutMs: number): Promise<Buffer | [Buffer, number] | number>;
   ack(position: number): number;
   closeQueue(): number;

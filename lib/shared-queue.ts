@@ -55,6 +55,8 @@ export class SharedQueue implements AsyncIterable<Buffer> {
   /** The largest message that fits (maxBytes - 16). */
   readonly maxMessageBytes: number;
   private readonly native: NativeSync;
+  /** Where fastPop copies a message (grown when one does not fit); the result is copied out of it. */
+  private scratch: Buffer = Buffer.allocUnsafeSlow(4096);
 
   /** @internal */
   constructor(native: NativeSync, name: string) {
@@ -73,13 +75,13 @@ export class SharedQueue implements AsyncIterable<Buffer> {
    */
   push(message: Uint8Array | string, timeoutMs?: number): void {
     const bytes = toBytes(message);
-    this.pushed(this.native.push(bytes, checkTimeoutMs(timeoutMs), true), bytes.length);
+    this.pushed(this.fastPush(bytes, checkTimeoutMs(timeoutMs), true), bytes.length);
   }
 
   /** Appends a message if there is room now: false when the queue is full. Throws as push() does otherwise. */
   tryPush(message: Uint8Array | string): boolean {
     const bytes = toBytes(message);
-    const r = this.native.push(bytes, -1, false);
+    const r = this.fastPush(bytes, -1, false);
     if (r === QueueResult.Full) return false;
     this.pushed(r, bytes.length);
     return true;
@@ -89,9 +91,41 @@ export class SharedQueue implements AsyncIterable<Buffer> {
   async pushAsync(message: Uint8Array | string, timeoutMs?: number): Promise<void> {
     const bytes = toBytes(message);
     const t = checkTimeoutMs(timeoutMs);
-    let r = this.native.push(bytes, -1, false);  // room now: no thread needed
+    let r = this.fastPush(bytes, -1, false);  // room now: no thread needed
     if (r === QueueResult.Full) r = await this.native.pushAsync(bytes, t);
     this.pushed(r, bytes.length);
+  }
+
+  // The fast calls (native.ts NativeSync.mailbox).
+  private fastPush(bytes: Uint8Array, timeoutMs: number, wait: boolean): number {
+    const m = this.native.mailbox;
+    m[0] = timeoutMs;
+    m[1] = wait ? 1 : 0;
+    this.native.fastPush(bytes);
+    return m[0];
+  }
+
+  // A message copied out of the scratch buffer (a pooled Buffer.allocUnsafe for small ones), [message,
+  // position] when leased, or the QueueResult.
+  private fastPop(lease: boolean, timeoutMs: number, wait: boolean): Buffer | [Buffer, number] | number {
+    const m = this.native.mailbox;
+    for (;;) {
+      m[0] = timeoutMs;
+      m[1] = wait ? 1 : 0;
+      m[2] = lease ? 1 : 0;
+      this.native.fastPop(this.scratch);
+      const r = m[0];
+      if (r === QueueResult.TooSmall) {
+        // Nothing was taken: grow and ask again (the time waited so far is not counted twice: a message is there).
+        this.scratch = Buffer.allocUnsafeSlow(Math.max(m[1], this.scratch.length * 2));
+        continue;
+      }
+      if (r !== QueueResult.Ok) return r;
+      const length = m[1];
+      const out = Buffer.allocUnsafe(length);
+      this.scratch.copy(out, 0, 0, length);
+      return lease ? [out, m[2]] : out;
+    }
   }
 
   private pushed(r: number, length: number): void {
@@ -110,29 +144,29 @@ export class SharedQueue implements AsyncIterable<Buffer> {
    * ran out, or when the queue is closed and empty (`stats().closed` tells which).
    */
   pop(timeoutMs?: number): Buffer | undefined {
-    return this.popped(this.native.pop(false, checkTimeoutMs(timeoutMs), true), 'pop') as Buffer | undefined;
+    return this.popped(this.fastPop(false, checkTimeoutMs(timeoutMs), true), 'pop') as Buffer | undefined;
   }
 
   /** The oldest message if there is one now, else undefined. */
   tryPop(): Buffer | undefined {
-    return this.popped(this.native.pop(false, -1, false), 'tryPop') as Buffer | undefined;
+    return this.popped(this.fastPop(false, -1, false), 'tryPop') as Buffer | undefined;
   }
 
   /** As pop(), without blocking the event loop. */
   async popAsync(timeoutMs?: number): Promise<Buffer | undefined> {
-    const now = this.native.pop(false, -1, false);
+    const now = this.fastPop(false, -1, false);
     if (now !== QueueResult.Empty) return this.popped(now, 'popAsync') as Buffer | undefined;
     return this.popped(await this.native.popAsync(false, checkTimeoutMs(timeoutMs)), 'popAsync') as Buffer | undefined;
   }
 
   /** As pop(), but the message is leased to this thread until its ack(): see ReceivedMessage. */
   receive(timeoutMs?: number): ReceivedMessage | undefined {
-    return this.received(this.native.pop(true, checkTimeoutMs(timeoutMs), true), 'receive');
+    return this.received(this.fastPop(true, checkTimeoutMs(timeoutMs), true), 'receive');
   }
 
   /** As receive(), without blocking the event loop. */
   async receiveAsync(timeoutMs?: number): Promise<ReceivedMessage | undefined> {
-    const now = this.native.pop(true, -1, false);
+    const now = this.fastPop(true, -1, false);
     if (now !== QueueResult.Empty) return this.received(now, 'receiveAsync');
     return this.received(await this.native.popAsync(true, checkTimeoutMs(timeoutMs)), 'receiveAsync');
   }

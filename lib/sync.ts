@@ -54,15 +54,31 @@ export function syncError(r: number, what: string): Error {
   }
 }
 
-function acquired(r: number, what: string): Acquired {
-  if (r === SyncResult.Ok) return 'ok';
-  if (r === SyncResult.OwnerDied) return 'owner-died';
-  throw syncError(r, what);
+// The fast calls (native.ts NativeSync.mailbox): one argument in, the result out.
+function fastLock(native: NativeSync, timeoutMs: number): number {
+  native.mailbox[0] = timeoutMs;
+  native.fastLock();
+  return native.mailbox[0];
+}
+function fastTryLock(native: NativeSync): number {
+  native.fastTryLock();
+  return native.mailbox[0];
+}
+function fastUnlock(native: NativeSync): number {
+  native.fastUnlock();
+  return native.mailbox[0];
 }
 
-function tried(r: number, what: string): Acquired | false {
+// An op and an object ("lock", "mutex 'm'"): the message is made only when it is needed.
+function acquired(r: number, op: string, object: string): Acquired {
+  if (r === SyncResult.Ok) return 'ok';
+  if (r === SyncResult.OwnerDied) return 'owner-died';
+  throw syncError(r, `${op} of ${object}`);
+}
+
+function tried(r: number, op: string, object: string): Acquired | false {
   if (r === SyncResult.Busy) return false;
-  return acquired(r, what);
+  return acquired(r, op, object);
 }
 
 /**
@@ -75,10 +91,12 @@ export class SharedMutex {
   /** The name given to pool.mutex(). */
   readonly name: string;
   private readonly native: NativeSync;
+  private readonly label: string;
   /** @internal */
   constructor(native: NativeSync, name: string) {
     this.native = native;
     this.name = name;
+    this.label = `mutex '${name}'`;
   }
 
   /**
@@ -87,23 +105,23 @@ export class SharedMutex {
    * this thread holds it already, ERR_POOL_CLOSED.
    */
   lock(timeoutMs?: number): Acquired {
-    return acquired(this.native.lock(checkTimeoutMs(timeoutMs)), `lock of mutex '${this.name}'`);
+    return acquired(fastLock(this.native, checkTimeoutMs(timeoutMs)), 'lock', this.label);
   }
 
   /** Locks without waiting: 'ok' or 'owner-died' when it did, false when someone else holds it. */
   tryLock(): Acquired | false {
-    return tried(this.native.tryLock(), `tryLock of mutex '${this.name}'`);
+    return tried(fastTryLock(this.native), 'tryLock', this.label);
   }
 
   /** As lock(), without blocking the event loop (a waiter thread waits). Other tasks of this thread are waited for. */
   async lockAsync(timeoutMs?: number): Promise<Acquired> {
-    return acquired(await this.native.lockAsync(checkTimeoutMs(timeoutMs)), `lockAsync of mutex '${this.name}'`);
+    return acquired(await this.native.lockAsync(checkTimeoutMs(timeoutMs)), 'lockAsync', this.label);
   }
 
   /** Releases it. Throws ERR_SYNC_NOT_OWNER when this thread does not hold it (nothing changes). */
   unlock(): void {
-    const r = this.native.unlock();
-    if (r !== SyncResult.Ok) throw syncError(r, `unlock of mutex '${this.name}'`);
+    const r = fastUnlock(this.native);
+    if (r !== SyncResult.Ok) throw syncError(r, `unlock of ${this.label}`);
   }
 
   /** Runs fn while holding the mutex (fn is told whether the previous holder died); unlocks however fn ends. */
@@ -147,32 +165,34 @@ export class SharedSemaphore {
   /** How many permits it has (fixed when it was made). */
   readonly permits: number;
   private readonly native: NativeSync;
+  private readonly label: string;
   /** @internal */
   constructor(native: NativeSync, name: string) {
     this.native = native;
     this.name = name;
+    this.label = `semaphore '${name}'`;
     this.permits = native.geometry[0];
   }
 
   /** Blocks until this thread holds a permit. 'ok' or 'owner-died'; ERR_SYNC_TIMEOUT, ERR_POOL_CLOSED. */
   acquire(timeoutMs?: number): Acquired {
-    return acquired(this.native.lock(checkTimeoutMs(timeoutMs)), `acquire of semaphore '${this.name}'`);
+    return acquired(fastLock(this.native, checkTimeoutMs(timeoutMs)), 'acquire', this.label);
   }
 
   /** A permit without waiting: 'ok' or 'owner-died', or false when none is free. */
   tryAcquire(): Acquired | false {
-    return tried(this.native.tryLock(), `tryAcquire of semaphore '${this.name}'`);
+    return tried(fastTryLock(this.native), 'tryAcquire', this.label);
   }
 
   /** As acquire(), without blocking the event loop. */
   async acquireAsync(timeoutMs?: number): Promise<Acquired> {
-    return acquired(await this.native.lockAsync(checkTimeoutMs(timeoutMs)), `acquireAsync of semaphore '${this.name}'`);
+    return acquired(await this.native.lockAsync(checkTimeoutMs(timeoutMs)), 'acquireAsync', this.label);
   }
 
   /** Returns one permit this thread holds. Throws ERR_SYNC_NOT_OWNER when it holds none (nothing changes). */
   release(): void {
-    const r = this.native.unlock();
-    if (r !== SyncResult.Ok) throw syncError(r, `release of semaphore '${this.name}'`);
+    const r = fastUnlock(this.native);
+    if (r !== SyncResult.Ok) throw syncError(r, `release of ${this.label}`);
   }
 
   /** Free permits now (a snapshot). */

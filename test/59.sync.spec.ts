@@ -371,6 +371,35 @@ describe('Coordination across processes (wait/notify, SharedMutex, SharedSemapho
       expectCode(() => q.tryPop(), 'ERR_POOL_CLOSED');
     });
 
+    it('pop, receive and popAsync return messages of every size whole, each in a Buffer of its own', async () => {
+      const pool = newPool('queue-sizes', 16 * MiB);
+      const q = pool.queue('q', { maxBytes: 4 * MiB });
+      const sizes = [0, 1, 255, 4095, 4096, 4097, 70000, 1 << 20, 3, 2 * MiB];
+      const message = (n: number, seed: number) => {
+        const b = Buffer.alloc(n);
+        for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+        return b;
+      };
+      for (const [how, take] of [
+        ['pop', () => q.pop(0)],
+        ['receive', () => { const r = q.receive(0); r?.ack(); return r?.data; }],
+        ['popAsync', () => q.popAsync(0)],
+      ] as const) {
+        const got: Buffer[] = [];
+        for (const [i, n] of sizes.entries()) {
+          q.push(message(n, i));
+          const m = await take();
+          expect(m, `${how} of ${n} bytes`).to.be.instanceOf(Buffer);
+          expect(m!.equals(message(n, i)), `${how} of ${n} bytes`).to.equal(true);
+          got.push(m!);
+        }
+        // Each result is its own copy: a later pop does not change an earlier message.
+        for (const [i, n] of sizes.entries()) expect(got[i].equals(message(n, i)), `${how} kept ${n} bytes`).to.equal(true);
+      }
+      expect(q.stats()).to.include({ messages: 0, leased: 0 });
+      pool.close();
+    });
+
     it('survives producers and consumers killed with -9 mid-stream: every message left is whole', async () => {
       const pool = newPool('queue-kill', 16 * MiB);
       const q = pool.queue('q', { maxBytes: 8192, maxMessages: 32 });

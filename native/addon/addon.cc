@@ -157,23 +157,22 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     // calls), no result object. The mailbox lives in the link, not in V8's heap: the pool's JavaScript
     // object (and any array V8 owned) can be collected before ~NativePool runs, and a fast function kept
     // past it must still find valid memory. The ArrayBuffer over it holds a reference to the link too.
-    link_ = new FastLink{this, 2, {0, 0, 0, 0}};
+    link_ = new FastLink<NativePool>();
+    link_->self = this;
     mailbox_ = link_->mailbox;
-    Napi::ArrayBuffer mailbox_memory = Napi::ArrayBuffer::New(
-        env, link_->mailbox, sizeof link_->mailbox, [](Napi::Env, void*, FastLink* link) { FastLink::release(link); }, link_);
-    Napi::Float64Array mailbox = Napi::Float64Array::New(env, 4, mailbox_memory, 0);
+    Napi::Float64Array mailbox = link_->mailbox_array(env);
     Napi::Object self = info.This().As<Napi::Object>();
     self.DefineProperties({
         Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),  // read-only: the C++ side keeps its address
-        Napi::PropertyDescriptor::Value("fastAlloc", MakeFast(env, "fastAlloc", FastAlloc), napi_default),
-        Napi::PropertyDescriptor::Value("fastFree", MakeFast(env, "fastFree", FastFree), napi_default),
+        Napi::PropertyDescriptor::Value("fastAlloc", link_->function(env, "fastAlloc", FastAlloc), napi_default),
+        Napi::PropertyDescriptor::Value("fastFree", link_->function(env, "fastFree", FastFree), napi_default),
     });
   }
 
   ~NativePool() override {
     if (link_ != nullptr) {
-      link_->pool = nullptr;  // a fast function kept after this pool finds no pool
-      FastLink::release(link_);
+      link_->self = nullptr;  // a fast function kept after this pool finds no pool
+      FastLink<NativePool>::release(link_);
     }
   }
 
@@ -305,38 +304,10 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
  private:
   bool closed() const { return heap_ptr_ == nullptr; }
 
-  // What a fast function reaches its pool and its mailbox through. The pool, its fast functions and the
-  // mailbox's ArrayBuffer are collected in any order: each holds a reference, the last one out deletes the
-  // link, and the pool clears `pool` when it goes, so a function kept after its pool finds no pool instead
-  // of freed memory. Finalizers run on the thread of the pool's environment, so the count needs no atomics.
-  struct FastLink {
-    NativePool* pool;
-    int refs;
-    double mailbox[4];  // the fast path's arguments and results
-    static void release(FastLink* link) {
-      if (--link->refs == 0) delete link;
-    }
-  };
-
-  Napi::Function MakeFast(Napi::Env env, const char* name, napi_callback cb) {
-    napi_value fn;
-    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, link_, &fn) != napi_ok) {
-      throw Napi::Error::New(env, "cannot create the fast path");
-    }
-    link_->refs += 1;
-    if (napi_add_finalizer(env, fn, link_, [](napi_env, void* data, void*) { FastLink::release(static_cast<FastLink*>(data)); },
-                           nullptr, nullptr) != napi_ok) {
-      link_->refs -= 1;  // never released by the function: the link outlives it, a few bytes
-      throw Napi::Error::New(env, "cannot create the fast path");
-    }
-    return Napi::Function(env, fn);
-  }
-
-  // The pool a fast function is bound to, or null once that pool was collected.
+  // The pool a fast function is bound to (glue.h FastLink), or null once that pool was collected.
   static NativePool* FastSelf(napi_env env, napi_callback_info info) {
-    void* data = nullptr;
-    if (napi_get_cb_info(env, info, nullptr, nullptr, nullptr, &data) != napi_ok || data == nullptr) return nullptr;
-    return static_cast<FastLink*>(data)->pool;
+    FastLink<NativePool>* link = FastLink<NativePool>::of(env, info);
+    return link == nullptr ? nullptr : link->self;
   }
 
   // mailbox[0] = size (an integer 1..2^53 checked by lib/) -> mailbox[0] = offset or -status.
@@ -775,7 +746,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   uint64_t bias_ = 0;                // where the heap starts in the region
   Algorithm algorithm_ = Algorithm::tlsf;
   double* mailbox_ = nullptr;        // link_->mailbox
-  FastLink* link_ = nullptr;         // shared with the fast functions (see FastLink)
+  FastLink<NativePool>* link_ = nullptr;  // shared with the fast functions (glue.h)
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 };
 

@@ -85,6 +85,53 @@ inline Napi::Number status_number(Napi::Env env, mempool::Status s) {
   return Napi::Number::New(env, -static_cast<double>(s));
 }
 
+// A native object's fast path: functions bound to it that take their arguments from a mailbox of doubles
+// (and at most a buffer), so a call costs about one native no-op: no unwrap (napi_unwrap alone costs more
+// than two no-op calls), no argument conversion, no result object. The object, its fast functions and the
+// mailbox's ArrayBuffer are collected in any order: each holds a reference, the last one out deletes the
+// link, and the object clears `self` when it goes, so a function kept after its object finds no object
+// instead of freed memory. Finalizers run on the thread of the object's environment: no atomics needed.
+template <class T>
+struct FastLink {
+  T* self = nullptr;
+  int refs = 1;        // the object's own
+  double mailbox[4] = {0, 0, 0, 0};  // arguments and results
+
+  static void release(FastLink* link) {
+    if (--link->refs == 0) delete link;
+  }
+
+  // The mailbox as a Float64Array for JavaScript (it holds a reference to the link).
+  Napi::Float64Array mailbox_array(Napi::Env env) {
+    refs += 1;
+    Napi::ArrayBuffer memory = Napi::ArrayBuffer::New(
+        env, mailbox, sizeof mailbox, [](Napi::Env, void*, FastLink* link) { release(link); }, this);
+    return Napi::Float64Array::New(env, 4, memory, 0);
+  }
+
+  // A function bound to this link (it holds a reference to the link).
+  Napi::Function function(Napi::Env env, const char* name, napi_callback cb) {
+    napi_value fn;
+    if (napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, this, &fn) != napi_ok) {
+      throw Napi::Error::New(env, "cannot create the fast path");
+    }
+    refs += 1;
+    if (napi_add_finalizer(env, fn, this, [](napi_env, void* data, void*) { release(static_cast<FastLink*>(data)); },
+                           nullptr, nullptr) != napi_ok) {
+      refs -= 1;  // never released by the function: the link outlives it, a few bytes
+      throw Napi::Error::New(env, "cannot create the fast path");
+    }
+    return Napi::Function(env, fn);
+  }
+
+  // The link a fast function was called through (argv: up to *argc arguments), or null.
+  static FastLink* of(napi_env env, napi_callback_info info, size_t* argc = nullptr, napi_value* argv = nullptr) {
+    void* data = nullptr;
+    if (napi_get_cb_info(env, info, argc, argv, nullptr, &data) != napi_ok) return nullptr;
+    return static_cast<FastLink*>(data);
+  }
+};
+
 // The named objects (sync_glue.cc): NativeSync.define(env) once; make() for pool.openMutex and the like.
 Napi::Function define_native_sync(Napi::Env env);
 Napi::Value make_native_sync(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory, const std::string& kind,

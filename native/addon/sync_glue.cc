@@ -19,6 +19,7 @@ using mempool::QueueResult;
 using mempool::SyncResult;
 
 constexpr double kClosedResult = -100;
+constexpr double kBadArgument = -101;  // a fast call given something other than a Uint8Array (lib/ never does)
 
 Napi::Number result_number(Napi::Env env, int32_t r) { return Napi::Number::New(env, r); }
 
@@ -60,15 +61,10 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "NativeSync",
                        {
-                           InstanceMethod<&NativeSync::Lock>("lock"),
-                           InstanceMethod<&NativeSync::TryLock>("tryLock"),
                            InstanceMethod<&NativeSync::LockAsync>("lockAsync"),
-                           InstanceMethod<&NativeSync::Unlock>("unlock"),
                            InstanceMethod<&NativeSync::Holder>("holder"),
                            InstanceMethod<&NativeSync::Available>("available"),
-                           InstanceMethod<&NativeSync::Push>("push"),
                            InstanceMethod<&NativeSync::PushAsync>("pushAsync"),
-                           InstanceMethod<&NativeSync::Pop>("pop"),
                            InstanceMethod<&NativeSync::PopAsync>("popAsync"),
                            InstanceMethod<&NativeSync::Ack>("ack"),
                            InstanceMethod<&NativeSync::CloseQueue>("closeQueue"),
@@ -77,6 +73,33 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
                        });
   }
   explicit NativeSync(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSync>(info) {}
+  ~NativeSync() override {
+    if (link_ != nullptr) {
+      link_->self = nullptr;  // a fast function kept after this object finds no object
+      FastLink<NativeSync>::release(link_);
+    }
+  }
+
+  // The hot calls as fast functions (glue.h FastLink): mailbox in, mailbox out.
+  void DefineFast(Napi::Env env, Napi::Object self) {
+    link_ = new FastLink<NativeSync>();
+    link_->self = this;
+    Napi::Float64Array mailbox = link_->mailbox_array(env);
+    if (kind_ == Kind::queue) {
+      self.DefineProperties({
+          Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),
+          Napi::PropertyDescriptor::Value("fastPush", link_->function(env, "fastPush", FastPush), napi_default),
+          Napi::PropertyDescriptor::Value("fastPop", link_->function(env, "fastPop", FastPop), napi_default),
+      });
+    } else {
+      self.DefineProperties({
+          Napi::PropertyDescriptor::Value("mailbox", mailbox, napi_default),
+          Napi::PropertyDescriptor::Value("fastLock", link_->function(env, "fastLock", FastLock), napi_default),
+          Napi::PropertyDescriptor::Value("fastTryLock", link_->function(env, "fastTryLock", FastTryLock), napi_default),
+          Napi::PropertyDescriptor::Value("fastUnlock", link_->function(env, "fastUnlock", FastUnlock), napi_default),
+      });
+    }
+  }
 
   // Opens (or makes) the object; a Status as a negative number when it cannot.
   mempool::Status Open(const std::shared_ptr<ExternalMemory>& memory, const std::string& kind, const std::string& name,
@@ -103,24 +126,51 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
 
   // ---- mutex and semaphore ----
 
-  // lock(timeoutMs) / acquire -> SyncResult
-  Napi::Value Lock(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!usable()) return Napi::Number::New(env, kClosedResult);
-    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 0));
-    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_lock(mutex_, w) : Acquire(w, true);
-    return result_number(env, static_cast<int32_t>(r));
-  }
-  SyncResult Acquire(const mempool::Waiter& w, bool wait) {
-    return wait ? mempool::semaphore_acquire(semaphore_, permits_, w) : mempool::semaphore_try_acquire(semaphore_, permits_, w);
+  // The object a fast function is bound to, if it is still there and usable; else mailbox[0] = closed.
+  static NativeSync* FastSelf(napi_env env, napi_callback_info info, size_t* argc = nullptr, napi_value* argv = nullptr) {
+    FastLink<NativeSync>* link = FastLink<NativeSync>::of(env, info, argc, argv);
+    if (link == nullptr) return nullptr;
+    if (link->self == nullptr || !link->self->usable()) {
+      link->mailbox[0] = kClosedResult;
+      return nullptr;
+    }
+    return link->self;
   }
 
-  Napi::Value TryLock(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!usable()) return Napi::Number::New(env, kClosedResult);
-    mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
-    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_try_lock(mutex_, w) : Acquire(w, false);
-    return result_number(env, static_cast<int32_t>(r));
+  // mailbox[0] = timeoutMs (negative: none) -> mailbox[0] = SyncResult. Mutex: lock; semaphore: acquire.
+  static napi_value FastLock(napi_env env, napi_callback_info info) {
+    NativeSync* self = FastSelf(env, info);
+    if (self == nullptr) return nullptr;
+    double* m = self->link_->mailbox;
+    mempool::Waiter w = js_waiter(*self->memory_, mempool::deadline_after_ms(m[0]));
+    SyncResult r = self->kind_ == Kind::mutex ? mempool::mutex_lock(self->mutex_, w) : self->Acquire(w, true);
+    m[0] = static_cast<double>(r);
+    return nullptr;
+  }
+
+  // -> mailbox[0] = SyncResult (busy when taken)
+  static napi_value FastTryLock(napi_env env, napi_callback_info info) {
+    NativeSync* self = FastSelf(env, info);
+    if (self == nullptr) return nullptr;
+    mempool::Waiter w = js_waiter(*self->memory_, mempool::kNoDeadline);
+    SyncResult r = self->kind_ == Kind::mutex ? mempool::mutex_try_lock(self->mutex_, w) : self->Acquire(w, false);
+    self->link_->mailbox[0] = static_cast<double>(r);
+    return nullptr;
+  }
+
+  // -> mailbox[0] = SyncResult (not_owner when this thread holds nothing)
+  static napi_value FastUnlock(napi_env env, napi_callback_info info) {
+    NativeSync* self = FastSelf(env, info);
+    if (self == nullptr) return nullptr;
+    uint32_t tid = mempool::my_tid();
+    SyncResult r = self->kind_ == Kind::mutex ? mempool::mutex_unlock(self->mutex_, tid)
+                                              : mempool::semaphore_release(self->semaphore_, self->permits_, tid);
+    self->link_->mailbox[0] = static_cast<double>(r);
+    return nullptr;
+  }
+
+  SyncResult Acquire(const mempool::Waiter& w, bool wait) {
+    return wait ? mempool::semaphore_acquire(semaphore_, permits_, w) : mempool::semaphore_try_acquire(semaphore_, permits_, w);
   }
 
   struct LockJob : AsyncJob {
@@ -167,14 +217,6 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
     return start_async(env, std::move(job));
   }
 
-  Napi::Value Unlock(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    if (!usable()) return Napi::Number::New(env, kClosedResult);
-    uint32_t tid = mempool::my_tid();
-    SyncResult r = kind_ == Kind::mutex ? mempool::mutex_unlock(mutex_, tid) : mempool::semaphore_release(semaphore_, permits_, tid);
-    return result_number(env, static_cast<int32_t>(r));
-  }
-
   // holder() -> the tid holding the mutex (0 = free); whether it is this thread is holder() === threadId
   Napi::Value Holder(const Napi::CallbackInfo& info) {
     require(info, Kind::mutex);
@@ -202,15 +244,35 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
     return static_cast<const uint8_t*>(ab.Data()) + t.ByteOffset();
   }
 
-  // push(bytes, timeoutMs, wait) -> QueueResult
-  Napi::Value Push(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    require(info, Kind::queue);
-    if (!usable()) return Napi::Number::New(env, kClosedResult);
+  // The bytes of a Uint8Array argument, or false.
+  static bool fast_bytes(napi_env env, napi_value v, uint8_t** data, size_t* len) {
+    bool is_typed = false;
+    if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
+    napi_typedarray_type type;
+    void* p = nullptr;
+    if (napi_get_typedarray_info(env, v, &type, len, &p, nullptr, nullptr) != napi_ok) return false;
+    if (type != napi_uint8_array && type != napi_uint8_clamped_array) return false;
+    *data = static_cast<uint8_t*>(p);
+    if (*data == nullptr) *len = 0;  // a detached or empty buffer
+    return true;
+  }
+
+  // fastPush(bytes): mailbox[0] = timeoutMs (negative: none), mailbox[1] = wait (0/1) -> mailbox[0] = QueueResult
+  static napi_value FastPush(napi_env env, napi_callback_info info) {
+    size_t argc = 1;
+    napi_value argv[1] = {nullptr};
+    NativeSync* self = FastSelf(env, info, &argc, argv);
+    if (self == nullptr) return nullptr;
+    double* m = self->link_->mailbox;
+    uint8_t* data = nullptr;
     size_t len = 0;
-    const uint8_t* data = bytes_of(info, 0, &len);
-    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 1));
-    return result_number(env, static_cast<int32_t>(queue_.push(data, len, w, info[2].ToBoolean())));
+    if (argc < 1 || !fast_bytes(env, argv[0], &data, &len)) {
+      m[0] = kBadArgument;
+      return nullptr;
+    }
+    mempool::Waiter w = js_waiter(*self->memory_, mempool::deadline_after_ms(m[0]));
+    m[0] = static_cast<double>(self->queue_.push(data, len, w, m[1] != 0));
+    return nullptr;
   }
 
   struct QueueJob : AsyncJob {
@@ -269,18 +331,32 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
     return start_async(env, std::move(job));
   }
 
-  // pop(lease, timeoutMs, wait) -> Buffer (lease: [Buffer, position]) or QueueResult
-  Napi::Value Pop(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    require(info, Kind::queue);
-    if (!usable()) return Napi::Number::New(env, kClosedResult);
-    uint64_t lease = info[0].ToBoolean() ? mempool::sync_stamp() : 0;
-    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 1));
-    thread_local std::string bytes;  // reused: no allocation per message
+  // fastPop(scratch): mailbox[0] = timeoutMs (negative: none), [1] = wait (0/1), [2] = lease (0/1)
+  //   -> mailbox[0] = QueueResult; ok: [1] = length (the bytes are in scratch), [2] = position (lease);
+  //      too_small: [1] = the length scratch needs (the message stays queued).
+  // Copying into the caller's scratch, not a new Buffer: a Buffer made here costs a malloc, and its free on
+  // V8's sweeper thread fights this thread for malloc's lock (measured: most of a pop's time).
+  static napi_value FastPop(napi_env env, napi_callback_info info) {
+    size_t argc = 1;
+    napi_value argv[1] = {nullptr};
+    NativeSync* self = FastSelf(env, info, &argc, argv);
+    if (self == nullptr) return nullptr;
+    double* m = self->link_->mailbox;
+    mempool::PopBuffer out;
+    size_t capacity = 0;
+    if (argc < 1 || !fast_bytes(env, argv[0], &out.data, &capacity)) {
+      m[0] = kBadArgument;
+      return nullptr;
+    }
+    out.capacity = capacity;
+    uint64_t lease = m[2] != 0 ? mempool::sync_stamp() : 0;
+    mempool::Waiter w = js_waiter(*self->memory_, mempool::deadline_after_ms(m[0]));
     uint64_t position = 0;
-    QueueResult r = queue_.pop(&bytes, lease, &position, w, info[2].ToBoolean());
-    if (r != QueueResult::ok) return result_number(env, static_cast<int32_t>(r));
-    return popped(env, bytes, lease, position);
+    QueueResult r = self->queue_.pop(&out, lease, &position, w, m[1] != 0);
+    m[0] = static_cast<double>(r);
+    m[1] = static_cast<double>(out.length);
+    m[2] = static_cast<double>(position);
+    return nullptr;
   }
 
   // popAsync(lease, timeoutMs) -> Promise<as pop>
@@ -337,6 +413,7 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
   }
 
   std::shared_ptr<ExternalMemory> memory_;
+  FastLink<NativeSync>* link_ = nullptr;  // shared with the fast functions (glue.h)
   Kind kind_ = Kind::mutex;
   mempool::RobustMutex* mutex_ = nullptr;
   mempool::RobustSemaphore* semaphore_ = nullptr;
@@ -355,8 +432,10 @@ Napi::Function define_native_sync(Napi::Env env) {
 Napi::Value make_native_sync(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory, const std::string& kind,
                              const std::string& name, uint64_t a, uint64_t b) {
   Napi::Object obj = data_of(env)->native_sync.New({});
-  mempool::Status s = NativeSync::Unwrap(obj)->Open(memory, kind, name, a, b);
+  NativeSync* sync = NativeSync::Unwrap(obj);
+  mempool::Status s = sync->Open(memory, kind, name, a, b);
   if (s != mempool::Status::ok) return status_number(env, s);
+  sync->DefineFast(env, obj);
   return obj;
 }
 

@@ -9,9 +9,36 @@ namespace mempool {
 namespace {
 
 constexpr uint64_t kReapEveryNs = 100000000ULL;  // dead lessees are looked for at most every 100 ms
+constexpr uint32_t kSpinsBeforeSleep = 2000;     // pause instructions: some microseconds
 
 uint64_t round16(uint64_t n) { return (n + 15) & ~uint64_t(15); }
 bool aligned16(uint64_t n) { return (n & 15) == 0; }
+
+// After bumping `word`: wakes every sleeper on it if any announced itself. A sleeper adds 1 to `waiters`
+// before each sleep and never takes it back; the first waker takes the count to 0 and wakes them all, so a
+// run of pops wakes a sleeping producer once, not once per pop (a shared futex wake costs a syscall of some
+// hundred ns; a woken thread takes tens of microseconds to run). A sleeper that timed out or died leaves the
+// count high: one wake for nobody, later. The sleeper read the word before it looked at the queue, so a
+// wake between its look and its sleep makes the sleep return at once.
+void wake_all(uint32_t* waiters, uint32_t* word) {
+  if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST) == 0) return;
+  if (__atomic_exchange_n(waiters, 0u, __ATOMIC_SEQ_CST) != 0) futex_wake(word, UINT32_MAX);
+}
+
+// The end of the next sleep: `deadline`, or 100 ms from now if that is sooner (see pop and push).
+uint64_t sleep_until(uint64_t deadline) {
+  uint64_t soon = monotonic_now_ns() + kReapEveryNs;
+  return soon < deadline ? soon : deadline;
+}
+
+// Whether *word moves off `seen` within a few microseconds of watching (no syscall).
+bool spin_until_changed(const uint32_t* word, uint32_t seen) {
+  for (uint32_t i = 0; i < kSpinsBeforeSleep; ++i) {
+    if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != seen) return true;
+    cpu_relax();
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -170,8 +197,8 @@ QueueResult SharedQueue::try_push(const uint8_t* data, uint64_t len) {
   return QueueResult::ok;
 }
 
-QueueResult SharedQueue::try_pop(std::string* out, uint64_t lease_to, uint64_t* position) {
-  reap_dead_leases(monotonic_now_ns());
+QueueResult SharedQueue::try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position) {
+  if (q_->leased != 0) reap_dead_leases(monotonic_now_ns());  // no clock read when nothing is leased
   uint64_t head = q_->head, tail = q_->tail;
   if (tail < head || tail - head > ring_) return QueueResult::corrupted;
   uint64_t p = q_->ready_from < head ? head : q_->ready_from;
@@ -185,7 +212,9 @@ QueueResult SharedQueue::try_pop(std::string* out, uint64_t lease_to, uint64_t* 
       p += span;
       continue;
     }
-    out->assign(reinterpret_cast<const char*>(r + kRecordHeader), length);
+    out->length = length;
+    if (length > out->capacity) return QueueResult::too_small;  // nothing changed: the caller grows and retries
+    if (length > 0) std::memcpy(out->data, r + kRecordHeader, length);
     if (lease_to != 0) {
       // The lease first, then the state (the commit): a crash between leaves it ready, never leased to
       // no one.
@@ -218,19 +247,36 @@ QueueResult SharedQueue::push(const uint8_t* data, uint64_t len, const Waiter& w
     r = try_push(data, len);
     unlock();
     if (r == QueueResult::ok) {
-      if (__atomic_load_n(&q_->pop_waiters, __ATOMIC_SEQ_CST) != 0) futex_wake(&q_->not_empty, 1);
+      wake_all(&q_->pop_waiters, &q_->not_empty);
       return r;
     }
     if (r != QueueResult::full || !wait) return r;
-    __atomic_add_fetch(&q_->push_waiters, 1u, __ATOMIC_SEQ_CST);
-    SyncResult s = futex_wait(&q_->not_full, seq, w.deadline, w.cancel);
-    __atomic_sub_fetch(&q_->push_waiters, 1u, __ATOMIC_SEQ_CST);
-    if (s == SyncResult::timed_out) return QueueResult::timed_out;
+    if (spin_until_changed(&q_->not_full, seq)) continue;
+    __atomic_add_fetch(&q_->push_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
+    uint64_t deadline = sleep_until(w.deadline);
+    SyncResult s = futex_wait(&q_->not_full, seq, deadline, w.cancel);
+    if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
     if (s == SyncResult::cancelled) return QueueResult::cancelled;
   }
 }
 
 QueueResult SharedQueue::pop(std::string* out, uint64_t lease_to, uint64_t* position, const Waiter& w, bool wait) {
+  if (out->size() < 256) out->resize(256);
+  for (;;) {
+    PopBuffer b;
+    b.data = reinterpret_cast<uint8_t*>(&(*out)[0]);
+    b.capacity = out->size();
+    QueueResult r = pop(&b, lease_to, position, w, wait);
+    if (r == QueueResult::too_small) {
+      out->resize(b.length);  // and again: the message may have gone to another consumer meanwhile
+      continue;
+    }
+    if (r == QueueResult::ok) out->resize(b.length);
+    return r;
+  }
+}
+
+QueueResult SharedQueue::pop(PopBuffer* out, uint64_t lease_to, uint64_t* position, const Waiter& w, bool wait) {
   for (;;) {
     uint32_t seq = __atomic_load_n(&q_->not_empty, __ATOMIC_SEQ_CST);
     QueueResult r = lock(w);
@@ -238,20 +284,18 @@ QueueResult SharedQueue::pop(std::string* out, uint64_t lease_to, uint64_t* posi
     r = try_pop(out, lease_to, position);
     unlock();
     if (r == QueueResult::ok) {
-      if (lease_to == 0 && __atomic_load_n(&q_->push_waiters, __ATOMIC_SEQ_CST) != 0) futex_wake(&q_->not_full, 1);
+      if (lease_to == 0) wake_all(&q_->push_waiters, &q_->not_full);
       return r;
     }
     if (r != QueueResult::empty || !wait) return r;
-    __atomic_add_fetch(&q_->pop_waiters, 1u, __ATOMIC_SEQ_CST);
-    // Sleep at most 100 ms at a time when messages are out on lease: a lessee that dies is then noticed
-    // and its message redelivered without a push to wake us.
-    uint64_t deadline = w.deadline;
-    if (__atomic_load_n(&q_->leased, __ATOMIC_RELAXED) != 0) {
-      uint64_t soon = monotonic_now_ns() + kReapEveryNs;
-      if (soon < deadline) deadline = soon;
-    }
+    // A producer usually follows within microseconds: watch for a push a little before paying for a sleep
+    // and, on the producer's side, a wake.
+    if (spin_until_changed(&q_->not_empty, seq)) continue;
+    __atomic_add_fetch(&q_->pop_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
+    // Sleeping at most 100 ms at a time: a lessee that dies is noticed and its message redelivered without a
+    // push to wake us, and a wake lost with a producer killed before it sent it costs 100 ms, not a hang.
+    uint64_t deadline = sleep_until(w.deadline);
     SyncResult s = futex_wait(&q_->not_empty, seq, deadline, w.cancel);
-    __atomic_sub_fetch(&q_->pop_waiters, 1u, __ATOMIC_SEQ_CST);
     if (s == SyncResult::cancelled) return QueueResult::cancelled;
     if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
   }
@@ -273,7 +317,7 @@ QueueResult SharedQueue::ack(uint64_t position, uint64_t lessee, const Waiter& w
     r = advance_head();
   }
   unlock();
-  if (r == QueueResult::ok && __atomic_load_n(&q_->push_waiters, __ATOMIC_SEQ_CST) != 0) futex_wake(&q_->not_full, 1);
+  if (r == QueueResult::ok) wake_all(&q_->push_waiters, &q_->not_full);
   return r;
 }
 

@@ -105,6 +105,15 @@ enum class QueueResult : int32_t {
   cancelled = 6,
   corrupted = 7,  // the state failed a bounds check (a scribbler)
   not_leased = 8, // ack of a position that is not a record leased to this thread
+  too_small = 9,  // pop into a buffer smaller than the oldest message: nothing taken, `length` says how much
+};
+
+// Where pop() copies a message: `capacity` bytes at `data`. On ok `length` is the message's length; on
+// too_small it is the length a retry needs (the message stays queued).
+struct PopBuffer {
+  uint8_t* data = nullptr;
+  uint64_t capacity = 0;
+  uint64_t length = 0;
 };
 
 class SharedQueue {
@@ -125,6 +134,8 @@ class SharedQueue {
   QueueResult push(const uint8_t* data, uint64_t len, const Waiter& w, bool wait);
   // Copies the oldest ready message into *out. With lease_to != 0 the message is leased to that stamp and
   // *position names it for ack(); otherwise it is done at once.
+  QueueResult pop(PopBuffer* out, uint64_t lease_to, uint64_t* position, const Waiter& w, bool wait);
+  // As above, into a string grown as needed.
   QueueResult pop(std::string* out, uint64_t lease_to, uint64_t* position, const Waiter& w, bool wait);
   QueueResult ack(uint64_t position, uint64_t lessee, const Waiter& w);
   QueueResult close(const Waiter& w);
@@ -140,7 +151,7 @@ class SharedQueue {
   QueueResult advance_head();
   void reap_dead_leases(uint64_t now);
   QueueResult try_push(const uint8_t* data, uint64_t len);
-  QueueResult try_pop(std::string* out, uint64_t lease_to, uint64_t* position);
+  QueueResult try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position);
 
   QueueState* q_ = nullptr;
   uint8_t* ring_base_ = nullptr;

@@ -15,14 +15,6 @@
 namespace mempool {
 namespace {
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
 constexpr uint32_t kSpins = 100;
 constexpr uint64_t kJudgeAfterNs = 1000000ULL;  // a holder is asked about after holding for 1 ms
 

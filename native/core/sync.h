@@ -57,6 +57,15 @@ enum class SyncResult : int32_t {
 };
 
 uint64_t monotonic_now_ns();
+
+// One spin-wait hint to the CPU (between loads of a word another thread is about to change).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
 // A deadline timeout_ms from now; negative or infinite (> 2^53) means none.
 uint64_t deadline_after_ms(double timeout_ms);
 

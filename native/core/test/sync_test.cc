@@ -282,6 +282,53 @@ TEST("queue: FIFO, wrap-around, full, too large, closed and drained") {
   EXPECT(q.push(reinterpret_cast<const uint8_t*>("z"), 0, w, false) == QueueResult::closed);
 }
 
+TEST("queue: a pop into a buffer too small takes nothing and says how much it needs") {
+  SegEnv e("queue-small");
+  REQUIRE(e.pool);
+  SharedQueue q;
+  REQUIRE(open_queue(*e.pool, "q", 4096, 8, &q) == Status::ok);
+  Waiter w = sync_waiter(kNoDeadline, true);
+  std::string big(1000, 'b');
+  REQUIRE(q.push(reinterpret_cast<const uint8_t*>(big.data()), big.size(), w, false) == QueueResult::ok);
+  uint8_t small[100];
+  PopBuffer b;
+  b.data = small;
+  b.capacity = sizeof small;
+  uint64_t pos = 0;
+  EXPECT(q.pop(&b, 0, &pos, w, true) == QueueResult::too_small && b.length == 1000);
+  QueueStats st;
+  EXPECT(q.stats(&st, w) == QueueResult::ok && st.count == 1 && st.popped == 0);
+  std::string out;  // the string form grows and retries
+  EXPECT(q.pop(&out, 0, &pos, w, false) == QueueResult::ok && out == big);
+  EXPECT(q.pop(&b, 0, &pos, w, false) == QueueResult::empty);
+}
+
+TEST("queue: a consumer asleep on an empty queue is woken by each push from another process") {
+  SegEnv e("queue-wake");
+  REQUIRE(e.pool);
+  SharedQueue q;
+  REQUIRE(open_queue(*e.pool, "q", 4096, 64, &q) == Status::ok);
+  pid_t child = fork();
+  if (child == 0) {
+    SharedQueue cq;
+    if (open_queue(*e.pool, "q", 0, 0, &cq) != Status::ok) _exit(1);
+    Waiter cw = sync_waiter(deadline_after_ms(10000), true);
+    std::string m;
+    uint64_t p = 0;
+    for (int i = 0; i < 50; ++i) {  // each pop finds the queue empty and sleeps until the parent pushes
+      if (cq.pop(&m, 0, &p, cw, true) != QueueResult::ok || m != std::to_string(i)) _exit(2);
+    }
+    _exit(0);
+  }
+  Waiter w = sync_waiter(kNoDeadline, true);
+  for (int i = 0; i < 50; ++i) {
+    while (__atomic_load_n(&q.state()->pop_waiters, __ATOMIC_SEQ_CST) == 0) usleep(50);  // it announced its sleep
+    std::string m = std::to_string(i);
+    REQUIRE(q.push(reinterpret_cast<const uint8_t*>(m.data()), m.size(), w, false) == QueueResult::ok);
+  }
+  EXPECT(wait_child(child) == 0);
+}
+
 TEST("queue: four producers and four consumers across two processes deliver every message once") {
   SegEnv e("queue-mpmc", 16 << 20);
   REQUIRE(e.pool);
