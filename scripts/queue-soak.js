@@ -1,10 +1,16 @@
 #!/usr/bin/env node
-// A long run of SharedQueue under kill -9: producers and at-least-once consumers (receive + ack) in
-// separate processes, one of them killed at random about every 150 ms (a Node process takes some 50 ms
-// to start: kills much more often than that mostly hit processes that have not begun) and replaced.
+// Long runs of SharedQueue between processes, in two modes:
 //
-//   node scripts/queue-soak.js [--seconds 60] [--producers 2] [--consumers 2] [--kill-every-ms 150]
+//   node scripts/queue-soak.js [--mode kill] [--seconds 60] [--producers 2] [--consumers 2] [--kill-every-ms 150]
+//   node scripts/queue-soak.js --mode exact [--seconds 10] [--producers 4] [--consumers 4]
 //
+// exact: nobody is killed; consumers use pop(). Checked: every message whole, each received exactly once
+// (a duplicate fails at once), and, within each consumer's stream, each producer's messages in the order
+// pushed; at the end every pushed message was received.
+//
+// kill: producers and at-least-once consumers (receive + ack), one of them killed at random about every
+// 150 ms (a Node process takes some 50 ms to start: kills much more often than that mostly hit processes
+// that have not begun) and replaced.
 // What is checked, from what the processes left in the segment (nothing is trusted from a killed process):
 //   - every message a consumer receives is whole (length and checksummed bytes as written);
 //   - at least once: every message a producer's push() returned for (it stores its count after each push)
@@ -45,7 +51,7 @@ function whole(m) {
 }
 
 if (process.argv[2] === 'child') {
-  const [, , , role, name, controlOffset] = process.argv;
+  const [, , , role, name, controlOffset, mode] = process.argv;
   const pool = SharedPool.open(name);
   const control = pool.atomics(Number(controlOffset), CONTROL_BYTES / 4);
   const q = pool.queue('soak');
@@ -57,6 +63,27 @@ if (process.argv[2] === 'child') {
       Atomics.store(control, COUNTS_AT / 4 + id, i + 1);  // crash before: this push may or may not count
     }
     process.exit(0);
+  } else if (mode === 'exact') {
+    const last = new Int32Array(MAX_PRODUCERS).fill(-1);
+    for (let m = q.pop(); m !== undefined; m = q.pop()) {
+      if (!whole(m)) {
+        console.error(`consumer ${process.pid}: a torn message of ${m.length} bytes`);
+        process.exit(3);
+      }
+      const id = m.readUInt32LE(0);
+      const i = m.readUInt32LE(4);
+      if (i <= last[id]) {
+        console.error(`consumer ${process.pid}: producer ${id}'s message ${i} after its message ${last[id]}`);
+        process.exit(4);
+      }
+      last[id] = i;
+      const bit = 1 << (i & 31);
+      if (Atomics.or(control, BITS_AT / 4 + id * BITMAP_WORDS + (i >>> 5), bit) & bit) {
+        console.error(`consumer ${process.pid}: message ${id}/${i} received twice`);
+        process.exit(5);
+      }
+    }
+    process.exit(0);  // closed and drained
   } else {
     for (;;) {
       const r = q.receive(200);
@@ -79,16 +106,19 @@ if (process.argv[2] === 'child') {
 }
 
 function parseArgs() {
-  const o = { seconds: 60, producers: 2, consumers: 2, killEveryMs: 150 };
+  const o = { mode: 'kill', seconds: 60, producers: 2, consumers: 2, killEveryMs: 150 };
+  if (process.argv.includes('exact')) Object.assign(o, { seconds: 10, producers: 4, consumers: 4 });
   for (let i = 2; i < process.argv.length; i++) {
     const a = process.argv[i];
-    const v = Number(process.argv[++i]);
-    if (a === '--seconds') o.seconds = v;
+    const raw = process.argv[++i];
+    const v = Number(raw);
+    if (a === '--mode' && (raw === 'kill' || raw === 'exact')) o.mode = raw;
+    else if (a === '--seconds') o.seconds = v;
     else if (a === '--producers') o.producers = v;
     else if (a === '--consumers') o.consumers = v;
     else if (a === '--kill-every-ms') o.killEveryMs = v;
     else {
-      process.stderr.write('usage: node scripts/queue-soak.js [--seconds N] [--producers N] [--consumers N] [--kill-every-ms N]\n');
+      process.stderr.write('usage: node scripts/queue-soak.js [--mode kill|exact] [--seconds N] [--producers N] [--consumers N] [--kill-every-ms N]\n');
       process.exit(1);
     }
   }
@@ -110,14 +140,15 @@ async function main() {
     let kills = 0;
     let exits = 0;
     const spawnOne = (role) => {
-      const c = fork(__filename, ['child', role, name, String(controlOffset)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const c = fork(__filename, ['child', role, name, String(controlOffset), o.mode], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       c.role = role;
       live.add(c);
       c.on('exit', (code, signal) => {
         live.delete(c);
         if (signal !== 'SIGKILL' && code !== 0) failures.push(`${role} ${c.pid} exited ${code}`);
         if (signal !== 'SIGKILL') exits++;
-        if (!stopping && (role === 'consume' || Atomics.load(control, 0) < MAX_PRODUCERS)) spawnOne(role);
+        if (o.mode === 'exact' && signal === null && !stopping && role === 'produce' && Atomics.load(control, 0) < MAX_PRODUCERS) spawnOne(role);  // used up its ids
+        else if (o.mode === 'kill' && !stopping && (role === 'consume' || Atomics.load(control, 0) < MAX_PRODUCERS)) spawnOne(role);
       });
     };
     let stopping = false;
@@ -126,6 +157,7 @@ async function main() {
     const end = Date.now() + o.seconds * 1000;
     while (Date.now() < end) {
       await new Promise((r) => setTimeout(r, o.killEveryMs * (0.5 + Math.random())));
+      if (o.mode === 'exact') continue;
       const victims = [...live];
       if (victims.length === 0) continue;
       const v = victims[Math.floor(Math.random() * victims.length)];
@@ -151,7 +183,7 @@ async function main() {
         const bit = (Atomics.load(control, BITS_AT / 4 + id * BITMAP_WORDS + (i >>> 5)) >>> (i & 31)) & 1;
         received += bit;
         if (i < count && !bit) failures.push(`message ${id}/${i} was pushed but never received`);
-        if (i > count && bit) failures.push(`message ${id}/${i} was received but never pushed (count ${count})`);
+        if ((o.mode === 'exact' ? i >= count : i > count) && bit) failures.push(`message ${id}/${i} was received but never pushed (count ${count})`);
       }
     }
     const st = q.stats();
@@ -162,7 +194,7 @@ async function main() {
       failures.push(`check(): ${e.message}`);
     }
     console.log(
-      `queue soak: ${o.seconds} s, ${kills} kills, ${exits} clean exits, ${producers} producers, ${pushed} messages pushed, ` +
+      `queue soak (${o.mode}): ${o.seconds} s, ${o.producers} x ${o.consumers}, ${kills} kills, ${exits} clean exits, ${producers} producers, ${pushed} messages pushed, ` +
         `${received} received, ${st.redelivered} redelivered, ${st.recoveries} lock recoveries`,
     );
   } finally {
