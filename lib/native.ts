@@ -108,6 +108,7 @@ export const enum QueueResult {
   Corrupted = 7,
   NotLeased = 8,
   TooSmall = 9,
+  Block = 10,
   PoolClosed = -100,
   BadArgument = -101,
 }
@@ -132,6 +133,11 @@ export interface NativeSync {
   pushAsync(message: Uint8Array, timeoutMs: number): Promise<number>;
   popAsync(lease: boolean, timeoutMs: number): Promise<Buffer | [Buffer, number] | number>;
   ack(position: number): number;
+  /** Block messages, through the pool (segment lock, then queue lock): -status, or a QueueResult. */
+  pushBlock(offset: number, gen: number, length: number, timeoutMs: number, wait: boolean): number;
+  /** [length, position, isBlock, offset, gen, blockLength]; [length] when scratch is too small; else -status or a QueueResult. */
+  popShared(scratch: Uint8Array, lease: boolean, timeoutMs: number, wait: boolean): number[] | number;
+  ackShared(position: number): number;
   closeQueue(): number;
   /** [count, leased, usedBytes, pushed, popped, redelivered, recoveries, closed] */
   queueStats(): Float64Array | number;

@@ -480,7 +480,13 @@ export class SharedPool extends HeapPool {
     const maxBytes = o.maxBytes === undefined ? 0 : checkSize(o.maxBytes, 'options.maxBytes', 32);
     if (maxBytes % 16 !== 0) throw outOfRange('options.maxBytes', 'a multiple of 16', maxBytes);
     const maxMessages = o.maxMessages === undefined ? 0 : checkSize(o.maxMessages, 'options.maxMessages');
-    return new SharedQueue(this.object('queue', name, maxBytes, maxMessages), name);
+    return new SharedQueue(this.object('queue', name, maxBytes, maxMessages), name, {
+      handleOf: (block) => this.handleOf(block, undefined),
+      handleView: (offset, length, gen) => this.handleView(offset, length, gen),
+      error: (status, what) => (status === Status.Foreign
+        ? new PoolError('ERR_POOL_FOREIGN_BUFFER', `${what} needs a Buffer that starts a live allocation of this pool`)
+        : this.error(status, what)),
+    });
   }
 
   private object(kind: string, name: string, a: number, b: number): NativeSync {

@@ -15,6 +15,16 @@ export interface ReceivedMessage {
   ack(): void;
 }
 
+/** @internal What a queue needs from its pool for block messages (lib/shared-pool.ts supplies it). */
+export interface BlockBridge {
+  /** [offset, length, generation] of a Buffer the pool handed out. */
+  handleOf(block: Uint8Array): [number, number, number];
+  /** The Buffer for a block handle. */
+  handleView(offset: number, length: number, gen: number): Buffer;
+  /** The coded error for a pool Status (a positive number). */
+  error(status: number, what: string): Error;
+}
+
 /** What queue.stats() reports (a snapshot). */
 export interface SharedQueueStats {
   /** Messages in the queue: waiting, plus received and not yet acked. */
@@ -58,10 +68,13 @@ export class SharedQueue implements AsyncIterable<Buffer> {
   /** Where fastPop copies a message (grown when one does not fit); the result is copied out of it. */
   private scratch: Buffer = Buffer.allocUnsafeSlow(4096);
 
+  private readonly pool: BlockBridge;
+
   /** @internal */
-  constructor(native: NativeSync, name: string) {
+  constructor(native: NativeSync, name: string, pool: BlockBridge) {
     this.native = native;
     this.name = name;
+    this.pool = pool;
     const [maxBytes, maxMessages, maxMessage] = native.geometry;
     this.maxBytes = maxBytes;
     this.maxMessages = maxMessages;
@@ -96,6 +109,60 @@ export class SharedQueue implements AsyncIterable<Buffer> {
     this.pushed(r, bytes.length);
   }
 
+  /**
+   * Hands a block of this pool you own (a Buffer that alloc, realloc, take or replace returned) to the queue
+   * without copying it: the queue owns it from now on (your Buffer is stale: a free through it is refused),
+   * and the consumer that pops it owns it next. Waits while the queue is full; throws ERR_QUEUE_FULL after
+   * timeoutMs, ERR_QUEUE_CLOSED, and the pool's errors for a block you do not own (ERR_POOL_STALE_HANDLE,
+   * ERR_POOL_BLOCK_NAMED, ERR_POOL_FOREIGN_BUFFER, ERR_POOL_NO_HANDLE). The message is the whole Buffer.
+   */
+  pushBlock(block: Uint8Array, timeoutMs?: number): void {
+    const r = this.pushBlockNow(block, checkTimeoutMs(timeoutMs), true);
+    this.pushed(r, block.length);
+  }
+
+  /** As pushBlock() if there is room now: false when the queue is full (the block stays yours). */
+  tryPushBlock(block: Uint8Array): boolean {
+    const r = this.pushBlockNow(block, -1, false);
+    if (r === QueueResult.Full) return false;
+    this.pushed(r, block.length);
+    return true;
+  }
+
+  private pushBlockNow(block: Uint8Array, timeoutMs: number, wait: boolean): number {
+    if (!(block instanceof Uint8Array)) throw invalidArgType('block', 'a Buffer from this pool', block);
+    const [offset, length, gen] = this.pool.handleOf(block);
+    const r = this.native.pushBlock(offset, gen, length, timeoutMs, wait);
+    if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(-r, `pushBlock to queue '${this.name}'`);
+    return r;
+  }
+
+  // A message through the pool (segment lock, then queue lock): what fastPop hands over when the oldest
+  // message is a block. Bytes are copied out of scratch; a block message is the block: owned by the caller
+  // (pop), or borrowed until ack (lease).
+  private sharedPop(lease: boolean, timeoutMs: number, wait: boolean): Buffer | [Buffer, number] | number {
+    for (;;) {
+      const r = this.native.popShared(this.scratch, lease, timeoutMs, wait);
+      if (typeof r === 'number') {
+        if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(-r, `pop from queue '${this.name}'`);
+        return r;
+      }
+      if (r.length === 1) {
+        this.scratch = Buffer.allocUnsafeSlow(Math.max(r[0], this.scratch.length * 2));
+        continue;
+      }
+      const [length, position, isBlock, offset, gen, blockLength] = r;
+      let out: Buffer;
+      if (isBlock === 1) {
+        out = this.pool.handleView(offset, blockLength, gen);
+      } else {
+        out = Buffer.allocUnsafe(length);
+        this.scratch.copy(out, 0, 0, length);
+      }
+      return lease ? [out, position] : out;
+    }
+  }
+
   // The fast calls (native.ts NativeSync.mailbox).
   private fastPush(bytes: Uint8Array, timeoutMs: number, wait: boolean): number {
     const m = this.native.mailbox;
@@ -120,6 +187,7 @@ export class SharedQueue implements AsyncIterable<Buffer> {
         this.scratch = Buffer.allocUnsafeSlow(Math.max(m[1], this.scratch.length * 2));
         continue;
       }
+      if (r === QueueResult.Block) return this.sharedPop(lease, timeoutMs, wait);
       if (r !== QueueResult.Ok) return r;
       const length = m[1];
       const out = Buffer.allocUnsafe(length);
@@ -156,7 +224,7 @@ export class SharedQueue implements AsyncIterable<Buffer> {
   async popAsync(timeoutMs?: number): Promise<Buffer | undefined> {
     const now = this.fastPop(false, -1, false);
     if (now !== QueueResult.Empty) return this.popped(now, 'popAsync') as Buffer | undefined;
-    return this.popped(await this.native.popAsync(false, checkTimeoutMs(timeoutMs)), 'popAsync') as Buffer | undefined;
+    return this.popped(await this.asyncPop(false, checkTimeoutMs(timeoutMs)), 'popAsync') as Buffer | undefined;
   }
 
   /** As pop(), but the message is leased to this thread until its ack(): see ReceivedMessage. */
@@ -168,7 +236,20 @@ export class SharedQueue implements AsyncIterable<Buffer> {
   async receiveAsync(timeoutMs?: number): Promise<ReceivedMessage | undefined> {
     const now = this.fastPop(true, -1, false);
     if (now !== QueueResult.Empty) return this.received(now, 'receiveAsync');
-    return this.received(await this.native.popAsync(true, checkTimeoutMs(timeoutMs)), 'receiveAsync');
+    return this.received(await this.asyncPop(true, checkTimeoutMs(timeoutMs)), 'receiveAsync');
+  }
+
+  // popAsync's wait on a waiter thread; a block message found there is taken through the pool here (it may
+  // have gone to another consumer meanwhile: then wait again, for what is left of the time).
+  private async asyncPop(lease: boolean, timeoutMs: number): Promise<Buffer | [Buffer, number] | number> {
+    const end = timeoutMs < 0 ? Infinity : Date.now() + timeoutMs;
+    for (;;) {
+      const left = end === Infinity ? -1 : Math.max(0, end - Date.now());
+      const r = await this.native.popAsync(lease, left);
+      if (r !== QueueResult.Block) return r;
+      const now = this.sharedPop(lease, -1, false);
+      if (now !== QueueResult.Empty) return now;
+    }
   }
 
   private received(r: Buffer | [Buffer, number] | number, op: string): ReceivedMessage | undefined {
@@ -177,11 +258,14 @@ export class SharedQueue implements AsyncIterable<Buffer> {
     const [data, position] = got;
     const native = this.native;
     const name = this.name;
+    const pool = this.pool;
     let acked = false;
     return {
       data,
       ack(): void {
-        const a = acked ? QueueResult.NotLeased : native.ack(position);
+        let a = acked ? QueueResult.NotLeased : native.ack(position);
+        if (a === QueueResult.Block) a = native.ackShared(position);  // a block message: the pool frees its block
+        if (a < 0 && a !== QueueResult.PoolClosed) throw pool.error(-a, `ack of a message of queue '${name}'`);
         if (a === QueueResult.NotLeased) {
           throw new PoolError('ERR_QUEUE_NOT_LEASED', `This message of queue '${name}' is not leased to this thread: it was acked already, or received by another thread`);
         }

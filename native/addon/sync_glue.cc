@@ -67,6 +67,9 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
                            InstanceMethod<&NativeSync::PushAsync>("pushAsync"),
                            InstanceMethod<&NativeSync::PopAsync>("popAsync"),
                            InstanceMethod<&NativeSync::Ack>("ack"),
+                           InstanceMethod<&NativeSync::PushBlock>("pushBlock"),
+                           InstanceMethod<&NativeSync::PopShared>("popShared"),
+                           InstanceMethod<&NativeSync::AckShared>("ackShared"),
                            InstanceMethod<&NativeSync::CloseQueue>("closeQueue"),
                            InstanceMethod<&NativeSync::QueueStats>("queueStats"),
                            InstanceAccessor<&NativeSync::Geometry>("geometry"),
@@ -373,6 +376,74 @@ class NativeSync : public Napi::ObjectWrap<NativeSync> {
     uint64_t position = arg_uint(info, 0, "position", kMaxSafe);
     mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
     return result_number(env, static_cast<int32_t>(queue_.ack(position, mempool::sync_stamp(), w)));
+  }
+
+  // ---- block messages (zero-copy): through the pool, which takes the segment's lock, then the queue's ----
+
+  // A pool verdict as lib/ reads it: -status (a Status), or the QueueResult (>= 0).
+  static Napi::Number verdict(Napi::Env env, mempool::Status s, QueueResult r) {
+    return s != mempool::Status::ok ? status_number(env, s) : result_number(env, static_cast<int32_t>(r));
+  }
+
+  // pushBlock(offset, gen (-1: none), length, timeoutMs, wait) -> -status or QueueResult
+  Napi::Value PushBlock(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    uint64_t offset = arg_uint(info, 0, "offset", kMaxSafe);
+    double g = info[1].As<Napi::Number>().DoubleValue();
+    uint32_t gen = g < 0 ? mempool::kAnyGen : static_cast<uint32_t>(g);
+    uint64_t length = arg_uint(info, 2, "length", kMaxSafe);
+    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 3));
+    QueueResult r = QueueResult::ok;
+    mempool::Status s = memory_->shared->queue_push_block(queue_, offset, gen, length, w, info[4].ToBoolean(), &r);
+    return verdict(env, s, r);
+  }
+
+  // popShared(scratch, lease, timeoutMs, wait) -> [length, position, isBlock, offset, gen, blockLength] or
+  // -status or QueueResult: a byte message's bytes are in scratch; a block message is the block.
+  Napi::Value PopShared(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    mempool::PopBuffer out;
+    size_t capacity = 0;
+    if (!fast_bytes(env, info[0], &out.data, &capacity)) {
+      throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected a Uint8Array for scratch");
+    }
+    out.capacity = capacity;
+    uint64_t lease = info[1].ToBoolean() ? mempool::sync_stamp() : 0;
+    mempool::Waiter w = js_waiter(*memory_, arg_deadline(info, 2));
+    uint64_t position = 0;
+    mempool::NamedBlock block;
+    bool is_block = false;
+    QueueResult r = QueueResult::ok;
+    mempool::Status s = memory_->shared->queue_pop(queue_, &out, lease, &position, &block, &is_block, w, info[3].ToBoolean(), &r);
+    if (s != mempool::Status::ok || r != QueueResult::ok) {
+      if (r == QueueResult::too_small) {
+        Napi::Array need = Napi::Array::New(env, 1);
+        need.Set(0u, Napi::Number::New(env, static_cast<double>(out.length)));
+        return need;  // [length]: grow scratch to it and ask again
+      }
+      return verdict(env, s, r);
+    }
+    const double fields[] = {double(out.length), double(position), is_block ? 1.0 : 0.0,
+                             double(block.offset), double(block.gen), double(block.length)};
+    Napi::Array a = Napi::Array::New(env, std::size(fields));
+    for (uint32_t i = 0; i < std::size(fields); ++i) a.Set(i, Napi::Number::New(env, fields[i]));
+    return a;
+  }
+
+  // ackShared(position) -> -status or QueueResult (a block message's block is freed)
+  Napi::Value AckShared(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    require(info, Kind::queue);
+    if (!usable()) return Napi::Number::New(env, kClosedResult);
+    uint64_t position = arg_uint(info, 0, "position", kMaxSafe);
+    mempool::Waiter w = js_waiter(*memory_, mempool::kNoDeadline);
+    QueueResult r = QueueResult::ok;
+    mempool::Status s = memory_->shared->queue_ack(queue_, position, mempool::sync_stamp(), w, &r);
+    return verdict(env, s, r);
   }
 
   Napi::Value CloseQueue(const Napi::CallbackInfo& info) {

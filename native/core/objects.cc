@@ -52,6 +52,31 @@ std::string object_key(ObjectKind kind, const std::string& name) {
   return std::string(1, '\0') + "mempool:" + kind_name(kind) + ":" + name;
 }
 
+bool queued_blocks(Segment& seg, std::vector<uint64_t>* out) {
+  std::vector<std::string> keys;
+  seg.dir_keys(&keys);
+  const std::string prefix = object_key(ObjectKind::queue, "");
+  bool judge = seg.same_pid_namespace();
+  for (const std::string& key : keys) {
+    if (key.compare(0, prefix.size(), prefix) != 0) continue;
+    uint64_t off = 0, len = 0;
+    if (seg.dir_lookup(key, &off, &len) < 0) continue;
+    if (off > seg.size() || len > seg.size() - off || len < sizeof(ObjectHeader)) return false;
+    const ObjectHeader* h = reinterpret_cast<const ObjectHeader*>(seg.base() + off);
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != kObjectMagic) continue;  // made, never formatted: owns nothing
+    if (h->kind != static_cast<uint32_t>(ObjectKind::queue) || h->bytes > len || h->bytes < sizeof(ObjectHeader)) return false;
+    SharedQueue q;
+    if (!q.attach(seg.base() + off + sizeof(ObjectHeader), h->bytes - sizeof(ObjectHeader), judge)) return false;
+    // The queue's lock under the segment's: the order every block message keeps (shared_queue.h).
+    Waiter w = sync_waiter(deadline_after_ms(2000), judge);
+    if (q.lock(w) != QueueResult::ok) return false;
+    bool ok = q.blocks_locked(out);
+    q.unlock();
+    if (!ok) return false;
+  }
+  return true;
+}
+
 Status open_mutex(SharedPool& pool, const std::string& name, RobustMutex** out) {
   ObjectHeader* h = nullptr;
   Status s = open_object(pool, ObjectKind::mutex, name, sizeof(RobustMutex), 0,

@@ -112,18 +112,17 @@ uint32_t* shared_gen_word(const Segment& seg, uint64_t off);
 // The physical free of a heap block or of anyone's lent slot (a slot of a live owner is handed back to
 // it as kSlotRemote), with its word bumped. Under the lock; the caller has checked ownership.
 Status shared_free_locked(Segment& seg, uint64_t off);
-// One transfer of a block: the counter moves on; `named` says who owns it now.
 // One transfer of a block: the counter moves on; `named` says whether a name owns it now; any recorded
-// owner is cleared (gen_own records the new one).
+// owner is cleared.
 inline void gen_bump(uint32_t* word, bool named) {
   uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
   __atomic_store_n(word, ((v + 1) & kGenCount) | (named ? kGenNamed : 0u), __ATOMIC_RELEASE);
 }
-// Records the attachment that owns an unnamed block (trackOwners; owner_bits 0 records none).
-inline void gen_own(uint32_t* word, uint32_t owner_bits) {
-  if (owner_bits == 0) return;
+// A block handed from a name (or a queue) to the attachment `owner_bits` (0: none recorded): the counter
+// moves on and the owner is recorded in one store, so a crash never leaves it unnamed with no owner.
+inline void gen_hand_over(uint32_t* word, uint32_t owner_bits) {
   uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
-  __atomic_store_n(word, (v & ~kGenOwnerMask) | owner_bits, __ATOMIC_RELEASE);
+  __atomic_store_n(word, ((v + 1) & kGenCount) | owner_bits, __ATOMIC_RELEASE);
 }
 // Pins (shared_pool.cc): whether a live reader pins the block at segment offset `off`; with mark, its
 // pins are told a free waits for them.

@@ -4,9 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <unistd.h>
-
 #include <cstring>
+#include <unistd.h>
 
 #include "debug_heap.h"
 
@@ -117,17 +116,21 @@ Status repair_names_and_pins(Segment& seg) {
   seg.header()->pins_active = active;
   std::vector<uint64_t> frees;
   drop_dead_pins(seg, &frees);
-  // Names: the directory is the truth. Blocks are collected first and changed after the walk.
+  // Names: the directory and the queues' block records are the truth. Blocks are collected first and
+  // changed after the walk. A queue that cannot be read might own any named block: then none is freed now.
   std::vector<uint64_t> orphans;
   uint64_t heap_off = seg.heap_offset();
+  std::vector<uint64_t> queued;
+  bool queues_known = queued_blocks(seg, &queued);
+  std::sort(queued.begin(), queued.end());
   Status s = shared_walk(seg, [&](const BlockInfo& b) {
     if (!b.used) return true;
     uint32_t* w = shared_gen_word(seg, b.offset);
     if (w == nullptr) return true;
     bool named = (*w & kGenNamed) != 0;
-    bool listed = seg.dir_names(b.offset + heap_off);
+    bool listed = seg.dir_names(b.offset + heap_off) || std::binary_search(queued.begin(), queued.end(), b.offset + heap_off);
     if (listed && !named) gen_bump(w, true);  // the dead process named it and stopped before the word
-    if (!listed && named) orphans.push_back(b.offset);
+    if (!listed && named && queues_known) orphans.push_back(b.offset);
     return true;
   });
   if (s != Status::ok) return s;
@@ -226,12 +229,15 @@ Status SharedPool::physical_free(uint64_t hoff) { return cache_->free_locked(hof
 // The owner lets go of a block it owns (its word read as `seen`): freed now, or when the last reader
 // unpins it. The word is swapped first: losing means the slot's owner freed it meanwhile without the lock.
 Status SharedPool::release_locked(uint64_t hoff, uint32_t* word, uint32_t seen) {
-  if (!__atomic_compare_exchange_n(word, &seen, (seen + 1) & kGenCount, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+  // The recorded owner stays in the word until the free is done (the free's own bump clears it).
+  if (!__atomic_compare_exchange_n(word, &seen, ((seen + 1) & kGenCount) | (seen & kGenOwnerMask), false,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
     return Status::stale;
   }
   // No handle of the block is current any more. Crash after the mark below: the pins say a free waits;
   // their holders (or whoever finds them dead) do it. Crash before the free: the block is live with a word
-  // nobody holds: leaked (one block, the dying caller's).
+  // nobody holds: with trackOwners it still names the dying caller as its owner and is collected with its
+  // other blocks; without, it is leaked (one block, the dying caller's).
   if (shared_pinned(*seg_, hoff + heap_offset(), true)) return Status::ok;
   return physical_free(hoff);
 }
@@ -362,8 +368,7 @@ Status SharedPool::name_block(const std::string& key, uint64_t hoff, uint32_t ge
   uint32_t* prev_word = shared_gen_word(*seg_, prev_hoff);
   if (prev_word == nullptr || prev_off == off || !(*prev_word & kGenNamed)) return Status::ok;
   if (old != nullptr) {
-    gen_bump(prev_word, false);  // handed to the caller: crash after this, and the dead caller owned it
-    gen_own(prev_word, cache_->owner_bits());
+    gen_hand_over(prev_word, cache_->owner_bits());  // the caller's: crash after this, and the dead caller owned it
     old->offset = prev_off;
     old->length = prev_len;
     old->gen = *prev_word;
@@ -400,8 +405,7 @@ Status SharedPool::take(const std::string& key, NamedBlock* out, bool* had) {
   if (word == nullptr) return Status::corrupted;  // an entry naming no block: check() says more
   // Crash after the removal: the block has kGenNamed and no entry: repair frees it (the taker is dead).
   seg_->dir_remove(static_cast<uint32_t>(index));
-  gen_bump(word, false);
-  gen_own(word, cache_->owner_bits());
+  gen_hand_over(word, cache_->owner_bits());
   out->gen = *word;
   *had = true;
   return Status::ok;
@@ -546,6 +550,122 @@ Status SharedPool::object(const std::string& key, uint64_t bytes, const std::fun
   return Status::ok;
 }
 
+// ---- block messages (shared_queue.h "Block messages"): the segment's lock, then the queue's ----
+
+Status SharedPool::queue_push_block(SharedQueue& q, uint64_t off, uint32_t gen, uint64_t length, const Waiter& w,
+                                    bool wait, QueueResult* r) {
+  if (off < heap_offset()) return Status::foreign;
+  uint64_t hoff = off - heap_offset();
+  for (;;) {
+    uint32_t seq = q.not_full_seq();
+    {
+      Locked l(*seg_);
+      if (l.status() != Status::ok) return l.status();
+      uint32_t* word = nullptr;
+      uint32_t seen = 0;
+      Status s = owned(hoff, gen, &word, &seen);
+      if (s != Status::ok) return s;
+      uint64_t usable = 0;
+      seg_->usable_any(hoff, &usable);
+      if (length > usable) return Status::foreign;
+      *r = q.lock(w);
+      if (*r != QueueResult::ok) return Status::ok;
+      if (q.state()->closed) {
+        *r = QueueResult::closed;
+      } else if (!q.room_for(sizeof(BlockRef))) {
+        *r = QueueResult::full;
+      } else if (!__atomic_compare_exchange_n(word, &seen, ((seen + 1) & kGenCount) | kGenNamed, false, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_ACQUIRE)) {
+        // The slot's owner freed it meanwhile without the lock: nothing changed.
+        q.unlock();
+        return Status::stale;
+      } else {
+        // 1. The queue owns the block from the swap above on (the caller's handle is stale), and a slot is
+        //    marked as ever named (its frees take the lock from now on).
+        if (shared_mark_named(*seg_, hoff) != Status::ok) {
+          __atomic_store_n(word, seen, __ATOMIC_RELEASE);  // under the lock nobody else moves a named word
+          q.unlock();
+          return Status::corrupted;
+        }
+        // 2. The record. Crash before its commit: the block is named and no key or record lists it: the
+        //    segment's repair frees it (the producer is dead). After: the record is the truth.
+        BlockRef ref{off, length};
+        *r = q.push_locked(reinterpret_cast<const uint8_t*>(&ref), sizeof ref, true);
+        if (*r != QueueResult::ok) __atomic_store_n(word, seen, __ATOMIC_RELEASE);  // damaged queue: undone
+      }
+      q.unlock();
+    }
+    if (*r == QueueResult::ok) q.woke_poppers();
+    if (*r != QueueResult::full || !wait) return Status::ok;
+    *r = q.wait_not_full(seq, w);
+    if (*r != QueueResult::ok) return Status::ok;
+  }
+}
+
+Status SharedPool::queue_pop(SharedQueue& q, PopBuffer* bytes, uint64_t lease, uint64_t* position, NamedBlock* block,
+                             bool* is_block, const Waiter& w, bool wait, QueueResult* r) {
+  *is_block = false;
+  for (;;) {
+    uint32_t seq = q.not_empty_seq();
+    {
+      Locked l(*seg_);
+      if (l.status() != Status::ok) return l.status();
+      *r = q.lock(w);
+      if (*r != QueueResult::ok) return Status::ok;
+      bool got_block = false;
+      *r = q.pop_locked(bytes, lease, position, true, &got_block);
+      Status verdict = Status::ok;
+      if (*r == QueueResult::ok && got_block) {
+        BlockRef ref;
+        std::memcpy(&ref, bytes->data, sizeof ref);
+        uint64_t usable = 0;
+        uint32_t* word = ref.offset >= heap_offset() ? shared_gen_word(*seg_, ref.offset - heap_offset()) : nullptr;
+        if (word == nullptr || !(*word & kGenNamed) || seg_->usable_any(ref.offset - heap_offset(), &usable) != Status::ok ||
+            ref.length > usable) {
+          verdict = Status::corrupted;  // a scribbled record: the message is gone, the heap untouched
+        } else {
+          if (lease == 0) {
+            // The record is done (committed above): the block is the caller's. Crash before this store: named
+            // and listed by nothing: repair frees it (the consumer is dead; pop is at most once).
+            gen_hand_over(word, cache_->owner_bits());
+          }
+          block->offset = ref.offset;
+          block->length = ref.length;
+          block->gen = *word;
+          *is_block = true;
+        }
+      }
+      q.unlock();
+      if (verdict != Status::ok) return verdict;
+    }
+    if (*r == QueueResult::ok && lease == 0) q.woke_pushers();
+    if (*r != QueueResult::empty || !wait) return Status::ok;
+    *r = q.wait_not_empty(seq, w);
+    if (*r != QueueResult::ok) return Status::ok;
+  }
+}
+
+Status SharedPool::queue_ack(SharedQueue& q, uint64_t position, uint64_t lessee, const Waiter& w, QueueResult* r) {
+  {
+    Locked l(*seg_);
+    if (l.status() != Status::ok) return l.status();
+    *r = q.lock(w);
+    if (*r != QueueResult::ok) return Status::ok;
+    bool was_block = false;
+    BlockRef ref{0, 0};
+    *r = q.ack_locked(position, lessee, true, &was_block, &ref);
+    q.unlock();
+    if (*r == QueueResult::ok && was_block && ref.offset >= heap_offset()) {
+      // The record is done: the block is named and listed by nothing, and goes now (crash before: repair
+      // frees it, which is what this does).
+      uint32_t* word = shared_gen_word(*seg_, ref.offset - heap_offset());
+      if (word != nullptr && (*word & kGenNamed)) free_unlisted_locked(ref.offset, word);
+    }
+  }
+  if (*r == QueueResult::ok) q.woke_pushers();
+  return Status::ok;
+}
+
 Status SharedPool::stats(HeapStats* out) {
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
@@ -563,17 +683,21 @@ Status SharedPool::check(CheckResult* r) {
   seg_->heap().check(r);
   shared_check(*seg_, r);
   seg_->dir_check(r);
-  // Names and words agree (O3), and pins name live blocks.
+  // Names and words agree (O3: a queue's block record names its block as a key would), and pins name live
+  // blocks.
   uint64_t heap_off = heap_offset();
+  std::vector<uint64_t> queued;
+  if (!queued_blocks(*seg_, &queued)) r->report("queues: a queue's records fail a check (or its lock stayed busy)");
+  std::sort(queued.begin(), queued.end());
   shared_walk(*seg_, [&](const BlockInfo& b) {
     if (!b.used) return true;
     uint32_t* w = shared_gen_word(*seg_, b.offset);
     if (w == nullptr) return true;
     bool named = (*w & kGenNamed) != 0;
-    bool listed = seg_->dir_names(b.offset + heap_off);
+    bool listed = seg_->dir_names(b.offset + heap_off) || std::binary_search(queued.begin(), queued.end(), b.offset + heap_off);
     if (named != listed) {
       r->report("names: the block at " + std::to_string(b.offset + heap_off) +
-                (named ? " is marked named but no key names it" : " is named but not marked so"));
+                (named ? " is marked named but no key or queue names it" : " is named but not marked so"));
     }
     return true;
   });

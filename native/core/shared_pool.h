@@ -37,6 +37,7 @@
 #include "heap.h"
 #include "segment.h"
 #include "shared_cache.h"
+#include "shared_queue.h"
 
 namespace mempool {
 
@@ -108,6 +109,18 @@ class SharedPool {
   Status object(const std::string& key, uint64_t bytes, const std::function<void(uint8_t*)>& init, uint64_t* off,
                 uint64_t* bytes_out, bool* created);
 
+  // Block messages of a queue in this segment (zero-copy; shared_queue.h "Block messages"). Each takes the
+  // segment's lock, then the queue's. Status is the pool's verdict (a stale or named handle, a damaged ref);
+  // *r, when Status is ok, the queue's. queue_push_block hands the block the caller owns through (off, gen)
+  // to the queue: the handle is stale from then on.
+  Status queue_push_block(SharedQueue& q, uint64_t off, uint32_t gen, uint64_t length, const Waiter& w, bool wait,
+                          QueueResult* r);
+  // The oldest message, bytes (into *bytes) or a block: *is_block, and *block is a handle the caller owns now
+  // (lease == 0) or a borrowed one (named: for reading until the ack) while it is leased.
+  Status queue_pop(SharedQueue& q, PopBuffer* bytes, uint64_t lease, uint64_t* position, NamedBlock* block,
+                   bool* is_block, const Waiter& w, bool wait, QueueResult* r);
+  // Acks a leased message; a block message's block is freed (deferred while a reader pins it).
+  Status queue_ack(SharedQueue& q, uint64_t position, uint64_t lessee, const Waiter& w, QueueResult* r);
   Status stats(HeapStats* out);  // capacity and overhead include the segment's own bytes
   Status check(CheckResult* r);
   Status walk(const std::function<bool(const BlockInfo&)>& visit);  // slabs shown as their slots
@@ -144,6 +157,10 @@ class SharedPool {
 // Pins (segment.h's pin table), under the lock. Whether a live pin names the block at segment offset
 // `off`; with mark, such pins are told that a free waits for them. Pins of dead holders met are dropped.
 bool shared_pinned(Segment& seg, uint64_t off, bool mark);
+// The blocks the records of every queue in the segment own (segment offsets; objects.cc), each queue's lock
+// taken in turn: call under the segment's lock. False when a queue could not be read (its lock stayed busy,
+// its records fail a check): then nothing may be assumed unowned.
+bool queued_blocks(Segment& seg, std::vector<uint64_t>* out);
 // Segment::repair's hook (registered by SharedPool): names, generation words and pins made consistent.
 Status repair_names_and_pins(Segment& seg);
 

@@ -103,7 +103,7 @@ uint64_t SharedQueue::record_span(uint64_t pos, uint32_t length, uint32_t state)
   uint64_t at = pos % ring_;
   if (state == kRecordWrap) return ring_ - at;
   if (state < kRecordReady || state > kRecordDone) return 0;
-  uint64_t span = kRecordHeader + round16(length);
+  uint64_t span = kRecordHeader + round16(length & ~kRecordBlock);
   return at + span <= ring_ ? span : 0;
 }
 
@@ -168,15 +168,24 @@ void SharedQueue::reap_dead_leases(uint64_t now) {
 
 // ---- operations under the lock ----
 
-QueueResult SharedQueue::try_push(const uint8_t* data, uint64_t len) {
-  if (q_->closed) return QueueResult::closed;
+bool SharedQueue::room_for(uint64_t len) const {
   uint64_t head = q_->head, tail = q_->tail;
-  if (tail < head || tail - head > ring_ || !aligned16(tail)) return QueueResult::corrupted;
-  if (q_->count >= max_messages_) return QueueResult::full;
+  if (tail < head || tail - head > ring_ || q_->count >= max_messages_) return false;
   uint64_t need = kRecordHeader + round16(len);
   uint64_t contiguous = ring_ - tail % ring_;
   uint64_t total = need <= contiguous ? need : contiguous + need;  // a wrap record fills the ring's end
-  if (total > ring_ - (tail - head)) return QueueResult::full;
+  return total <= ring_ - (tail - head);
+}
+
+QueueResult SharedQueue::try_push(const uint8_t* data, uint64_t len, bool block) {
+  if (q_->closed) return QueueResult::closed;
+  uint64_t head = q_->head, tail = q_->tail;
+  if (tail < head || tail - head > ring_ || !aligned16(tail)) return QueueResult::corrupted;
+  if (len > max_message()) return QueueResult::too_large;
+  if (!room_for(len)) return QueueResult::full;
+  uint64_t need = kRecordHeader + round16(len);
+  uint64_t contiguous = ring_ - tail % ring_;
+  uint64_t total = need <= contiguous ? need : contiguous + need;
   uint64_t pos = tail;
   if (need > contiguous) {
     uint8_t* wrap = ring_base_ + tail % ring_;
@@ -185,7 +194,7 @@ QueueResult SharedQueue::try_push(const uint8_t* data, uint64_t len) {
     pos += contiguous;
   }
   uint8_t* r = ring_base_ + pos % ring_;
-  __atomic_store_n(reinterpret_cast<uint32_t*>(r), static_cast<uint32_t>(len), __ATOMIC_RELAXED);
+  __atomic_store_n(reinterpret_cast<uint32_t*>(r), static_cast<uint32_t>(len) | (block ? kRecordBlock : 0u), __ATOMIC_RELAXED);
   __atomic_store_n(reinterpret_cast<uint32_t*>(r + 4), uint32_t(kRecordReady), __ATOMIC_RELAXED);
   __atomic_store_n(reinterpret_cast<uint64_t*>(r + 8), uint64_t(0), __ATOMIC_RELAXED);
   if (len > 0) std::memcpy(r + kRecordHeader, data, len);
@@ -197,7 +206,7 @@ QueueResult SharedQueue::try_push(const uint8_t* data, uint64_t len) {
   return QueueResult::ok;
 }
 
-QueueResult SharedQueue::try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position) {
+QueueResult SharedQueue::try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position, bool allow_block, bool* block) {
   if (q_->leased != 0) reap_dead_leases(monotonic_now_ns());  // no clock read when nothing is leased
   uint64_t head = q_->head, tail = q_->tail;
   if (tail < head || tail - head > ring_) return QueueResult::corrupted;
@@ -212,6 +221,12 @@ QueueResult SharedQueue::try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* po
       p += span;
       continue;
     }
+    bool is_block = (length & kRecordBlock) != 0;
+    length &= ~kRecordBlock;
+    if (is_block && (!allow_block || length != sizeof(BlockRef))) {
+      return allow_block ? QueueResult::corrupted : QueueResult::block;  // nothing changed
+    }
+    if (block != nullptr) *block = is_block;
     out->length = length;
     if (length > out->capacity) return QueueResult::too_small;  // nothing changed: the caller grows and retries
     if (length > 0) std::memcpy(out->data, r + kRecordHeader, length);
@@ -238,25 +253,45 @@ QueueResult SharedQueue::try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* po
 
 // ---- the public calls: lock, try, unlock, wake, and sleep when asked to wait ----
 
+QueueResult SharedQueue::wait_not_full(uint32_t seq, const Waiter& w) {
+  if (spin_until_changed(&q_->not_full, seq)) return QueueResult::ok;
+  __atomic_add_fetch(&q_->push_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
+  uint64_t deadline = sleep_until(w.deadline);
+  SyncResult s = futex_wait(&q_->not_full, seq, deadline, w.cancel);
+  if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
+  if (s == SyncResult::cancelled) return QueueResult::cancelled;
+  return QueueResult::ok;
+}
+
+QueueResult SharedQueue::wait_not_empty(uint32_t seq, const Waiter& w) {
+  // A producer usually follows within microseconds: watch for a push a little before paying for a sleep
+  // and, on the producer's side, a wake.
+  if (spin_until_changed(&q_->not_empty, seq)) return QueueResult::ok;
+  __atomic_add_fetch(&q_->pop_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
+  // Sleeping at most 100 ms at a time: a lessee that dies is noticed and its message redelivered without a
+  // push to wake us, and a wake lost with a producer killed before it sent it costs 100 ms, not a hang.
+  uint64_t deadline = sleep_until(w.deadline);
+  SyncResult s = futex_wait(&q_->not_empty, seq, deadline, w.cancel);
+  if (s == SyncResult::cancelled) return QueueResult::cancelled;
+  if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
+  return QueueResult::ok;
+}
+
+void SharedQueue::woke_pushers() { wake_all(&q_->push_waiters, &q_->not_full); }
+void SharedQueue::woke_poppers() { wake_all(&q_->pop_waiters, &q_->not_empty); }
+
 QueueResult SharedQueue::push(const uint8_t* data, uint64_t len, const Waiter& w, bool wait) {
   if (len > max_message()) return QueueResult::too_large;
   for (;;) {
-    uint32_t seq = __atomic_load_n(&q_->not_full, __ATOMIC_SEQ_CST);
+    uint32_t seq = not_full_seq();
     QueueResult r = lock(w);
     if (r != QueueResult::ok) return r;
-    r = try_push(data, len);
+    r = try_push(data, len, false);
     unlock();
-    if (r == QueueResult::ok) {
-      wake_all(&q_->pop_waiters, &q_->not_empty);
-      return r;
-    }
+    if (r == QueueResult::ok) woke_poppers();
     if (r != QueueResult::full || !wait) return r;
-    if (spin_until_changed(&q_->not_full, seq)) continue;
-    __atomic_add_fetch(&q_->push_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
-    uint64_t deadline = sleep_until(w.deadline);
-    SyncResult s = futex_wait(&q_->not_full, seq, deadline, w.cancel);
-    if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
-    if (s == SyncResult::cancelled) return QueueResult::cancelled;
+    r = wait_not_full(seq, w);
+    if (r != QueueResult::ok) return r;
   }
 }
 
@@ -278,47 +313,67 @@ QueueResult SharedQueue::pop(std::string* out, uint64_t lease_to, uint64_t* posi
 
 QueueResult SharedQueue::pop(PopBuffer* out, uint64_t lease_to, uint64_t* position, const Waiter& w, bool wait) {
   for (;;) {
-    uint32_t seq = __atomic_load_n(&q_->not_empty, __ATOMIC_SEQ_CST);
+    uint32_t seq = not_empty_seq();
     QueueResult r = lock(w);
     if (r != QueueResult::ok) return r;
-    r = try_pop(out, lease_to, position);
+    r = try_pop(out, lease_to, position, false, nullptr);
     unlock();
-    if (r == QueueResult::ok) {
-      if (lease_to == 0) wake_all(&q_->push_waiters, &q_->not_full);
-      return r;
-    }
+    if (r == QueueResult::ok && lease_to == 0) woke_pushers();
     if (r != QueueResult::empty || !wait) return r;
-    // A producer usually follows within microseconds: watch for a push a little before paying for a sleep
-    // and, on the producer's side, a wake.
-    if (spin_until_changed(&q_->not_empty, seq)) continue;
-    __atomic_add_fetch(&q_->pop_waiters, 1u, __ATOMIC_SEQ_CST);  // no decrement: see wake_all
-    // Sleeping at most 100 ms at a time: a lessee that dies is noticed and its message redelivered without a
-    // push to wake us, and a wake lost with a producer killed before it sent it costs 100 ms, not a hang.
-    uint64_t deadline = sleep_until(w.deadline);
-    SyncResult s = futex_wait(&q_->not_empty, seq, deadline, w.cancel);
-    if (s == SyncResult::cancelled) return QueueResult::cancelled;
-    if (s == SyncResult::timed_out && deadline == w.deadline) return QueueResult::timed_out;
+    r = wait_not_empty(seq, w);
+    if (r != QueueResult::ok) return r;
   }
+}
+
+QueueResult SharedQueue::ack_locked(uint64_t position, uint64_t lessee, bool allow_block, bool* block, BlockRef* ref) {
+  uint32_t length = 0, state = 0;
+  uint8_t* rec = nullptr;
+  if (position >= q_->head && position < q_->tail && aligned16(position)) rec = record(position, &length, &state);
+  if (rec == nullptr || state != kRecordLeased || __atomic_load_n(reinterpret_cast<uint64_t*>(rec + 8), __ATOMIC_RELAXED) != lessee) {
+    return QueueResult::not_leased;
+  }
+  bool is_block = (length & kRecordBlock) != 0;
+  if (is_block && !allow_block) return QueueResult::block;  // nothing changed: SharedPool's ack frees the block
+  if (is_block) {
+    if ((length & ~kRecordBlock) != sizeof(BlockRef) || record_span(position, length, state) == 0) return QueueResult::corrupted;
+    std::memcpy(ref, rec + kRecordHeader, sizeof *ref);
+  }
+  if (block != nullptr) *block = is_block;
+  // The commit: crash before and the message is redelivered once we are judged dead.
+  __atomic_store_n(reinterpret_cast<uint32_t*>(rec + 4), uint32_t(kRecordDone), __ATOMIC_RELEASE);
+  q_->leased -= 1;
+  q_->count -= 1;
+  __atomic_add_fetch(&q_->not_full, 1u, __ATOMIC_SEQ_CST);
+  return advance_head();
 }
 
 QueueResult SharedQueue::ack(uint64_t position, uint64_t lessee, const Waiter& w) {
   QueueResult r = lock(w);
   if (r != QueueResult::ok) return r;
-  r = QueueResult::not_leased;
-  uint32_t length = 0, state = 0;
-  uint8_t* rec = nullptr;
-  if (position >= q_->head && position < q_->tail && aligned16(position)) rec = record(position, &length, &state);
-  if (rec != nullptr && state == kRecordLeased && __atomic_load_n(reinterpret_cast<uint64_t*>(rec + 8), __ATOMIC_RELAXED) == lessee) {
-    // The commit: crash before and the message is redelivered once we are judged dead.
-    __atomic_store_n(reinterpret_cast<uint32_t*>(rec + 4), uint32_t(kRecordDone), __ATOMIC_RELEASE);
-    q_->leased -= 1;
-    q_->count -= 1;
-    __atomic_add_fetch(&q_->not_full, 1u, __ATOMIC_SEQ_CST);
-    r = advance_head();
-  }
+  r = ack_locked(position, lessee, false, nullptr, nullptr);
   unlock();
-  if (r == QueueResult::ok) wake_all(&q_->push_waiters, &q_->not_full);
+  if (r == QueueResult::ok) woke_pushers();
   return r;
+}
+
+bool SharedQueue::blocks_locked(std::vector<uint64_t>* out) const {
+  uint64_t head = q_->head, tail = q_->tail;
+  if (tail < head || tail - head > ring_) return false;
+  for (uint64_t p = head; p < tail;) {
+    uint32_t length = 0, state = 0;
+    uint8_t* r = record(p, &length, &state);
+    if (r == nullptr) return false;
+    uint64_t span = record_span(p, length, state);
+    if (span == 0 || span > tail - p) return false;
+    if ((length & kRecordBlock) != 0 && (state == kRecordReady || state == kRecordLeased)) {
+      if ((length & ~kRecordBlock) != sizeof(BlockRef)) return false;
+      BlockRef ref;
+      std::memcpy(&ref, r + kRecordHeader, sizeof ref);
+      out->push_back(ref.offset);
+    }
+    p += span;
+  }
+  return true;
 }
 
 QueueResult SharedQueue::close(const Waiter& w) {

@@ -34,6 +34,17 @@
 //   - a message whose lessee died is found (at most every 100 ms, on a receive or pop that looks) and made
 //     ready again.
 //   Statistics (pushed, popped, redelivered) may miss one operation of a process killed mid-way.
+//
+// Block messages (zero-copy). A record whose length word has kRecordBlock holds a BlockRef: a heap block of
+// the segment that the record owns while it is queued (its generation word has kGenNamed, as if a key named
+// it: no handle can free it). They are pushed, popped and acked only by SharedPool (shared_pool.h,
+// queue_push_block and the like), under the segment's lock and then this one (always in that order; byte
+// operations take only this one, so no thread ever waits for the segment's lock holding a queue's). The
+// ownership moves at the record's commit: push makes the block named, then commits the record (killed
+// between: a named block no key or record lists, which the segment's repair frees: the producer is dead);
+// pop commits the record done, then hands the block's word to the caller (killed between: the same, the
+// consumer is dead); ack of a leased one commits done, then frees the block. The segment's repair counts
+// records as names (queued_blocks below), so it frees nothing a queue owns.
 // Trust: another process may scribble on the block. Geometry (ring_bytes, max_messages) is read once at
 // open and validated against the block's size, and kept in the handle; head, tail and every record are
 // bounds-checked before use, and a violation is Status::corrupted, never a wild read.
@@ -42,6 +53,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "heap.h"
 #include "sync.h"
@@ -65,6 +77,14 @@ static_assert(sizeof(ObjectHeader) == 32, "object headers are 32 bytes");
 
 enum RecordState : uint32_t { kRecordReady = 1, kRecordLeased = 2, kRecordDone = 3, kRecordWrap = 4 };
 constexpr uint64_t kRecordHeader = 16;
+constexpr uint32_t kRecordBlock = 0x80000000u;          // in a record's length word: the payload is a BlockRef
+constexpr uint64_t kMaxRecordBytes = kRecordBlock - 1;  // a byte message's longest length
+// A block message's payload: the block (a segment offset) and how many of its bytes are the message.
+struct BlockRef {
+  uint64_t offset;
+  uint64_t length;
+};
+static_assert(sizeof(BlockRef) == 16, "block references are 16 bytes");
 
 struct QueueState {
   RobustMutex lock;       // 0
@@ -106,6 +126,7 @@ enum class QueueResult : int32_t {
   corrupted = 7,  // the state failed a bounds check (a scribbler)
   not_leased = 8, // ack of a position that is not a record leased to this thread
   too_small = 9,  // pop into a buffer smaller than the oldest message: nothing taken, `length` says how much
+  block = 10,     // the oldest message is a block message: only SharedPool's calls take it; nothing changed
 };
 
 // Where pop() copies a message: `capacity` bytes at `data`. On ok `length` is the message's length; on
@@ -125,7 +146,7 @@ class SharedQueue {
   // Returns false when the geometry does not fit (a damaged or foreign block).
   bool attach(uint8_t* state, uint64_t available, bool judge);
 
-  uint64_t max_message() const { return ring_ - kRecordHeader; }
+  uint64_t max_message() const { return ring_ - kRecordHeader < kMaxRecordBytes ? ring_ - kRecordHeader : kMaxRecordBytes; }
   uint64_t ring_bytes() const { return ring_; }
   uint64_t max_messages() const { return max_messages_; }
   QueueState* state() const { return q_; }  // for tests that play a process killed inside an operation
@@ -141,17 +162,39 @@ class SharedQueue {
   QueueResult close(const Waiter& w);
   QueueResult stats(QueueStats* out, const Waiter& w);
 
- private:
+  // The pieces SharedPool's block messages are made of (see "Block messages" above). Between lock() and
+  // unlock(), the *_locked calls; outside, the waits.
   QueueResult lock(const Waiter& w);
   void unlock();
+  // Whether a message of `len` bytes fits now.
+  bool room_for(uint64_t len) const;
+  QueueResult push_locked(const uint8_t* data, uint64_t len, bool block) { return try_push(data, len, block); }
+  // As pop, taking a block message too when allow_block (*block says which it was; its BlockRef is the bytes).
+  QueueResult pop_locked(PopBuffer* out, uint64_t lease_to, uint64_t* position, bool allow_block, bool* block) {
+    return try_pop(out, lease_to, position, allow_block, block);
+  }
+  // As ack; a block message's BlockRef goes to *ref (with *block true): the caller frees the block.
+  QueueResult ack_locked(uint64_t position, uint64_t lessee, bool allow_block, bool* block, BlockRef* ref);
+  // The futex sequences a waiter reads before looking, then waits on; and the wakes after a change.
+  uint32_t not_full_seq() const { return __atomic_load_n(&q_->not_full, __ATOMIC_SEQ_CST); }
+  uint32_t not_empty_seq() const { return __atomic_load_n(&q_->not_empty, __ATOMIC_SEQ_CST); }
+  QueueResult wait_not_full(uint32_t seq, const Waiter& w);
+  QueueResult wait_not_empty(uint32_t seq, const Waiter& w);
+  void woke_pushers();   // after a pop or ack made room
+  void woke_poppers();   // after a push
+  // The blocks the records from head to tail own (segment offsets), under the lock; false when the records
+  // fail a bounds check (then the caller must assume nothing about what the queue owns).
+  bool blocks_locked(std::vector<uint64_t>* out) const;
+
+ private:
   QueueResult repair();
   // The record at position `pos` (bounds-checked), or null.
   uint8_t* record(uint64_t pos, uint32_t* length, uint32_t* state) const;
   uint64_t record_span(uint64_t pos, uint32_t length, uint32_t state) const;
   QueueResult advance_head();
   void reap_dead_leases(uint64_t now);
-  QueueResult try_push(const uint8_t* data, uint64_t len);
-  QueueResult try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position);
+  QueueResult try_push(const uint8_t* data, uint64_t len, bool block);
+  QueueResult try_pop(PopBuffer* out, uint64_t lease_to, uint64_t* position, bool allow_block, bool* block);
 
   QueueState* q_ = nullptr;
   uint8_t* ring_base_ = nullptr;

@@ -519,3 +519,184 @@ TEST("queue: producers and consumers killed with -9 mid-operation never break it
   std::fprintf(stderr, "    (%llu pushed, %llu redelivered, %u lock recoveries in 40 kills)\n",
                static_cast<unsigned long long>(st.pushed), static_cast<unsigned long long>(st.redelivered), recoveries);
 }
+
+namespace {
+// A block message's bytes: a pattern of its offset, so a consumer can tell a whole block from a reused one.
+void fill_block(uint8_t* p, uint64_t off, uint64_t len) {
+  for (uint64_t k = 0; k < len; ++k) p[k] = static_cast<uint8_t>((off * 7 + k) & 0xff);
+}
+// The segment offset of the queue "b"'s own block (its directory entry).
+uint64_t q_block_offset(SharedPool& p) {
+  uint64_t off = 0, len = 0;
+  p.segment().dir_lookup(object_key(ObjectKind::queue, "b"), &off, &len);
+  return off;
+}
+bool block_whole(const uint8_t* p, uint64_t off, uint64_t len) {
+  for (uint64_t k = 0; k < len; ++k) {
+    if (p[k] != static_cast<uint8_t>((off * 7 + k) & 0xff)) return false;
+  }
+  return true;
+}
+}  // namespace
+
+TEST("queue block messages: ownership moves with the message; stale handles, leases and acks") {
+  SegEnv e("queue-blocks", 8 << 20);
+  REQUIRE(e.pool);
+  SharedPool& p = *e.pool;
+  SharedQueue q;
+  REQUIRE(open_queue(p, "b", 4096, 8, &q) == Status::ok);
+  Waiter w = sync_waiter(kNoDeadline, true);
+  uint64_t off = 0;
+  uint32_t gen = 0;
+  REQUIRE(p.alloc(5000, 16, kNoHint, 0, &off, &gen) == Status::ok);
+  fill_block(p.base() + off, off, 5000);
+  QueueResult r = QueueResult::ok;
+  EXPECT(p.queue_push_block(q, off, gen, 5000, w, false, &r) == Status::ok && r == QueueResult::ok);
+  EXPECT(p.free(off, gen) == Status::named);                                          // the queue owns it
+  EXPECT(p.queue_push_block(q, off, gen, 5000, w, false, &r) == Status::named);       // not twice
+  CheckResult c;
+  EXPECT(p.check(&c) == Status::ok && c.violations == 0);
+  // The byte path refuses to take it (only the pool's path moves ownership), and changes nothing.
+  std::string bytes;
+  uint64_t pos = 0;
+  EXPECT(q.pop(&bytes, 0, &pos, w, false) == QueueResult::block);
+  uint8_t scratch[64];
+  PopBuffer b;
+  b.data = scratch;
+  b.capacity = sizeof scratch;
+  NamedBlock got;
+  bool is_block = false;
+  EXPECT(p.queue_pop(q, &b, 0, &pos, &got, &is_block, w, false, &r) == Status::ok && r == QueueResult::ok && is_block);
+  EXPECT(got.offset == off && got.length == 5000 && got.gen != gen);
+  EXPECT(block_whole(p.base() + off, off, 5000));
+  EXPECT(p.free(off, gen) == Status::stale);  // the producer's old handle
+  EXPECT(p.free(got.offset, got.gen) == Status::ok);
+  // Leased: the queue keeps it until the ack, which frees it.
+  REQUIRE(p.alloc(64, 16, kNoHint, 0, &off, &gen) == Status::ok);
+  EXPECT(p.queue_push_block(q, off, gen, 64, w, false, &r) == Status::ok && r == QueueResult::ok);
+  uint64_t lease = sync_stamp();
+  EXPECT(p.queue_pop(q, &b, lease, &pos, &got, &is_block, w, false, &r) == Status::ok && r == QueueResult::ok && is_block);
+  EXPECT(p.free(got.offset, got.gen) == Status::named);  // borrowed while leased
+  EXPECT(q.ack(pos, lease, w) == QueueResult::block);    // the byte path cannot free it
+  HeapStats before, after;
+  EXPECT(p.stats(&before) == Status::ok);
+  EXPECT(p.queue_ack(q, pos, lease, w, &r) == Status::ok && r == QueueResult::ok);
+  EXPECT(p.stats(&after) == Status::ok && after.live_allocations + 1 == before.live_allocations);
+  EXPECT(p.queue_ack(q, pos, lease, w, &r) == Status::ok && r == QueueResult::not_leased);
+  // Bytes and blocks mixed, in order; a closed queue takes no block and leaves it with its owner.
+  EXPECT(q.push(reinterpret_cast<const uint8_t*>("one"), 3, w, false) == QueueResult::ok);
+  REQUIRE(p.alloc(32, 16, kNoHint, 0, &off, &gen) == Status::ok);
+  EXPECT(p.queue_push_block(q, off, gen, 32, w, false, &r) == Status::ok && r == QueueResult::ok);
+  EXPECT(p.queue_pop(q, &b, 0, &pos, &got, &is_block, w, false, &r) == Status::ok && r == QueueResult::ok && !is_block);
+  EXPECT(b.length == 3 && std::memcmp(scratch, "one", 3) == 0);
+  EXPECT(p.queue_pop(q, &b, 0, &pos, &got, &is_block, w, false, &r) == Status::ok && is_block && got.offset == off);
+  EXPECT(q.close(w) == QueueResult::ok);
+  EXPECT(p.queue_push_block(q, got.offset, got.gen, 32, w, false, &r) == Status::ok && r == QueueResult::closed);
+  EXPECT(p.free(got.offset, got.gen) == Status::ok);  // still the caller's
+  EXPECT(p.check(&c) == Status::ok && c.violations == 0);
+}
+
+TEST("queue block messages: producers and consumers killed with -9 leave every block owned exactly once") {
+  std::string name = coretest::unique_segment_name("sync-queue-block-kill");
+  coretest::Unlinker unlink(name);
+  SegmentOptions o;
+  o.track_owners = true;  // a dead process's unnamed blocks are collected: the count below is exact
+  std::unique_ptr<SharedPool> pool = coretest::create_pool(name, 32 << 20, o);
+  REQUIRE(pool);
+  SharedQueue q;
+  REQUIRE(open_queue(*pool, "b", 8192, 64, &q) == Status::ok);
+  HeapStats start;
+  REQUIRE(pool->stats(&start) == Status::ok);
+  auto producer = [&name]() -> int {
+    std::unique_ptr<SharedPool> p = coretest::open_pool(name);  // an attachment of its own
+    SharedQueue cq;
+    if (!p || open_queue(*p, "b", 0, 0, &cq) != Status::ok) return 1;
+    Waiter w = sync_waiter(kNoDeadline, true);
+    for (uint64_t i = 0;; ++i) {
+      uint64_t len = 16 + (i * 977) % 6000, off = 0;
+      uint32_t gen = 0;
+      if (p->alloc(len, 16, kNoHint, 0, &off, &gen) != Status::ok) {
+        usleep(100);
+        continue;
+      }
+      fill_block(p->base() + off, off, len);
+      if ((gen & kGenOwnerMask) == 0) return 7;
+      QueueResult r = QueueResult::ok;
+      if (p->queue_push_block(cq, off, gen, len, w, true, &r) != Status::ok || r != QueueResult::ok) return 2;
+    }
+  };
+  auto consumer = [&name]() -> int {
+    std::unique_ptr<SharedPool> p = coretest::open_pool(name);
+    SharedQueue cq;
+    if (!p || open_queue(*p, "b", 0, 0, &cq) != Status::ok) return 1;
+    Waiter w = sync_waiter(kNoDeadline, true);
+    uint8_t scratch[64];
+    for (;;) {
+      PopBuffer b;
+      b.data = scratch;
+      b.capacity = sizeof scratch;
+      NamedBlock got;
+      bool is_block = false;
+      uint64_t pos = 0;
+      QueueResult r = QueueResult::ok;
+      if (p->queue_pop(cq, &b, 0, &pos, &got, &is_block, w, true, &r) != Status::ok || r != QueueResult::ok || !is_block) return 3;
+      if (!block_whole(p->base() + got.offset, got.offset, got.length)) return 4;
+      if ((got.gen & kGenOwnerMask) == 0) return 6;
+      if (p->free(got.offset, got.gen) != Status::ok) return 5;
+    }
+  };
+  uint32_t seed = 12345;
+  for (int round = 0; round < 24; ++round) {
+    pid_t kids[3] = {fork_child(producer), fork_child(producer), fork_child(consumer)};
+    seed = seed * 1103515245u + 12345u;
+    usleep(20000 + (seed >> 16) % 40000);
+    for (pid_t k : kids) kill(k, SIGKILL);
+    for (pid_t k : kids) EXPECT(wait_child(k) == 128 + SIGKILL);  // no child failed a check before
+  }
+  // Drain what is queued, checking each block; then nothing is left but the queue's own block.
+  Waiter w = sync_waiter(kNoDeadline, true);
+  uint8_t scratch[64];
+  uint64_t drained = 0;
+  for (;;) {
+    PopBuffer b;
+    b.data = scratch;
+    b.capacity = sizeof scratch;
+    NamedBlock got;
+    bool is_block = false;
+    uint64_t pos = 0;
+    QueueResult r = QueueResult::ok;
+    REQUIRE(pool->queue_pop(q, &b, 0, &pos, &got, &is_block, w, false, &r) == Status::ok);
+    if (r == QueueResult::empty) break;
+    REQUIRE(r == QueueResult::ok && is_block);
+    EXPECT(block_whole(pool->base() + got.offset, got.offset, got.length));
+    EXPECT(pool->free(got.offset, got.gen) == Status::ok);
+    ++drained;
+  }
+  CheckResult c;
+  EXPECT(pool->check(&c) == Status::ok && c.violations == 0);
+  HeapStats end;
+  EXPECT(pool->stats(&end) == Status::ok);
+  // Every block freed once: none twice (check above), and none stranded by the queue's transfers (those leave
+  // a block named, or owned by the dead, and repair or trackOwners' collection frees it). Narrow windows
+  // outside the queue still strand a block now and then (measured: 0 in 10 of 16 runs, at most 3): one is
+  // alloc's own, a process killed between the heap's alloc and the store of the block's owner into its word
+  // (shared_cache.cc alloc_locked). Such a block is unnamed and records no owner: every block left must look
+  // like that, and there must be few.
+  uint64_t stranded = 0;
+  bool only_alloc_window = true;
+  pool->walk([&](const BlockInfo& bi) {
+    if (!bi.used || bi.offset == q_block_offset(*pool)) return true;  // walk gives segment offsets
+    uint32_t* gw = shared_gen_word(pool->segment(), bi.offset - pool->heap_offset());
+    ++stranded;
+    if (gw == nullptr || (*gw & (kGenNamed | kGenOwnerMask)) != 0) only_alloc_window = false;
+    return true;
+  });
+  EXPECT(end.live_allocations == start.live_allocations + stranded);
+  EXPECT(only_alloc_window);
+  EXPECT(stranded <= 4);
+  QueueStats st;
+  EXPECT(q.stats(&st, w) == QueueResult::ok && st.count == 0 && st.pushed > 100);
+  std::printf("  (%llu drained, %llu pushed, %u queue lock recoveries, %llu unowned blocks stranded)\n",
+              static_cast<unsigned long long>(drained), static_cast<unsigned long long>(st.pushed), st.recoveries,
+              static_cast<unsigned long long>(stranded));
+}
