@@ -46,7 +46,7 @@ export function statusError(status: number, what: string, detail?: string): Erro
         `The block was freed or handed to another owner since this view was obtained (${what}): nothing was changed; use the view the last alloc, take or replace returned`,
       );
     case Status.Named:
-      return new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory (${what}): take(key) it first, or delete(key)`);
+      return new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory or by a queue it was pushed to (${what}): take(key) or pop it first, or delete(key)`);
     case Status.PinsFull:
       return new PoolError('ERR_SHM_PIN_TABLE_FULL', `Every pin of the segment is in use (${what}): finish other reads first, or use getCopy()`);
     case Status.NoHandle:

@@ -21,7 +21,7 @@ export interface BlockBridge {
   handleOf(block: Uint8Array): [number, number, number];
   /** The Buffer for a block handle. */
   handleView(offset: number, length: number, gen: number): Buffer;
-  /** The coded error for a pool Status (a positive number). */
+  /** The coded error for a pool Status (negative, as lib/native.ts Status). */
   error(status: number, what: string): Error;
 }
 
@@ -111,7 +111,8 @@ export class SharedQueue implements AsyncIterable<Buffer> {
 
   /**
    * Hands a block of this pool you own (a Buffer that alloc, realloc, take or replace returned) to the queue
-   * without copying it: the queue owns it from now on (your Buffer is stale: a free through it is refused),
+   * without copying it: the queue owns it from now on (a free through your Buffer is refused with
+   * ERR_POOL_BLOCK_NAMED while it is queued, and with ERR_POOL_STALE_HANDLE once a consumer has it),
    * and the consumer that pops it owns it next. Waits while the queue is full; throws ERR_QUEUE_FULL after
    * timeoutMs, ERR_QUEUE_CLOSED, and the pool's errors for a block you do not own (ERR_POOL_STALE_HANDLE,
    * ERR_POOL_BLOCK_NAMED, ERR_POOL_FOREIGN_BUFFER, ERR_POOL_NO_HANDLE). The message is the whole Buffer.
@@ -133,7 +134,7 @@ export class SharedQueue implements AsyncIterable<Buffer> {
     if (!(block instanceof Uint8Array)) throw invalidArgType('block', 'a Buffer from this pool', block);
     const [offset, length, gen] = this.pool.handleOf(block);
     const r = this.native.pushBlock(offset, gen, length, timeoutMs, wait);
-    if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(-r, `pushBlock to queue '${this.name}'`);
+    if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(r, `pushBlock to queue '${this.name}'`);
     return r;
   }
 
@@ -144,7 +145,7 @@ export class SharedQueue implements AsyncIterable<Buffer> {
     for (;;) {
       const r = this.native.popShared(this.scratch, lease, timeoutMs, wait);
       if (typeof r === 'number') {
-        if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(-r, `pop from queue '${this.name}'`);
+        if (r < 0 && r !== QueueResult.PoolClosed) throw this.pool.error(r, `pop from queue '${this.name}'`);
         return r;
       }
       if (r.length === 1) {
@@ -265,7 +266,7 @@ export class SharedQueue implements AsyncIterable<Buffer> {
       ack(): void {
         let a = acked ? QueueResult.NotLeased : native.ack(position);
         if (a === QueueResult.Block) a = native.ackShared(position);  // a block message: the pool frees its block
-        if (a < 0 && a !== QueueResult.PoolClosed) throw pool.error(-a, `ack of a message of queue '${name}'`);
+        if (a < 0 && a !== QueueResult.PoolClosed) throw pool.error(a, `ack of a message of queue '${name}'`);
         if (a === QueueResult.NotLeased) {
           throw new PoolError('ERR_QUEUE_NOT_LEASED', `This message of queue '${name}' is not leased to this thread: it was acked already, or received by another thread`);
         }

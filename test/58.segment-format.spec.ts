@@ -28,7 +28,7 @@ describe('segment format: a reader written from docs/segment-format.md', () => {
     for (const block of blocks) expect(readFileSync(reader, 'utf8')).to.contain(block);
   });
 
-  it('reads the messages of a queue, oldest first, across wrap-around, leased ones included', () => {
+  it('reads the messages of a queue, oldest first, across wrap-around, leased ones and block messages included', () => {
     const name = uniqueName('format-queue');
     const pool = SharedPool.create(name, { size: 1 << 20 });
     try {
@@ -44,6 +44,14 @@ describe('segment format: a reader written from docs/segment-format.md', () => {
       expect(peek()).to.deep.equal(sent);
       leased.ack();
       expect(peek()).to.deep.equal(sent.slice(1));
+      // A block message (zero-copy): the record names a block of the heap, which the reader follows.
+      while (q.tryPop() !== undefined);
+      const block = pool.alloc(70);
+      randomBytes(70).copy(block);
+      const blockHex = block.toString('hex');
+      q.push('after');
+      q.pushBlock(block);
+      expect(peek()).to.deep.equal([Buffer.from('after').toString('hex'), blockHex]);
       expect(JSON.parse(execFileSync('python3', [reader, name, '--queue', 'absent'], { encoding: 'utf8' }))).to.equal(null);
     } finally {
       pool.close();

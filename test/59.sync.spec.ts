@@ -400,6 +400,103 @@ describe('Coordination across processes (wait/notify, SharedMutex, SharedSemapho
       pool.close();
     });
 
+    it('pushBlock hands blocks to consumer processes without copying: each consumer owns and frees what it pops', async () => {
+      const pool = newPool('queue-blocks', 16 * MiB);
+      const q = pool.queue('q', { maxBytes: 4096, maxMessages: 16 }); // small: producers wait for room
+      const consumers = [0, 1].map(() => run('consume-blocks', pool.name));
+      const N = 2000;
+      const sent = new Set<number>();
+      try {
+        for (let i = 0; i < N; i++) {
+          const len = 16 + ((i * 37 + 11) % 200); // the children's checksummed message, id 1
+          const m = i % 3 === 0 ? Buffer.alloc(len) : pool.alloc(len);
+          m.writeUInt32LE(1, 0);
+          m.writeUInt32LE(i, 4);
+          m.writeUInt32LE(len, 8);
+          for (let k = 12; k < len; k++) m[k] = (7 + i * 13 + k) & 0xff;
+          if (i % 3 === 0) q.push(m); // bytes and blocks mixed in one queue, in one order
+          else {
+            q.pushBlock(m);
+            // The producer's Buffer frees nothing: the block is queued (named), a consumer's, or freed by it.
+            try {
+              pool.free(m);
+              expect.fail('a free through a pushed block succeeded');
+            } catch (e) {
+              expect((e as PoolError).code).to.be.oneOf(['ERR_POOL_BLOCK_NAMED', 'ERR_POOL_STALE_HANDLE', 'ERR_POOL_DOUBLE_FREE']);
+            }
+            sent.add(i);
+          }
+        }
+      } finally {
+        q.close(); // even when an assertion failed: the consumers drain and exit
+      }
+      let count = 0, sum = 0, freed = 0;
+      for (const c of consumers) {
+        const r = await finished(c);
+        expect(r).to.include({ bad: 0, order: true });
+        count += r.count as number;
+        sum += r.sum as number;
+        freed += r.freed as number;
+      }
+      expect(count).to.equal(N);
+      expect(sum).to.equal((N * (N - 1)) / 2);
+      expect(freed).to.equal(sent.size); // every block reached a consumer, which owned it
+      expect(pool.stats().liveAllocations).to.equal(1); // the queue's ring: every block came back
+      pool.check();
+      pool.close();
+    });
+
+    it("block messages: a popped block is the consumer's, a received one is lent until ack, which frees it; a killed lessee's comes back", async () => {
+      const pool = newPool('queue-block-lease');
+      const q = pool.queue('q');
+      const live = () => pool.stats().liveAllocations;
+      const base = live();
+      const a = pool.alloc(100).fill(1);
+      q.pushBlock(a);
+      const popped = q.pop()!;
+      expect(popped.length).to.equal(100);
+      expect(popped.every((x) => x === 1)).to.equal(true);
+      expectCode(() => pool.free(a), 'ERR_POOL_STALE_HANDLE'); // the producer's Buffer no longer owns it
+      pool.free(popped); // the consumer's does
+      expect(live()).to.equal(base);
+
+      const b = pool.alloc(50).fill(2);
+      q.pushBlock(b);
+      const r = q.receive()!;
+      expect(r.data.equals(Buffer.alloc(50, 2))).to.equal(true);
+      expectCode(() => pool.free(r.data), 'ERR_POOL_BLOCK_NAMED'); // lent, not given: the queue still owns it
+      r.ack(); // frees the block
+      expect(live()).to.equal(base);
+
+      const c = pool.alloc(64);
+      c.write('leased to a process that dies');
+      q.pushBlock(c);
+      const k = run('lease', pool.name);
+      await k.until(ready);
+      k.proc.kill('SIGKILL');
+      await k.exit;
+      const again = await q.popAsync(5000);
+      expect(again!.toString('utf8', 0, 29)).to.equal('leased to a process that dies');
+      pool.free(again!);
+      expect(live()).to.equal(base);
+
+      const full = pool.queue('tiny', { maxBytes: 32, maxMessages: 1 });
+      const d = pool.alloc(10);
+      expect(full.tryPushBlock(d)).to.equal(true);
+      const e = pool.alloc(10);
+      expect(full.tryPushBlock(e)).to.equal(false); // full: e stays the caller's
+      pool.free(e);
+      expectCode(() => full.pushBlock(pool.alloc(10), 10), 'ERR_QUEUE_FULL');
+      expectCode(() => q.pushBlock(Buffer.alloc(10)), 'ERR_POOL_FOREIGN_BUFFER');
+      const f = pool.alloc(10);
+      expectCode(() => q.pushBlock(f.subarray(0, 5)), 'ERR_POOL_NO_HANDLE');
+      pool.set('named', f);
+      expectCode(() => q.pushBlock(f), 'ERR_POOL_BLOCK_NAMED');
+      expectCode(() => q.pushBlock('x' as unknown as Buffer), 'ERR_INVALID_ARG_TYPE');
+      pool.check();
+      pool.close();
+    });
+
     it('survives producers and consumers killed with -9 mid-stream: every message left is whole', async () => {
       const pool = newPool('queue-kill', 16 * MiB);
       const q = pool.queue('q', { maxBytes: 8192, maxMessages: 32 });
