@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 
 namespace mempool {
@@ -185,7 +186,12 @@ Status Segment::create(const std::string& name, uint64_t size, const SegmentOpti
   close(fd);
   uint8_t* base = static_cast<uint8_t*>(mem);
 
-  std::memset(base, 0, heap_offset);
+  std::memset(base, 0, gen_offset);
+  // Every granule starts with no block handed out (segment.h, kOwnerFree). The table ends by heap_offset
+  // (layout()); what lies between its end and the heap is zero.
+  uint64_t gen_words = (size - heap_offset) >> gen_shift;
+  std::fill_n(reinterpret_cast<uint32_t*>(base + gen_offset), gen_words, kOwnerFree);
+  std::memset(base + gen_offset + gen_words * 4, 0, heap_offset - gen_offset - gen_words * 4);
   SegmentHeader* h = reinterpret_cast<SegmentHeader*>(base);
   h->magic = kSegmentMagic;
   h->version = kSegmentVersion;

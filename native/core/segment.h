@@ -45,11 +45,17 @@ constexpr uint64_t kPinTableOffset = 4096;
 constexpr uint32_t kPinSlots = 128;
 constexpr uint64_t kDirectoryOffset = 8192;
 // A generation word: bit 31 named; bits 26..30 the recorded owner (trackOwners: 1 + the cache table entry
-// of the attachment that owns the block; 0 = none recorded); bits 0..25 the counter.
+// of the attachment that owns the block; 0 = none recorded; kOwnerFree = no block is handed out here);
+// bits 0..25 the counter.
 constexpr uint32_t kGenNamed = 0x80000000u;
 constexpr uint32_t kGenOwnerShift = 26;
 constexpr uint32_t kGenOwnerMask = 0x7c000000u;
 constexpr uint32_t kGenCount = 0x03ffffffu;
+// The owner field of a heap granule's word while no block handed out starts there: set at format and by
+// every heap free, overwritten by the one store that hands a block out (SharedCache::alloc_locked). A used,
+// unnamed, unlisted heap block whose word still says kOwnerFree is one whose allocator died between the
+// heap's alloc and that store (or a slab half made or half given back): repair frees it.
+constexpr uint32_t kOwnerFree = kGenOwnerMask;
 constexpr uint32_t kSlotGenBase = 1u << 25;           // slot counters start in [2^25, 2^26): far from heap words
 constexpr uint32_t kAnyGen = 0xffffffffu;             // a caller without a handle (the offset API)
 constexpr uint32_t kNoHandle = 0xfffffffeu;           // a view that should carry a handle and does not: refused

@@ -34,14 +34,15 @@ bool lent(uint8_t v) { return (v & ~kSlotNamed) == kSlotLent && (v == kSlotLent 
 bool valid_state(uint8_t v) { return v == kSlotFree || v == kSlotLent || v == kSlotRemote || v == (kSlotLent | kSlotNamed); }
 
 // The header at heap offset `off` describes a slab of this segment (the heap has not been asked yet).
-bool header_valid(const Segment& seg, uint64_t off, SlabHeader* copy) {
+// With any_magic, the magic is not asked for (a slab being given back loses it first).
+bool header_valid(const Segment& seg, uint64_t off, SlabHeader* copy, bool any_magic = false) {
   uint32_t slab = seg.slab_size();
   if (slab == 0 || off % kMinSlabSize != 0 || off < sizeof(RegionHeader) || off > heap_bytes(seg) ||
       heap_bytes(seg) - off < slab) {
     return false;
   }
   std::memcpy(copy, heap_base(seg) + off, sizeof *copy);  // one snapshot, validated, then used
-  if (copy->magic != kSlabMagic || copy->self != off || copy->slab_bytes != slab) return false;
+  if ((!any_magic && copy->magic != kSlabMagic) || copy->self != off || copy->slab_bytes != slab) return false;
   uint32_t size = copy->slot_size;
   if (size < 16 || size > max_cached_size(slab) || size % 16 != 0) return false;
   uint32_t count = 0, slots = 0;
@@ -88,6 +89,8 @@ void release_slab(Segment& seg, uint64_t off, uint64_t usable) {
   h->slab_count = sat_sub(h->slab_count, 1);
   h->slab_frees += 1;
   h->slab_bytes = sat_sub(h->slab_bytes, usable);
+  // Crash between the magic and the free: a used heap block that is no slab, unnamed, its word still
+  // kOwnerFree (a slab's own word is never handed out): repair frees it.
   __atomic_store_n(&reinterpret_cast<SlabHeader*>(heap_base(seg) + off)->magic, uint64_t(0), __ATOMIC_RELEASE);
   seg.heap().free(off);
 }
@@ -168,6 +171,16 @@ Status free_foreign_slot(Segment& seg, const SlotRef& ref, uint64_t off) {
 }
 
 }  // namespace
+
+bool shared_lends_without_magic(const Segment& seg, uint64_t off) {
+  SlabHeader copy;
+  if (!header_valid(seg, off, &copy, true)) return false;
+  const uint8_t* st = states_of(seg, off);
+  for (uint32_t i = 0; i < copy.slot_count; ++i) {
+    if (lent(__atomic_load_n(st + i, __ATOMIC_RELAXED))) return true;
+  }
+  return false;
+}
 
 uint32_t choose_slab_size(uint64_t heap_size) {
   if (heap_size < 256 * 1024) return 0;
@@ -432,7 +445,8 @@ uint32_t shared_collect_dead(Segment& seg) {
       uint32_t* w = shared_gen_word(seg, b.offset);
       if (w == nullptr) return true;
       uint32_t v = *w, owner = (v & kGenOwnerMask) >> kGenOwnerShift;
-      if (!(v & kGenNamed) && owner != 0 && dead[owner - 1]) owned.push_back(b.offset);
+      // kOwnerFree (31) and a scribbled field are no cache entry: only 1..kCacheEntries index `dead`.
+      if (!(v & kGenNamed) && owner != 0 && owner <= kCacheEntries && dead[owner - 1]) owned.push_back(b.offset);
       return true;
     });
     SegmentHeader* rh = seg.header();
@@ -638,6 +652,9 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
   }
   Heap& heap = seg_->heap();
   uint64_t a = heap_align(*seg_, align);
+  // Crash from here to the word's store below: the heap has the block used, and its word still says
+  // kOwnerFree (every free and the format leave that): the next process to take the lock repairs, and
+  // repair frees such a block (shared_pool.cc, repair_names_and_pins). Nobody held it.
   Status s = heap.alloc(size, a, hint, off);
   if (s == Status::out_of_memory && size <= kMaxRequest) {
     // Memory parked in slabs may be what is missing: give back what is free, and what dead caches hold.
@@ -691,8 +708,9 @@ Status shared_free_locked(Segment& seg, uint64_t off) {
     if (s == Status::ok) {
       // Crash between the free and the bump: the block is free; its old word can only free a block that
       // starts here again, and every such block is handed out with the word as it is then: the old holder
-      // (the dead process, which owned it) is gone. Same for a live caller: bump now.
-      if (uint32_t* w = seg_->gen_word(off)) gen_bump(w, false);
+      // (the dead process, which owned it) is gone. Same for a live caller: bump now. The word then says
+      // free (kOwnerFree), which is what lets repair find a block whose next allocator dies before its store.
+      if (uint32_t* w = seg_->gen_word(off)) gen_free(w);
       seg_->dir_forget_offset(off + seg_->heap_offset());
     }
     return s;
@@ -797,6 +815,9 @@ bool SharedCache::take_back_remote(uint32_t cls) {
 bool SharedCache::new_slab(uint32_t cls) {
   uint64_t off = 0;
   Heap& heap = seg_->heap();
+  // Crash from the alloc until the magic's store below: a used block that is no slab, with its word
+  // kOwnerFree (a slab's word is never stored): repair frees it. After the magic it is a slab of ours, and
+  // collecting a dead cache retires it.
   if (heap.alloc(slab_size_, kMinSlabSize, kNoHint, &off) != Status::ok) {
     slab_backoff_ = 256;
     return false;

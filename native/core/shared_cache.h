@@ -84,7 +84,7 @@ constexpr uint64_t kCacheTableOffset = 3072;
 constexpr uint32_t kCacheEntries = 16;
 static_assert(kCacheTableOffset >= kAttachTableOffset + kAttachSlots * sizeof(AttachEntry), "cache table after the attach table");
 static_assert(kCacheTableOffset + kCacheEntries * sizeof(CacheEntry) <= kSegmentHeaderSize, "cache table fits the header page");
-static_assert(kCacheEntries + 1 < (kGenOwnerMask >> kGenOwnerShift), "owner fields never reach kAnyGen or kNoHandle");
+static_assert(kCacheEntries + 1 < (kOwnerFree >> kGenOwnerShift), "owner fields never reach kOwnerFree, kAnyGen or kNoHandle");
 
 // The slab size a new segment gets for a heap of `heap_size` bytes (0: too small for slabs).
 uint32_t choose_slab_size(uint64_t heap_size);
@@ -106,6 +106,10 @@ struct SlotRef {
   uint32_t* gen = nullptr;  // the slot's generation word
 };
 
+// Whether the used heap block at `off` is a slab in all but its magic with slots still lent: not one being
+// given back (release_slab clears the magic only when nothing is lent) but a slab whose magic a stray write
+// hit. Repair must not free it (its lent slots have live owners): it leaks instead. Under the lock.
+bool shared_lends_without_magic(const Segment& seg, uint64_t off);
 // The generation word of the allocation at heap offset `off`: a lent slot's, or the segment's word for a
 // heap block. Null when `off` can start neither. Under the lock.
 uint32_t* shared_gen_word(const Segment& seg, uint64_t off);
@@ -117,6 +121,11 @@ Status shared_free_locked(Segment& seg, uint64_t off);
 inline void gen_bump(uint32_t* word, bool named) {
   uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
   __atomic_store_n(word, ((v + 1) & kGenCount) | (named ? kGenNamed : 0u), __ATOMIC_RELEASE);
+}
+// A heap block given back: the counter moves on and the word says no block is handed out here (kOwnerFree).
+inline void gen_free(uint32_t* word) {
+  uint32_t v = __atomic_load_n(word, __ATOMIC_RELAXED);
+  __atomic_store_n(word, ((v + 1) & kGenCount) | kOwnerFree, __ATOMIC_RELEASE);
 }
 // A block handed from a name (or a queue) to the attachment `owner_bits` (0: none recorded): the counter
 // moves on and the owner is recorded in one store, so a crash never leaves it unnamed with no owner.

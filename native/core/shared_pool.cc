@@ -131,11 +131,17 @@ Status repair_names_and_pins(Segment& seg) {
     bool listed = seg.dir_names(b.offset + heap_off) || std::binary_search(queued.begin(), queued.end(), b.offset + heap_off);
     if (listed && !named) gen_bump(w, true);  // the dead process named it and stopped before the word
     if (!listed && named && queues_known) orphans.push_back(b.offset);
+    // A heap block (not a slot: those words never say kOwnerFree) used by the heap while its word says no
+    // block was handed out: its allocator died between the heap's alloc and the word's store, or a slab
+    // was half made or half given back (shared_is_slab is false for both). Nobody can hold it: freed.
+    bool unhanded = !named && (*w & kGenOwnerMask) == kOwnerFree && w == seg.gen_word(b.offset) &&
+                    !shared_lends_without_magic(seg, b.offset);
+    if (!listed && unhanded && queues_known) orphans.push_back(b.offset);
     return true;
   });
   if (s != Status::ok) return s;
   for (uint64_t off : orphans) {
-    // Named by nothing: the dead process was taking it from a name (it would have owned it) or replacing
+    // Named by nothing (or, as above, never handed out): the dead process was taking it from a name (it would have owned it) or replacing
     // the name (the old block goes as set() would free it). Freed, unless a live reader still pins it.
     // Free first (the free moves the word on): a crash in between leaves the block as it was, named and
     // unlisted, for the next repair.

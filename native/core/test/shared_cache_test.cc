@@ -278,6 +278,100 @@ TEST("cache: a child killed with SIGKILL: its slabs are retired, its lent slots 
   EXPECT(violations(*a) == 0);
 }
 
+// Used heap blocks (slabs included), under the lock.
+uint64_t used_heap_blocks(SharedPool& p) {
+  uint64_t n = 0;
+  p.locked([&] {
+    p.segment().heap().walk([&](const BlockInfo& bi) {
+      n += bi.used ? 1 : 0;
+      return true;
+    });
+    return Status::ok;
+  });
+  return n;
+}
+
+// A child attaches, takes the segment's lock, does `step` with it and is killed with SIGKILL holding it:
+// the next process to lock repairs. Returns the child's wait status.
+template <class Step>
+int killed_holding_lock(const std::string& name, Step step) {
+  pid_t child = fork();
+  if (child == 0) {
+    auto c = coretest::open_pool(name);
+    bool recovered = false;
+    if (!c || c->segment().lock(&recovered) != Status::ok) _exit(2);
+    if (!step(*c)) _exit(3);
+    raise(SIGKILL);
+    _exit(4);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  return st;
+}
+
+// A process killed between the heap's alloc and the store of the block's word (SharedCache::alloc_locked),
+// or in the middle of making a slab: the word still says kOwnerFree, and repair frees the block.
+void killed_mid_alloc(Algorithm algo, bool debug) {
+  std::string name = coretest::unique_segment_name("cache-midalloc");
+  coretest::Unlinker unlink(name);
+  SegmentOptions o;
+  o.algorithm = algo;
+  o.heap.debug = debug;
+  auto p = coretest::create_pool(name, 8 << 20, o);
+  REQUIRE(p);
+  Handle keep;
+  REQUIRE(alloc(*p, 3000, 16, &keep) == Status::ok);  // a live block of ours, untouched by the repair
+  std::memset(p->base() + keep.off, 0x5a, 3000);
+  uint64_t before = used_heap_blocks(*p);
+  uint64_t lost = 0;
+  int st = killed_holding_lock(name, [&lost](SharedPool& c) {
+    Segment& seg = c.segment();
+    return seg.heap().alloc(5000, heap_align(seg, 16), kNoHint, &lost) == Status::ok;  // and no word stored
+  });
+  REQUIRE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  EXPECT(used_heap_blocks(*p) == before);  // the lock's recovery repaired: the dead child's block is free
+  EXPECT(p->segment().header()->recoveries >= 1);
+  if (!debug) {
+    // A slab half made: heap block taken, header partly written, no magic.
+    st = killed_holding_lock(name, [](SharedPool& c) {
+      Segment& seg = c.segment();
+      uint64_t off = 0;
+      if (seg.heap().alloc(seg.slab_size(), kMinSlabSize, kNoHint, &off) != Status::ok) return false;
+      std::memset(seg.heap().base() + off, 0, 64);  // the header, as new_slab starts it, without its magic
+      reinterpret_cast<SlabHeader*>(seg.heap().base() + off)->self = off;
+      return true;
+    });
+    REQUIRE(WIFSIGNALED(st));
+    EXPECT(used_heap_blocks(*p) == before);
+  }
+  EXPECT(violations(*p) == 0);
+  for (int i = 0; i < 3000; ++i) EXPECT(p->base()[keep.off + i] == 0x5a);
+  EXPECT(p->free(keep.off, keep.gen) == Status::ok);
+}
+
+TEST("cache: killed between the heap's alloc and the word's store: repair frees the block (tlsf)") { killed_mid_alloc(Algorithm::tlsf, false); }
+TEST("cache: killed between the heap's alloc and the word's store: repair frees the block (buddy)") { killed_mid_alloc(Algorithm::buddy, false); }
+TEST("cache: killed between the heap's alloc and the word's store: repair frees the block (bitmap)") { killed_mid_alloc(Algorithm::bitmap, false); }
+TEST("cache: killed between the heap's alloc and the word's store: repair frees the block (tlsf, debug)") { killed_mid_alloc(Algorithm::tlsf, true); }
+
+TEST("cache: a slab whose magic a stray write cleared while slots are lent is not freed by repair") {
+  Fixture f("magic");
+  REQUIRE(f.ok());
+  Handle slot;
+  REQUIRE(alloc(*f.a, 32, 16, &slot) == Status::ok);
+  uint64_t slab = find_slab(*f.a);
+  REQUIRE(slab != 0);
+  uint64_t before = used_heap_blocks(*f.a);
+  int st = killed_holding_lock(f.name, [slab](SharedPool& c) {
+    reinterpret_cast<SlabHeader*>(c.segment().heap().base() + slab)->magic = 0;  // the stray write
+    return true;
+  });
+  REQUIRE(WIFSIGNALED(st));
+  EXPECT(used_heap_blocks(*f.a) == before);  // repaired (the lock was recovered), and the slab kept: it lends
+  uint64_t usable = 0;
+  EXPECT(f.a->segment().heap().usable_size(slab, &usable) == Status::ok);
+}
+
 TEST("cache: an owner whose /proc entry cannot be read (no file descriptors left) is not judged dead") {
   // Found in review: judging "cannot read /proc" as dead retired a live owner's slabs while it kept
   // allocating from them, so its slots landed inside other allocations.
