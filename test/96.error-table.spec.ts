@@ -36,3 +36,39 @@ describe("README.md's table of error codes", () => {
     expect([...rows].filter((c) => !thrown.has(c)).sort()).to.deep.equal([]);
   });
 });
+
+// lib/native.ts restates the core's Status enum (native/core/heap.h), negated, because statuses cross the
+// boundary as numbers: a renumbered or renamed status in C++ must fail here, not turn into a wrong code.
+describe("lib/native.ts's Status agrees with the core's", () => {
+  const enumBody = (text: string, head: RegExp): string => {
+    const m = head.exec(text);
+    if (!m) throw new Error(`enum not found: ${head}`);
+    return text.slice(m.index, text.indexOf('}', m.index));
+  };
+  const cpp = new Map<string, number>();
+  const heapH = fs.readFileSync(path.join(root, 'native/core/heap.h'), 'utf8');
+  for (const m of enumBody(heapH, /enum class Status : int32_t \{/).matchAll(/^\s*([a-z_]+) = (\d+),/gm)) cpp.set(m[1], Number(m[2]));
+  const ts = new Map<string, number>();
+  const nativeTs = fs.readFileSync(path.join(root, 'lib/native.ts'), 'utf8');
+  for (const m of enumBody(nativeTs, /export const enum Status \{/).matchAll(/^\s*([A-Za-z]+) = (-?\d+),/gm)) ts.set(m[1], Number(m[2]));
+  const snake = (pascal: string): string => pascal.replace(/[A-Z]/g, (c, i: number) => (i > 0 ? '_' : '') + c.toLowerCase());
+
+  it('both enums are found (the extraction works)', () => {
+    expect(cpp.get('double_free')).to.equal(4);
+    expect(ts.get('DoubleFree')).to.equal(-4);
+    expect(cpp.size).to.be.above(15);
+  });
+
+  it('every TypeScript status but Closed is the negated C++ status of the same name', () => {
+    const wrong = [...ts].filter(([name]) => name !== 'Closed').filter(([name, v]) => cpp.get(snake(name)) !== -v);
+    expect(wrong).to.deep.equal([]);
+  });
+
+  it("Closed is the addon's kClosed, which no core status uses", () => {
+    const addon = fs.readFileSync(path.join(root, 'native/addon/addon.cc'), 'utf8');
+    const closed = /kClosed = static_cast<Status>\((\d+)\)/.exec(addon);
+    expect(closed, 'kClosed in addon.cc').to.not.equal(null);
+    expect(ts.get('Closed')).to.equal(-Number(closed![1]));
+    expect([...cpp.values()]).to.not.include(Number(closed![1]));
+  });
+});
