@@ -1,5 +1,5 @@
 // The one place that loads the compiled addon and describes it to TypeScript.
-import bindings from 'bindings';
+import * as path from 'node:path';
 import { makeError } from './errors';
 
 /** Statuses the core returns, negated, in place of an offset. */
@@ -175,12 +175,17 @@ export interface Addon {
 
 function load(): Addon {
   try {
-    return bindings('mempool') as Addon;
+    // node-gyp-build takes build/Release (built from source) first, then the prebuilt binary the package ships
+    // in prebuilds/linux-x64/ (N-API 8, glibc): a user without a compiler gets that one.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+    return nodeGypBuild(path.join(__dirname, '..')) as Addon;
   } catch (cause) {
     // Said to a user whose project depends on mempool: `npm run build` exists only in mempool's own repository.
     const e = new Error(
       `mempool: the native addon could not be loaded (${cause instanceof Error ? cause.message.split('\n')[0] : String(cause)}).\n` +
         'Possible solutions:\n' +
+        '- mempool ships a prebuilt addon for Linux x64 with glibc; elsewhere it is built at install time\n' +
         '- reinstall mempool (`npm rebuild mempool`): it builds the addon with node-gyp, which needs python3, make and a C++17 compiler (apt-get install -y python3 make g++)\n' +
         '- run `npm rebuild mempool` again after changing Node versions, and do not install with --ignore-scripts\n' +
         '- mempool supports Linux only',

@@ -94,7 +94,7 @@ if (!fs.existsSync(addonPath)) {
   process.stderr.write('bench: build/Release/mempool.node is missing: run `npm run build` first\n');
   process.exit(1);
 }
-const addon = require('bindings')({ bindings: 'mempool', module_root: root });
+const addon = require('node-gyp-build')(root);
 const mempool = require(path.join(root, 'dist'));
 for (const fn of ['noop', 'systemAlloc', 'systemFree']) {
   if (typeof addon[fn] !== 'function') {

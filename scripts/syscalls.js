@@ -42,7 +42,7 @@ const NODE_KINDS = {
 
 function runChild(kind, n) {
   const k = NODE_KINDS[kind];
-  const addon = require('bindings')({ bindings: 'mempool', module_root: root });
+  const addon = require('node-gyp-build')(root);
   const mempool = require(path.join(root, 'dist'));
   const ctx = { addon, pool: null };
   const segment = `mempool-syscalls-${process.pid}`;
