@@ -6,8 +6,8 @@ import { invalidArgType, outOfRange, PoolError } from './errors';
 import { registerRegion } from './memory-type';
 import { addon, NativeSegment } from './native';
 import { checkName } from './shared-pool';
-import { waitResult, type WaitResult } from './sync';
-import { checkWords, notifyArgs, syncNumber, waitArgs } from './words';
+import type { WaitResult } from './sync';
+import { checkWords, notifyOn, waitOn, waitOnAsync } from './words';
 
 /** The largest segment one ArrayBuffer can view (Node 20's buffer.constants.MAX_LENGTH). */
 const MAX_SIZE = 2 ** 32;
@@ -156,22 +156,19 @@ export class SharedMemory {
    */
   wait(offset: number, expected: number, timeoutMs?: number): WaitResult {
     if (this.closed) throw this.closedError();
-    const [o, e, t] = waitArgs(offset, expected, timeoutMs);
-    return waitResult(syncNumber(this.native.wait(o, e, t), 'wait', this.closedError), `wait at ${o}`);
+    return waitOn(this.native, this.closedError, offset, expected, timeoutMs);
   }
 
   /** As wait(), without blocking the event loop (a waiter thread waits; nothing polls). */
   async waitAsync(offset: number, expected: number, timeoutMs?: number): Promise<WaitResult> {
     if (this.closed) throw this.closedError();
-    const [o, e, t] = waitArgs(offset, expected, timeoutMs);
-    return waitResult(syncNumber(await this.native.waitAsync(o, e, t), 'waitAsync', this.closedError), `waitAsync at ${o}`);
+    return waitOnAsync(this.native, this.closedError, offset, expected, timeoutMs);
   }
 
   /** Wakes up to `count` (default: all) waiters on the word at `offset`, in any process; returns how many woke. */
   notify(offset: number, count?: number): number {
     if (this.closed) throw this.closedError();
-    const [o, n] = notifyArgs(offset, count);
-    return syncNumber(this.native.notify(o, n), 'notify', this.closedError);
+    return notifyOn(this.native, this.closedError, offset, count);
   }
 
   private readonly closedError = (): PoolError =>

@@ -7,8 +7,8 @@ import { closedError, HeapPool, statusError } from './heap-pool';
 import { registerRegion } from './memory-type';
 import { addon, NativePool, NativeSync, Status } from './native';
 import { SharedQueue } from './shared-queue';
-import { checkObjectName, SharedMutex, SharedSemaphore, waitResult, type WaitResult } from './sync';
-import { checkWords, notifyArgs, syncNumber, waitArgs } from './words';
+import { checkObjectName, SharedMutex, SharedSemaphore, type WaitResult } from './sync';
+import { checkWords, notifyOn, waitOn, waitOnAsync } from './words';
 import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
 import { checkKnownOptions } from './args';
@@ -417,22 +417,19 @@ export class SharedPool extends HeapPool {
    */
   wait(offset: number, expected: number, timeoutMs?: number): WaitResult {
     if (this.closed) throw closedError();
-    const [o, e, t] = waitArgs(offset, expected, timeoutMs);
-    return waitResult(syncNumber(this.native.wait(o, e, t), 'wait', closedError), `wait at ${o}`);
+    return waitOn(this.native, closedError, offset, expected, timeoutMs);
   }
 
   /** As wait(), without blocking the event loop (a waiter thread waits; nothing polls). */
   async waitAsync(offset: number, expected: number, timeoutMs?: number): Promise<WaitResult> {
     if (this.closed) throw closedError();
-    const [o, e, t] = waitArgs(offset, expected, timeoutMs);
-    return waitResult(syncNumber(await this.native.waitAsync(o, e, t), 'waitAsync', closedError), `waitAsync at ${o}`);
+    return waitOnAsync(this.native, closedError, offset, expected, timeoutMs);
   }
 
   /** Wakes up to `count` (default: all) waiters on the word at `offset`, in any process; returns how many woke. */
   notify(offset: number, count?: number): number {
     if (this.closed) throw closedError();
-    const [o, n] = notifyArgs(offset, count);
-    return syncNumber(this.native.notify(o, n), 'notify', closedError);
+    return notifyOn(this.native, closedError, offset, count);
   }
 
   /**

@@ -1,11 +1,11 @@
 // SharedMemory: raw named segments under the real /dev/shm, with real processes (node children and python3),
 // no mocks. Children load the package's dist/ (compiled from lib/), as the other cross-process specs do.
 import { expect } from 'chai';
-import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PoolError, SharedMemory, SharedPool } from '../lib';
-import { expectCode } from './helpers';
+import { expectCode, JsonChild, runJsonChild } from './helpers';
 
 const child = path.join(__dirname, 'fixtures', 'raw-child.js');
 let counter = 0;
@@ -18,39 +18,8 @@ function newName(tag: string): string {
   return name;
 }
 
-interface Child {
-  proc: ChildProcess;
-  /** Resolves with the first line (parsed JSON) that satisfies `pred`. */
-  until(pred: (line: unknown) => boolean): Promise<unknown>;
-  /** The exit code, or the signal's name when a signal killed it. */
-  exit: Promise<number | string>;
-}
-
-function run(...args: (string | number)[]): Child {
-  const proc = spawn(process.execPath, [child, ...args.map(String)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: unknown[] = [];
-  const waiters: [(line: unknown) => boolean, (line: unknown) => void][] = [];
-  let rest = '';
-  proc.stdout!.on('data', (chunk: Buffer) => {
-    rest += chunk.toString();
-    let nl;
-    while ((nl = rest.indexOf('\n')) >= 0) {
-      const line = JSON.parse(rest.slice(0, nl));
-      rest = rest.slice(nl + 1);
-      lines.push(line);
-      for (let i = waiters.length - 1; i >= 0; i--) if (waiters[i][0](line)) waiters.splice(i, 1)[0][1](line);
-    }
-  });
-  proc.stderr!.resume(); // a child killed by SIGSEGV may say so; not needed here
-  const exit = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(signal ?? code ?? -1)));
-  return {
-    proc,
-    exit,
-    until(pred) {
-      const seen = lines.find(pred);
-      return seen !== undefined ? Promise.resolve(seen) : new Promise((resolve) => waiters.push([pred, resolve]));
-    },
-  };
+function run(...args: (string | number)[]): JsonChild {
+  return runJsonChild(child, args);
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

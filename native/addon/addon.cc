@@ -67,6 +67,14 @@ uint64_t arg_deadline(const Napi::CallbackInfo& info, size_t i) {
   return mempool::deadline_after_ms(info[i].As<Napi::Number>().DoubleValue());
 }
 
+void check_region_size(Napi::Env env, const std::string& name, uint64_t size) {
+  if (size > kMaxRegionBytes) {
+    throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
+                "Shared memory '" + name + "' is " + std::to_string(size) + " bytes: more than one ArrayBuffer can map (" +
+                    std::to_string(kMaxRegionBytes) + ")");
+  }
+}
+
 Napi::ArrayBuffer external_array_buffer(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory) {
   auto* owner = new std::shared_ptr<ExternalMemory>(memory);
   napi_value ab_value = nullptr;
@@ -288,11 +296,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       s = mempool::SharedPool::open(name, timeout, &pool, &err);
     }
     if (s != Status::ok) throw_shm(env, s, name, err);
-    if (pool->size() > kMaxRegionBytes) {
-      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
-                  "Shared memory '" + name + "' is " + std::to_string(pool->size()) + " bytes: more than one ArrayBuffer can map (" +
-                      std::to_string(kMaxRegionBytes) + ")");
-    }
+    check_region_size(env, name, pool->size());
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = pool->base();
     memory_->size = pool->size();

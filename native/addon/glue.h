@@ -89,6 +89,8 @@ constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
 // always one ArrayBuffer, so this is the largest pool region, shared segment or raw segment.
 constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
 
+// Throws ERR_OUT_OF_RANGE when shared memory `name` of `size` bytes is more than one ArrayBuffer can view.
+void check_region_size(Napi::Env env, const std::string& name, uint64_t size);
 // An ArrayBuffer over `memory` that holds a reference to it until collected (or until memory->release(),
 // after which the caller detaches it). Throws ERR_OUT_OF_RANGE when the engine refuses it (releasing memory).
 Napi::ArrayBuffer external_array_buffer(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory);

@@ -55,11 +55,7 @@ class NativeSegment : public Napi::ObjectWrap<NativeSegment> {
       throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected 'create' or 'open' for kind");
     }
     if (s != Status::ok) throw_shm(env, s, name, err);
-    if (segment->size() > kMaxRegionBytes) {
-      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
-                  "Shared memory '" + name + "' is " + std::to_string(segment->size()) + " bytes: more than one ArrayBuffer can map (" +
-                      std::to_string(kMaxRegionBytes) + ")");
-    }
+    check_region_size(env, name, segment->size());
     read_only_ = segment->read_only();
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = segment->data();
