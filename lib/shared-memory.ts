@@ -129,6 +129,11 @@ export class SharedMemory {
     this.native.close();
   }
 
+  /** The same as close(), for `using shm = ...`: unmapped at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   /**
    * An Int32Array over `count` 32-bit words at `offset` (4-aligned). Atomics.load/store/add/compareExchange
    * on it are atomic across processes; Atomics.wait/notify are not (V8 keeps waiters per process): use

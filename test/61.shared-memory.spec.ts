@@ -182,6 +182,13 @@ describe('SharedMemory: raw named segments', function () {
       expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(true); // close keeps the name; unlink removes it
     });
 
+    it('[Symbol.dispose] closes it (for `using`)', () => {
+      const shm = SharedMemory.create(newName('dispose'), { size: 64 });
+      const buf = shm.buffer;
+      shm[Symbol.dispose]();
+      expect(buf.length).to.equal(0);
+    });
+
     it('close() under a pending waitAsync settles it with ERR_POOL_CLOSED', async () => {
       const shm = SharedMemory.create(newName('closewait'), { size: 4096 });
       const pending = shm.waitAsync(0, 0, 10000).then(() => 'settled', (e: PoolError) => e.code);
