@@ -18,8 +18,10 @@
         "native/core/sync.cc",
         "native/core/shared_queue.cc",
         "native/core/objects.cc",
+        "native/core/raw_segment.cc",
         "native/addon/waiters.cc",
-        "native/addon/sync_glue.cc"
+        "native/addon/sync_glue.cc",
+        "native/addon/raw_glue.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

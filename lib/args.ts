@@ -37,6 +37,13 @@ export function checkBoolean(value: unknown, name: string): boolean {
   return value;
 }
 
+/** Permission bits of a file under /dev/shm: 0 to 0o777, default 0o600 (the owner only). */
+export function checkMode(value: unknown): number {
+  const mode = value === undefined ? 0o600 : checkSize(value, 'options.mode', 0);
+  if (mode > 0o777) throw outOfRange('options.mode', 'permission bits from 0 to 0o777', mode);
+  return mode;
+}
+
 export function checkObject<T extends object>(value: unknown, name: string): Partial<T> {
   if (value === undefined) return {};
   if (typeof value !== 'object' || value === null) throw invalidArgType(name, 'an object', value);

@@ -75,6 +75,18 @@ export interface NativePool {
   openObject(kind: string, name: string, a: number, b: number): NativeSync | number;
 }
 
+/** A raw named shared-memory segment (native/addon/raw_glue.cc): plain bytes, no heap. */
+export interface NativeSegment {
+  /** The whole mapping; detached (length 0) once closed. */
+  readonly buffer: ArrayBuffer;
+  readonly readOnly: boolean;
+  close(): void;
+  /** futex wait on the 32-bit word at an offset: a SyncResult, or -100 once closed */
+  wait(offset: number, expected: number, timeoutMs: number): number;
+  waitAsync(offset: number, expected: number, timeoutMs: number): Promise<number>;
+  notify(offset: number, count: number): number;
+}
+
 export interface SegmentListing {
   name: string;
   size: number;
@@ -164,6 +176,10 @@ export interface Addon {
       trackOwners: boolean,
     ): NativePool;
     new (kind: 'open', name: string, lockTimeoutMs: number): NativePool;
+  };
+  NativeSegment: {
+    new (kind: 'create', name: string, size: number, mode: number, exclusive: boolean): NativeSegment;
+    new (kind: 'open', name: string, readOnly: boolean): NativeSegment;
   };
   shmUnlink(name: string): boolean;
   shmList(): SegmentListing[];

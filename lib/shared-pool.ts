@@ -1,13 +1,14 @@
 // SharedPool: a heap inside a named POSIX shared-memory segment (/dev/shm/<name>) that other processes,
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
-import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkObject, checkOffset, checkSize } from './args';
+import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkMode, checkObject, checkOffset, checkSize } from './args';
 import { invalidArgType, invalidArgValue, outOfRange, PoolError } from './errors';
 import { closedError, HeapPool, statusError } from './heap-pool';
 import { registerRegion } from './memory-type';
 import { addon, NativePool, NativeSync, Status } from './native';
 import { SharedQueue } from './shared-queue';
-import { checkObjectName, checkTimeoutMs, SharedMutex, SharedSemaphore, waitResult, type WaitResult } from './sync';
+import { checkObjectName, SharedMutex, SharedSemaphore, type WaitResult } from './sync';
+import { checkWords, notifyOn, waitOn, waitOnAsync } from './words';
 import type { Algorithm, HeapOptions, PoolStats, StatsOptions } from './types';
 
 import { checkKnownOptions } from './args';
@@ -122,7 +123,8 @@ function processAlive(pid: number): boolean {
 }
 const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
-function checkName(name: unknown): string {
+/** A shared memory name: a string (the addon checks it is plain, ERR_SHM_INVALID_NAME). */
+export function checkName(name: unknown): string {
   if (typeof name !== 'string') throw invalidArgType('name', 'a string', name);
   return name;
 }
@@ -193,8 +195,7 @@ export class SharedPool extends HeapPool {
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
     const algorithm = checkAlgorithm(options.algorithm);
-    const mode = options.mode === undefined ? 0o600 : checkSize(options.mode, 'options.mode', 0);
-    if (mode > 0o777) throw outOfRange('options.mode', 'permission bits from 0 to 0o777', mode);
+    const mode = checkMode(options.mode);
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
     const maxKeys = options.maxKeys === undefined ? 0 : checkSize(options.maxKeys, 'options.maxKeys'); // 0: sized from `size`
     const debug = checkBoolean(options.debug, 'options.debug');
@@ -404,10 +405,7 @@ export class SharedPool extends HeapPool {
 
   private wordView(offset: number, count: number, width: number): ArrayBuffer {
     if (this.closed) throw closedError();
-    const o = checkOffset(offset);
-    const n = checkSize(count, 'count');
-    if (o % width !== 0) throw outOfRange('offset', `a multiple of ${width}`, offset);
-    if (o + n * width > this.size) throw outOfRange('count', `words that end inside the segment (${this.size} bytes)`, count);
+    checkWords(offset, count, width, this.size);
     return this.native.buffer;
   }
 
@@ -418,34 +416,20 @@ export class SharedPool extends HeapPool {
    * 'not-equal' that the word did not hold `expected`, 'timed-out'. Allowed on the main thread.
    */
   wait(offset: number, expected: number, timeoutMs?: number): WaitResult {
-    const [o, e, t] = this.waitArgs(offset, expected, timeoutMs);
-    return waitResult(this.checked(this.native.wait(o, e, t), 'wait'), `wait at ${o}`);
+    if (this.closed) throw closedError();
+    return waitOn(this.native, closedError, offset, expected, timeoutMs);
   }
 
   /** As wait(), without blocking the event loop (a waiter thread waits; nothing polls). */
   async waitAsync(offset: number, expected: number, timeoutMs?: number): Promise<WaitResult> {
-    const [o, e, t] = this.waitArgs(offset, expected, timeoutMs);
-    return waitResult(this.checked(await this.native.waitAsync(o, e, t), 'waitAsync'), `waitAsync at ${o}`);
+    if (this.closed) throw closedError();
+    return waitOnAsync(this.native, closedError, offset, expected, timeoutMs);
   }
 
   /** Wakes up to `count` (default: all) waiters on the word at `offset`, in any process; returns how many woke. */
   notify(offset: number, count?: number): number {
     if (this.closed) throw closedError();
-    const o = checkOffset(offset);
-    const n = count === undefined || count === Infinity ? 2 ** 32 - 1 : checkSize(count, 'count', 0);
-    return this.checked(this.native.notify(o, Math.min(n, 2 ** 32 - 1)), 'notify');
-  }
-
-  private waitArgs(offset: number, expected: number, timeoutMs: number | undefined): [number, number, number] {
-    if (this.closed) throw closedError();
-    if (typeof expected !== 'number') throw invalidArgType('expected', 'a number', expected);
-    return [checkOffset(offset), expected | 0, checkTimeoutMs(timeoutMs)];
-  }
-
-  private checked(r: number, what: string): number {
-    if (r < 0 && r !== -100) throw statusError(r, what);
-    if (r === -100) throw closedError();
-    return r;
+    return notifyOn(this.native, closedError, offset, count);
   }
 
   /**

@@ -1,11 +1,10 @@
 // Coordination between real processes and worker threads on one segment: atomics, wait/notify, the robust
 // SharedMutex and SharedSemaphore, and SharedQueue, with kill -9 of holders, lessees, producers and consumers.
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { PoolError, SharedPool } from '../lib';
-import { expectCode } from './helpers';
+import { expectCode, JsonChild, runJsonChild } from './helpers';
 
 const child = path.join(__dirname, 'fixtures', 'sync-child.js');
 const MiB = 1 << 20;
@@ -18,42 +17,10 @@ function newPool(tag: string, size = 8 * MiB): SharedPool {
   return SharedPool.create(name, { size });
 }
 
-interface Child {
-  proc: ChildProcess;
-  lines: unknown[];
-  /** Resolves with the line that satisfies `pred` (waiting for it). */
-  until(pred: (line: unknown) => boolean): Promise<unknown>;
-  exit: Promise<number | string>;
-}
+type Child = JsonChild;
 
 function run(...args: (string | number)[]): Child {
-  const proc = spawn(process.execPath, [child, ...args.map(String)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines: unknown[] = [];
-  const waiters: [(line: unknown) => boolean, (line: unknown) => void][] = [];
-  let rest = '';
-  proc.stdout!.on('data', (chunk: Buffer) => {
-    rest += chunk.toString();
-    let nl;
-    while ((nl = rest.indexOf('\n')) >= 0) {
-      const line = JSON.parse(rest.slice(0, nl));
-      rest = rest.slice(nl + 1);
-      lines.push(line);
-      for (let i = waiters.length - 1; i >= 0; i--) {
-        if (waiters[i][0](line)) waiters.splice(i, 1)[0][1](line);
-      }
-    }
-  });
-  const exit = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(signal ?? code ?? -1)));
-  return {
-    proc,
-    lines,
-    exit,
-    until(pred) {
-      const seen = lines.find(pred);
-      if (seen !== undefined) return Promise.resolve(seen);
-      return new Promise((resolve) => waiters.push([pred, resolve]));
-    },
-  };
+  return runJsonChild(child, args);
 }
 
 const ready = (l: unknown) => l === 'ready';

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { ChildProcess, spawn } from 'node:child_process';
 
 /** Runs fn and asserts it throws an Error whose `code` is `code` (and, when given, of class `cls`). */
 export function expectCode(fn: () => unknown, code: string, cls?: new (...args: never[]) => Error): Error {
@@ -50,4 +51,46 @@ export async function captureWarnings(fn: () => unknown): Promise<(Error & { cod
     for (const l of saved) process.on('warning', l);
   }
   return caught;
+}
+
+/** A node child process that prints one line of JSON per event (test/fixtures/*-child.js). */
+export interface JsonChild {
+  proc: ChildProcess;
+  /** Every line printed so far, parsed. */
+  lines: unknown[];
+  /** Resolves with the first line that satisfies `pred` (waiting for it). */
+  until(pred: (line: unknown) => boolean): Promise<unknown>;
+  /** The exit code, or the signal's name when a signal killed it. */
+  exit: Promise<number | string>;
+}
+
+/** Runs `node script ...args` and parses what it prints line by line (stderr goes to this process's). */
+export function runJsonChild(script: string, args: (string | number)[]): JsonChild {
+  const proc = spawn(process.execPath, [script, ...args.map(String)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines: unknown[] = [];
+  const waiters: [(line: unknown) => boolean, (line: unknown) => void][] = [];
+  let rest = '';
+  proc.stdout!.on('data', (chunk: Buffer) => {
+    rest += chunk.toString();
+    let nl;
+    while ((nl = rest.indexOf('\n')) >= 0) {
+      const line = JSON.parse(rest.slice(0, nl));
+      rest = rest.slice(nl + 1);
+      lines.push(line);
+      for (let i = waiters.length - 1; i >= 0; i--) {
+        if (waiters[i][0](line)) waiters.splice(i, 1)[0][1](line);
+      }
+    }
+  });
+  const exit = new Promise<number | string>((resolve) => proc.on('exit', (code, signal) => resolve(signal ?? code ?? -1)));
+  return {
+    proc,
+    lines,
+    exit,
+    until(pred) {
+      const seen = lines.find(pred);
+      if (seen !== undefined) return Promise.resolve(seen);
+      return new Promise((resolve) => waiters.push([pred, resolve]));
+    },
+  };
 }

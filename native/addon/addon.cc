@@ -67,9 +67,28 @@ uint64_t arg_deadline(const Napi::CallbackInfo& info, size_t i) {
   return mempool::deadline_after_ms(info[i].As<Napi::Number>().DoubleValue());
 }
 
-// The largest region one ArrayBuffer can view in Node 20 (buffer.constants.MAX_LENGTH): a region is
-// always one ArrayBuffer, so this is the largest pool region or shared segment.
-constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
+void check_region_size(Napi::Env env, const std::string& name, uint64_t size) {
+  if (size > kMaxRegionBytes) {
+    throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
+                "Shared memory '" + name + "' is " + std::to_string(size) + " bytes: more than one ArrayBuffer can map (" +
+                    std::to_string(kMaxRegionBytes) + ")");
+  }
+}
+
+Napi::ArrayBuffer external_array_buffer(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory) {
+  auto* owner = new std::shared_ptr<ExternalMemory>(memory);
+  napi_value ab_value = nullptr;
+  napi_status st = napi_create_external_arraybuffer(
+      env, memory->data, memory->size,
+      [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<ExternalMemory>*>(hint); }, owner, &ab_value);
+  if (st != napi_ok) {
+    // Node may already have run the finalizer (which deletes `owner`) before failing: never delete
+    // it here. Sizes are checked before this point, so this is not expected to happen.
+    memory->release();
+    throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "The JavaScript engine cannot map " + std::to_string(memory->size) + " bytes as one ArrayBuffer");
+  }
+  return Napi::ArrayBuffer(env, ab_value);
+}
 
 
 Napi::Float64Array float64_array(Napi::Env env, const std::vector<double>& values) {
@@ -83,6 +102,34 @@ Napi::Array number_pair(Napi::Env env, uint64_t a, uint64_t b) {
   out.Set(0u, Napi::Number::New(env, static_cast<double>(a)));
   out.Set(1u, Napi::Number::New(env, static_cast<double>(b)));
   return out;
+}
+
+[[noreturn]] void throw_shm(Napi::Env env, Status s, const std::string& name, int err) {
+  std::string sys = err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string();
+  switch (s) {
+    case Status::invalid_name:
+      throw_coded(env, "PoolError", "ERR_SHM_INVALID_NAME",
+                  "Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name");
+    case Status::exists: throw_coded(env, "PoolError", "ERR_SHM_EXISTS", "Shared memory '" + name + "' already exists");
+    case Status::not_found: throw_coded(env, "PoolError", "ERR_SHM_NOT_FOUND", "No shared memory named '" + name + "'");
+    case Status::permission:
+      throw_coded(env, "PoolError", "ERR_SHM_PERMISSION", "Not permitted to use shared memory '" + name + "'" + sys);
+    case Status::incompatible:
+      throw_coded(env, "PoolError", "ERR_SHM_INCOMPATIBLE", "Shared memory '" + name + "' is not a mempool segment of a known version");
+    case Status::corrupted:
+      throw_coded(env, "PoolError", "ERR_POOL_CORRUPTED", "Shared memory '" + name + "' has a damaged header or heap");
+    case Status::lock_timeout:
+      throw_coded(env, "PoolError", "ERR_SHM_LOCK_TIMEOUT", "Timed out waiting for the lock of '" + name + "'");
+    case Status::empty:
+      throw_coded(env, "PoolError", "ERR_SHM_EMPTY",
+                  "Shared memory '" + name + "' is empty (0 bytes), probably left by a creator that died before sizing it: "
+                  "unlink it (SharedMemory.unlink('" + name + "')) and create it again");
+    default:
+      if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
+        throw_coded(env, "PoolError", "ERR_POOL_OUT_OF_MEMORY", "The system could not provide shared memory '" + name + "'" + sys);
+      }
+      throw_coded(env, "PoolError", "ERR_SHM_SYSTEM", "Shared memory '" + name + "': " + mempool::status_name(s) + sys);
+  }
 }
 
 // One pool region: the memory, the heap over it, the ArrayBuffer JavaScript sees.
@@ -138,19 +185,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     } else {
       throw_coded(env, "TypeError", "ERR_INVALID_ARG_TYPE", "Expected 'malloc', 'create' or 'open' for kind");
     }
-    auto* owner = new std::shared_ptr<ExternalMemory>(memory_);
-    napi_value ab_value = nullptr;
-    napi_status st = napi_create_external_arraybuffer(
-        env, memory_->data, memory_->size,
-        [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<ExternalMemory>*>(hint); }, owner, &ab_value);
-    if (st != napi_ok) {
-      // Node may already have run the finalizer (which deletes `owner`) before failing: never delete
-      // it here. Sizes are checked before this point, so this is not expected to happen.
-      memory_->release();
-      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE", "The JavaScript engine cannot map " + std::to_string(memory_->size) + " bytes as one ArrayBuffer");
-    }
-    Napi::ArrayBuffer ab(env, ab_value);
-    buffer_ = Napi::Persistent(ab);
+    buffer_ = Napi::Persistent(external_array_buffer(env, memory_));
     // The fast path: a mailbox of doubles that JavaScript and C++ both read and write, and two
     // functions bound to this pool (through link_) that take no arguments. A call then costs about one
     // native no-op: no argument conversion, no unwrap (napi_unwrap alone costs more than two no-op
@@ -261,11 +296,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
       s = mempool::SharedPool::open(name, timeout, &pool, &err);
     }
     if (s != Status::ok) throw_shm(env, s, name, err);
-    if (pool->size() > kMaxRegionBytes) {
-      throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
-                  "Shared memory '" + name + "' is " + std::to_string(pool->size()) + " bytes: more than one ArrayBuffer can map (" +
-                      std::to_string(kMaxRegionBytes) + ")");
-    }
+    check_region_size(env, name, pool->size());
     memory_ = std::make_shared<ExternalMemory>();
     memory_->data = pool->base();
     memory_->size = pool->size();
@@ -274,31 +305,6 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
     bias_ = pool->heap_offset();
     algorithm_ = pool->segment().algorithm();
     memory_->shared = std::move(pool);
-  }
-
- public:
-  [[noreturn]] static void throw_shm(Napi::Env env, Status s, const std::string& name, int err) {
-    std::string sys = err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string();
-    switch (s) {
-      case Status::invalid_name:
-        throw_coded(env, "PoolError", "ERR_SHM_INVALID_NAME",
-                    "Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name");
-      case Status::exists: throw_coded(env, "PoolError", "ERR_SHM_EXISTS", "Shared memory '" + name + "' already exists");
-      case Status::not_found: throw_coded(env, "PoolError", "ERR_SHM_NOT_FOUND", "No shared memory named '" + name + "'");
-      case Status::permission:
-        throw_coded(env, "PoolError", "ERR_SHM_PERMISSION", "Not permitted to use shared memory '" + name + "'" + sys);
-      case Status::incompatible:
-        throw_coded(env, "PoolError", "ERR_SHM_INCOMPATIBLE", "Shared memory '" + name + "' is not a mempool segment of a known version");
-      case Status::corrupted:
-        throw_coded(env, "PoolError", "ERR_POOL_CORRUPTED", "Shared memory '" + name + "' has a damaged header or heap");
-      case Status::lock_timeout:
-        throw_coded(env, "PoolError", "ERR_SHM_LOCK_TIMEOUT", "Timed out waiting for the lock of '" + name + "'");
-      default:
-        if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
-          throw_coded(env, "PoolError", "ERR_POOL_OUT_OF_MEMORY", "The system could not provide shared memory '" + name + "'" + sys);
-        }
-        throw_coded(env, "PoolError", "ERR_SHM_SYSTEM", "Shared memory '" + name + "': " + mempool::status_name(s) + sys);
-    }
   }
 
  private:
@@ -800,7 +806,7 @@ Napi::Value ShmUnlink(const Napi::CallbackInfo& info) {
   int err = 0;
   Status s = mempool::Segment::unlink(name, &err);
   if (s == Status::not_found) return Napi::Boolean::New(env, false);
-  if (s != Status::ok) NativePool::throw_shm(env, s, name, err);
+  if (s != Status::ok) throw_shm(env, s, name, err);
   return Napi::Boolean::New(env, true);
 }
 
@@ -836,6 +842,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);  // deleted at environment teardown (worker exit too)
   exports.Set("NativePool", NativePool::Define(env));
   define_native_sync(env);  // made by pool.openObject() only
+  exports.Set("NativeSegment", define_native_segment(env));
   exports.Set("systemAlloc", Napi::Function::New<SystemAlloc>(env, "systemAlloc"));
   exports.Set("systemFree", Napi::Function::New<SystemFree>(env, "systemFree"));
   exports.Set("setErrorFactory", Napi::Function::New<SetErrorFactory>(env, "setErrorFactory"));

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "../core/heap.h"
+#include "../core/raw_segment.h"
 #include "../core/shared_pool.h"
 
 namespace mempool_addon {
@@ -28,6 +29,8 @@ struct ExternalMemory {
   bool released = false;
   // Set for a shared segment: released by closing it (its slab cache returned, then unmapped).
   std::unique_ptr<mempool::SharedPool> shared;
+  // Set for a raw segment (raw_glue.cc): released by unmapping it.
+  std::unique_ptr<mempool::RawSegment> raw;
   std::atomic<bool> closing{false};
 
   bool enter() {
@@ -52,6 +55,7 @@ struct ExternalMemory {
   void release_now() {
     if (!released) {
       if (shared) shared->close(100);
+      else if (raw) raw->close();
       else std::free(data);
     }
     released = true;
@@ -81,6 +85,17 @@ std::string arg_string(const Napi::CallbackInfo& info, size_t i, const char* nam
 uint64_t arg_deadline(const Napi::CallbackInfo& info, size_t i);
 
 constexpr uint64_t kMaxSafe = (uint64_t(1) << 53) - 1;
+// The largest region one ArrayBuffer can view in Node 20 (buffer.constants.MAX_LENGTH): a region is
+// always one ArrayBuffer, so this is the largest pool region, shared segment or raw segment.
+constexpr uint64_t kMaxRegionBytes = uint64_t(1) << 32;
+
+// Throws ERR_OUT_OF_RANGE when shared memory `name` of `size` bytes is more than one ArrayBuffer can view.
+void check_region_size(Napi::Env env, const std::string& name, uint64_t size);
+// An ArrayBuffer over `memory` that holds a reference to it until collected (or until memory->release(),
+// after which the caller detaches it). Throws ERR_OUT_OF_RANGE when the engine refuses it (releasing memory).
+Napi::ArrayBuffer external_array_buffer(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory);
+// The coded error of a Status from creating, opening or unlinking shared memory `name` (err: its errno).
+[[noreturn]] void throw_shm(Napi::Env env, mempool::Status s, const std::string& name, int err);
 inline Napi::Number status_number(Napi::Env env, mempool::Status s) {
   return Napi::Number::New(env, -static_cast<double>(s));
 }
@@ -139,5 +154,7 @@ Napi::Value make_native_sync(Napi::Env env, const std::shared_ptr<ExternalMemory
 // pool.wait / waitAsync / notify on a word of a shared region (sync_glue.cc).
 Napi::Value region_wait(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory, bool async);
 Napi::Value region_notify(const Napi::CallbackInfo& info, const std::shared_ptr<ExternalMemory>& memory);
+// The raw segments' class (raw_glue.cc).
+Napi::Function define_native_segment(Napi::Env env);
 
 }  // namespace mempool_addon

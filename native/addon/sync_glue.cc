@@ -30,13 +30,15 @@ mempool::Waiter js_waiter(const ExternalMemory& memory, uint64_t deadline) {
   return w;
 }
 
-// A word of the region for wait/notify: 4-aligned, inside the heap.
+// A word of the region for wait/notify: 4-aligned, inside a mempool segment's heap or anywhere in a raw
+// segment (which has no header to protect).
 uint32_t* region_word(const Napi::CallbackInfo& info, const ExternalMemory& memory) {
   uint64_t off = arg_uint(info, 0, "offset", kMaxSafe);
-  uint64_t heap = memory.shared->heap_offset();
-  if ((off & 3) != 0 || off < heap || off + 4 > memory.size) {
+  uint64_t first = memory.shared ? memory.shared->heap_offset() : 0;
+  if ((off & 3) != 0 || off < first || memory.size < 4 || off > memory.size - 4) {
     throw_coded(info.Env(), "RangeError", "ERR_OUT_OF_RANGE",
-                "Expected a 4-aligned offset of the heap (" + std::to_string(heap) + " to " + std::to_string(memory.size - 4) +
+                std::string("Expected a 4-aligned offset of the ") + (memory.shared ? "heap" : "segment") + " (" +
+                    std::to_string(first) + " to " + std::to_string(memory.size < 4 ? 0 : memory.size - 4) +
                     ") for offset but received " + std::to_string(off));
   }
   return reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(memory.data) + off);

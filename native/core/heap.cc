@@ -31,6 +31,8 @@ const char* status_name(Status s) {
     case Status::pins_full: return "pins_full";
     case Status::no_handle: return "no_handle";
     case Status::object_mismatch: return "object_mismatch";
+    case Status::empty: return "empty";
+    case Status::size_mismatch: return "size_mismatch";
   }
   return "unknown";
 }

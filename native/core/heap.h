@@ -52,6 +52,9 @@ enum class Status : int32_t {
   no_handle = 18,        // a live block's start given through a view that carries no generation (kNoHandle)
   // Named objects (objects.h):
   object_mismatch = 19,  // a mutex, semaphore or queue of that name exists with other parameters
+  // Raw segments (raw_segment.h):
+  empty = 20,            // the object has 0 bytes: its creator died between shm_open and ftruncate
+  size_mismatch = 21,    // create without exclusive found the object at another size
 };
 
 const char* status_name(Status s);

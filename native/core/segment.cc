@@ -28,6 +28,8 @@ uint64_t now_unix_ms() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
 }
 
+}  // namespace
+
 Status errno_status(int e) {
   switch (e) {
     case EEXIST: return Status::exists;
@@ -39,8 +41,6 @@ Status errno_status(int e) {
     default: return Status::system_error;
   }
 }
-
-}  // namespace
 
 
 namespace {

@@ -197,6 +197,10 @@ struct SegmentInfo {
   uint64_t live_allocations = 0;
 };
 
+// The Status of an errno from shm_open, shm_unlink or mmap (EEXIST exists, ENOENT not_found, EACCES/EPERM
+// permission, EINVAL/ENAMETOOLONG invalid_name, else system_error). Raw segments (raw_segment.h) use it too.
+Status errno_status(int e);
+
 class Segment {
  public:
   ~Segment();
