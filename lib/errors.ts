@@ -122,3 +122,146 @@ export function makeError(kind: string, code: string, message: string): Error {
   }
   return new PoolError(code as PoolErrorCode, message);
 }
+
+/**
+ * The core's statuses (native/core/heap.h's enum, negated: they cross the boundary where an offset or a
+ * count would be, as negative numbers). Closed is the addon's own: a call on a closed pool.
+ * test/96.error-table.spec.ts checks this list against heap.h.
+ */
+export const enum Status {
+  OutOfMemory = -1,
+  InvalidArgument = -2,
+  Foreign = -3,
+  DoubleFree = -4,
+  Corrupted = -5,
+  Incompatible = -6,
+  Exists = -7,
+  NotFound = -8,
+  Permission = -9,
+  InvalidName = -10,
+  LockTimeout = -11,
+  SystemError = -12,
+  TooLarge = -13,
+  DirectoryFull = -14,
+  Stale = -15,
+  Named = -16,
+  PinsFull = -17,
+  NoHandle = -18,
+  ObjectMismatch = -19,
+  Empty = -20,
+  SizeMismatch = -21,
+  Closed = -100,
+}
+
+/**
+ * What a status is about: `what` the operation and its input ("freeing offset 4096"), or, for creating,
+ * opening and unlinking shared memory, its `name` with the errno behind it and, for a size mismatch, the
+ * sizes found and asked for.
+ */
+export interface StatusContext {
+  what?: string;
+  name?: string;
+  errno?: number;
+  found?: number;
+  asked?: number;
+  /** What check() found, for Corrupted. */
+  detail?: string;
+}
+
+function where(c: StatusContext): string {
+  return c.what ?? (c.name !== undefined ? `shared memory '${c.name}'` : 'an operation');
+}
+
+function systemMessage(c: StatusContext): string {
+  if (!c.errno) return '';
+  const name = Object.entries(osErrno()).find(([, v]) => v === c.errno)?.[0];
+  return ` (${name ?? `errno ${c.errno}`})`;
+}
+
+function osErrno(): Record<string, number> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (require('node:os') as typeof import('node:os')).constants.errno as Record<string, number>;
+}
+
+/**
+ * The one table from a status to its error: code and message. Every status the core can return has a
+ * row; the message names the input and says what to do.
+ */
+const STATUS_ERRORS: Record<number, (c: StatusContext) => Error> = {
+  [Status.OutOfMemory]: (c) => new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: ${where(c)}`),
+  [Status.InvalidArgument]: (c) => outOfRange('size or align', 'a size the heap can represent', where(c)),
+  [Status.Foreign]: (c) => new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of a live allocation of this pool: ${where(c)}`),
+  [Status.DoubleFree]: (c) => new PoolError('ERR_POOL_DOUBLE_FREE', `Already freed: ${where(c)}`),
+  [Status.Corrupted]: (c) =>
+    c.detail
+      ? new PoolError('ERR_POOL_CORRUPTED', `${c.detail} (found while ${where(c)})`)
+      : c.what === undefined && c.name !== undefined
+        ? new PoolError('ERR_POOL_CORRUPTED', `Shared memory '${c.name}' has a damaged header or heap: copy out what you need with getCopy(), then unlink it and create it again`)
+        : new PoolError('ERR_POOL_CORRUPTED', `The pool's bookkeeping is damaged (found while ${where(c)}); run check() for details`),
+  [Status.Incompatible]: (c) =>
+    new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${c.name}' is not a mempool segment of a known version (too short, another program's, or made by another mempool version): open it with the version that made it, or unlink it`),
+  [Status.Exists]: (c) => new PoolError('ERR_SHM_EXISTS', `Shared memory '${c.name}' already exists: open it, pass exclusive: false, or unlink it first`),
+  [Status.NotFound]: (c) => new PoolError('ERR_SHM_NOT_FOUND', `No shared memory named '${c.name}'`),
+  [Status.Permission]: (c) =>
+    new PoolError('ERR_SHM_PERMISSION', `Not permitted to use shared memory '${c.name}'${systemMessage(c)}: run as its owner, or create it with a mode that lets this user in`),
+  [Status.InvalidName]: (c) =>
+    new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name but received '${c.name ?? ''}'`),
+  [Status.LockTimeout]: (c) => new PoolError('ERR_SHM_LOCK_TIMEOUT', `Timed out waiting for the shared pool's lock (${where(c)}): another process holds it; raise lockTimeoutMs, or find the holder`),
+  [Status.SystemError]: (c) => {
+    const e = osErrno();
+    if (c.errno === e.ENOSPC || c.errno === e.ENOMEM || c.errno === e.EFBIG) {
+      return new PoolError('ERR_POOL_OUT_OF_MEMORY', `The system could not provide ${where(c)}${systemMessage(c)}: free space in /dev/shm, or ask for less`);
+    }
+    return new PoolError('ERR_SHM_SYSTEM', `The system refused ${where(c)}${systemMessage(c)}`);
+  },
+  [Status.TooLarge]: (c) => outOfRange('key', 'a key of 1 to 224 UTF-8 bytes', where(c)),
+  [Status.DirectoryFull]: (c) => new PoolError('ERR_SHM_DIRECTORY_FULL', `The directory is full (${where(c)}): delete keys, or create the segment with a larger maxKeys`),
+  [Status.Stale]: (c) =>
+    new PoolError(
+      'ERR_POOL_STALE_HANDLE',
+      `The block was freed or handed to another owner since this view was obtained (${where(c)}): nothing was changed; use the view the last alloc, take or replace returned`,
+    ),
+  [Status.Named]: (c) =>
+    new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory or by a queue it was pushed to (${where(c)}): take(key) or pop it first, or delete(key)`),
+  [Status.PinsFull]: (c) => new PoolError('ERR_SHM_PIN_TABLE_FULL', `Every pin of the segment is in use (${where(c)}): finish other reads first, or use getCopy()`),
+  [Status.NoHandle]: (c) =>
+    new PoolError(
+      'ERR_POOL_NO_HANDLE',
+      `This Buffer was not handed out by the pool (a subarray or view() carries no generation), so a stale one cannot be told from a current one (${where(c)}): pass the Buffer alloc, realloc, take or replace returned (set(key, buffer, length) names fewer bytes), or its offset`,
+    ),
+  [Status.ObjectMismatch]: (c) =>
+    new PoolError('ERR_SHM_OBJECT_MISMATCH', `An object of that name exists with other parameters (${where(c)}): open it without them to take what exists, or use another name`),
+  [Status.Empty]: (c) =>
+    new PoolError(
+      'ERR_SHM_EMPTY',
+      `Shared memory '${c.name}' is empty (0 bytes), probably left by a creator that died before sizing it: unlink it (SharedMemory.unlink('${c.name}')) and create it again`,
+    ),
+  [Status.SizeMismatch]: (c) =>
+    new PoolError(
+      'ERR_SHM_MISMATCH',
+      `Shared memory '${c.name}' exists with ${c.found} bytes, not the ${c.asked} asked for: pass size ${c.found}, open it with SharedMemory.open(), or unlink it first`,
+    ),
+  [Status.Closed]: () => closedError(),
+};
+
+/** The pool (or segment) was closed: the one message for every call after close(). */
+export function closedError(): PoolError {
+  return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
+}
+
+/**
+ * The error of a negative status: `context` is what was being done ("freeing offset 4096"), or a
+ * StatusContext. A status outside the table (a newer core) is reported as corruption with its number.
+ */
+export function statusError(status: number, context: string | StatusContext, detail?: string): Error {
+  const c: StatusContext = typeof context === 'string' ? { what: context, detail } : context;
+  const make = STATUS_ERRORS[status];
+  if (make === undefined) return new PoolError('ERR_POOL_CORRUPTED', `Unexpected status ${status} while ${where(c)}`);
+  return make(c);
+}
+
+/** Made for the addon: the error of creating, opening or unlinking shared memory `name`. */
+export function shmStatusError(status: number, name: string, errno: number, found: number, asked: number): Error {
+  return statusError(status, { name, errno, found, asked });
+}
+

@@ -2,9 +2,9 @@
 // from JavaScript as one ArrayBuffer: allocations are Buffer views into it, or plain offsets.
 // Pool (malloc'd regions, grow, fallback) and SharedPool (a named segment) build on it.
 import { checkAlign, checkBoolean, checkBuffer, checkObject, checkOffset, checkSize } from './args';
-import { outOfRange, PoolError } from './errors';
+import { closedError, outOfRange, PoolError, Status, statusError } from './errors';
 import { allocChannel, freeChannel, outOfMemoryChannel } from './events';
-import { NativePool, Status } from './native';
+import { NativePool } from './native';
 import { SiteTable } from './sites';
 import { SMALL_MAX, SmallCache } from './small-cache';
 import { SystemBlocks } from './system-blocks';
@@ -23,46 +23,6 @@ export interface Chunk {
 /** The generation a view that carries none presents in a shared pool (native kNoHandle). */
 const NO_HANDLE = 0xfffffffe;
 
-export function statusError(status: number, what: string, detail?: string): Error {
-  if (status === Status.Corrupted && detail) return new PoolError('ERR_POOL_CORRUPTED', `${detail} (found while ${what})`);
-  switch (status) {
-    case Status.OutOfMemory:
-      return new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: ${what}`);
-    case Status.Foreign:
-      return new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of a live allocation of this pool: ${what}`);
-    case Status.DoubleFree:
-      return new PoolError('ERR_POOL_DOUBLE_FREE', `Already freed: ${what}`);
-    case Status.Corrupted:
-      return new PoolError('ERR_POOL_CORRUPTED', `The pool's bookkeeping is damaged (found while ${what}); run check() for details`);
-    case Status.Closed:
-      return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
-    case Status.LockTimeout:
-      return new PoolError('ERR_SHM_LOCK_TIMEOUT', `Timed out waiting for the shared pool's lock (${what})`);
-    case Status.InvalidArgument:
-      return outOfRange('size or align', 'a size the heap can represent', what);
-    case Status.Stale:
-      return new PoolError(
-        'ERR_POOL_STALE_HANDLE',
-        `The block was freed or handed to another owner since this view was obtained (${what}): nothing was changed; use the view the last alloc, take or replace returned`,
-      );
-    case Status.Named:
-      return new PoolError('ERR_POOL_BLOCK_NAMED', `The block is owned by a key of the directory or by a queue it was pushed to (${what}): take(key) or pop it first, or delete(key)`);
-    case Status.PinsFull:
-      return new PoolError('ERR_SHM_PIN_TABLE_FULL', `Every pin of the segment is in use (${what}): finish other reads first, or use getCopy()`);
-    case Status.NoHandle:
-      return new PoolError(
-        'ERR_POOL_NO_HANDLE',
-        `This Buffer was not handed out by the pool (a subarray or view() carries no generation), so a stale one cannot be told from a current one (${what}): pass the Buffer alloc, realloc, take or replace returned (set(key, buffer, length) names fewer bytes), or its offset`,
-      );
-    case Status.ObjectMismatch:
-      return new PoolError('ERR_SHM_OBJECT_MISMATCH', `An object of that name exists with other parameters (${what}): open it without them to take what exists, or use another name`);
-    case Status.DirectoryFull:
-      return new PoolError('ERR_SHM_DIRECTORY_FULL', `The directory is full (${what}): delete keys, or create the segment with a larger maxKeys`);
-    default:
-      return new PoolError('ERR_POOL_CORRUPTED', `Unexpected status ${status} while ${what}`);
-  }
-}
-
 // The fast path across the boundary: one argument in, one result out, through the pool's mailbox.
 function fastAlloc(native: NativePool, size: number): number {
   native.mailbox[0] = size;
@@ -75,10 +35,6 @@ function fastFree(native: NativePool, offset: number, gen: number): number {
   native.mailbox[1] = gen;
   native.fastFree();
   return native.mailbox[0];
-}
-
-export function closedError(): PoolError {
-  return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
 }
 
 /** What Pool and SharedPool share: allocation, freeing, views, stats, checks and walks. */

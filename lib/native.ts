@@ -1,25 +1,6 @@
 // The one place that loads the compiled addon and describes it to TypeScript.
 import * as path from 'node:path';
-import { makeError } from './errors';
-
-/** Statuses the core returns, negated, in place of an offset. */
-export const enum Status {
-  OutOfMemory = -1,
-  InvalidArgument = -2,
-  Foreign = -3,
-  DoubleFree = -4,
-  Corrupted = -5,
-  Incompatible = -6,
-  LockTimeout = -11,
-  TooLarge = -13,
-  DirectoryFull = -14,
-  Stale = -15,
-  Named = -16,
-  PinsFull = -17,
-  NoHandle = -18,
-  ObjectMismatch = -19,
-  Closed = -100,
-}
+import { makeError, shmStatusError } from './errors';
 
 export interface NativePool {
   readonly buffer: ArrayBuffer;
@@ -185,7 +166,10 @@ export interface Addon {
   shmList(): SegmentListing[];
   systemAlloc(size: number): ArrayBuffer | null;
   systemFree(buffer: ArrayBuffer): number;
-  setErrorFactory(factory: (kind: string, code: string, message: string) => Error): void;
+  setErrorFactory(
+    make: (kind: string, code: string, message: string) => Error,
+    fromStatus: (status: number, name: string, errno: number, found: number, asked: number) => Error,
+  ): void;
   noop(): void;
 }
 
@@ -213,4 +197,4 @@ function load(): Addon {
 }
 
 export const addon: Addon = load();
-addon.setErrorFactory(makeError);
+addon.setErrorFactory(makeError, shmStatusError);

@@ -2,7 +2,8 @@
 // With grow it takes more regions when full; with fallback it serves what it cannot from malloc.
 import { checkAlgorithm, checkBoolean, checkHeapOptions, checkKnownOptions, checkObject, checkSize, HEAP_OPTION_NAMES } from './args';
 import { invalidArgType, outOfRange } from './errors';
-import { Chunk, closedError, HeapPool } from './heap-pool';
+import { closedError } from './errors';
+import { Chunk, HeapPool } from './heap-pool';
 import { registerRegion } from './memory-type';
 import { addon } from './native';
 import { SmallCache } from './small-cache';

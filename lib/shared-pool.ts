@@ -2,10 +2,10 @@
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
 import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkMode, checkObject, checkOffset, checkSize } from './args';
-import { invalidArgType, invalidArgValue, outOfRange, PoolError } from './errors';
-import { closedError, HeapPool, statusError } from './heap-pool';
+import { closedError, invalidArgType, invalidArgValue, outOfRange, PoolError, Status, statusError } from './errors';
+import { HeapPool } from './heap-pool';
 import { registerRegion } from './memory-type';
-import { addon, NativePool, NativeSync, Status } from './native';
+import { addon, NativePool, NativeSync } from './native';
 import { SharedQueue } from './shared-queue';
 import { checkObjectName, SharedMutex, SharedSemaphore, type WaitResult } from './sync';
 import { checkWords, notifyOn, waitOn, waitOnAsync } from './words';

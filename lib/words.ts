@@ -1,8 +1,7 @@
 // The argument checks of the calls on 32- and 64-bit words of shared memory (atomics, wait, notify) that
 // SharedPool and SharedMemory share, so both accept the same arguments with the same messages.
 import { checkOffset, checkSize } from './args';
-import { invalidArgType, outOfRange } from './errors';
-import { statusError } from './heap-pool';
+import { invalidArgType, outOfRange, statusError } from './errors';
 import { SyncResult } from './native';
 import { checkTimeoutMs, waitResult, type WaitResult } from './sync';
 

@@ -37,9 +37,9 @@ describe("README.md's table of error codes", () => {
   });
 });
 
-// lib/native.ts restates the core's Status enum (native/core/heap.h), negated, because statuses cross the
+// lib/errors.ts restates the core's Status enum (native/core/heap.h), negated, because statuses cross the
 // boundary as numbers: a renumbered or renamed status in C++ must fail here, not turn into a wrong code.
-describe("lib/native.ts's Status agrees with the core's", () => {
+describe("lib/errors.ts's Status agrees with the core's, and its table has a row for each", () => {
   const enumBody = (text: string, head: RegExp): string => {
     const m = head.exec(text);
     if (!m) throw new Error(`enum not found: ${head}`);
@@ -49,8 +49,8 @@ describe("lib/native.ts's Status agrees with the core's", () => {
   const heapH = fs.readFileSync(path.join(root, 'native/core/heap.h'), 'utf8');
   for (const m of enumBody(heapH, /enum class Status : int32_t \{/).matchAll(/^\s*([a-z_]+) = (\d+),/gm)) cpp.set(m[1], Number(m[2]));
   const ts = new Map<string, number>();
-  const nativeTs = fs.readFileSync(path.join(root, 'lib/native.ts'), 'utf8');
-  for (const m of enumBody(nativeTs, /export const enum Status \{/).matchAll(/^\s*([A-Za-z]+) = (-?\d+),/gm)) ts.set(m[1], Number(m[2]));
+  const errorsTs = fs.readFileSync(path.join(root, 'lib/errors.ts'), 'utf8');
+  for (const m of enumBody(errorsTs, /export const enum Status \{/).matchAll(/^\s*([A-Za-z]+) = (-?\d+),/gm)) ts.set(m[1], Number(m[2]));
   const snake = (pascal: string): string => pascal.replace(/[A-Z]/g, (c, i: number) => (i > 0 ? '_' : '') + c.toLowerCase());
 
   it('both enums are found (the extraction works)', () => {
@@ -70,5 +70,16 @@ describe("lib/native.ts's Status agrees with the core's", () => {
     expect(closed, 'kClosed in addon.cc').to.not.equal(null);
     expect(ts.get('Closed')).to.equal(-Number(closed![1]));
     expect([...cpp.values()]).to.not.include(Number(closed![1]));
+  });
+
+  it('every C++ status but ok is in the TypeScript enum', () => {
+    const byValue = new Set(ts.values());
+    expect([...cpp].filter(([name, v]) => name !== 'ok' && !byValue.has(-v)).map(([name]) => name)).to.deep.equal([]);
+  });
+
+  it('every status has a row in the table (none falls through to "Unexpected status")', () => {
+    const table = errorsTs.slice(errorsTs.indexOf('const STATUS_ERRORS'), errorsTs.indexOf('\n};', errorsTs.indexOf('const STATUS_ERRORS')));
+    const rows = new Set([...table.matchAll(/^\s*\[Status\.([A-Za-z]+)\]:/gm)].map((m) => m[1]));
+    expect([...ts.keys()].filter((name) => !rows.has(name))).to.deep.equal([]);
   });
 });

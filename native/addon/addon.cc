@@ -104,32 +104,16 @@ Napi::Array number_pair(Napi::Env env, uint64_t a, uint64_t b) {
   return out;
 }
 
-[[noreturn]] void throw_shm(Napi::Env env, Status s, const std::string& name, int err) {
-  std::string sys = err != 0 ? std::string(" (") + std::strerror(err) + ")" : std::string();
-  switch (s) {
-    case Status::invalid_name:
-      throw_coded(env, "PoolError", "ERR_SHM_INVALID_NAME",
-                  "Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name");
-    case Status::exists: throw_coded(env, "PoolError", "ERR_SHM_EXISTS", "Shared memory '" + name + "' already exists");
-    case Status::not_found: throw_coded(env, "PoolError", "ERR_SHM_NOT_FOUND", "No shared memory named '" + name + "'");
-    case Status::permission:
-      throw_coded(env, "PoolError", "ERR_SHM_PERMISSION", "Not permitted to use shared memory '" + name + "'" + sys);
-    case Status::incompatible:
-      throw_coded(env, "PoolError", "ERR_SHM_INCOMPATIBLE", "Shared memory '" + name + "' is not a mempool segment of a known version");
-    case Status::corrupted:
-      throw_coded(env, "PoolError", "ERR_POOL_CORRUPTED", "Shared memory '" + name + "' has a damaged header or heap");
-    case Status::lock_timeout:
-      throw_coded(env, "PoolError", "ERR_SHM_LOCK_TIMEOUT", "Timed out waiting for the lock of '" + name + "'");
-    case Status::empty:
-      throw_coded(env, "PoolError", "ERR_SHM_EMPTY",
-                  "Shared memory '" + name + "' is empty (0 bytes), probably left by a creator that died before sizing it: "
-                  "unlink it (SharedMemory.unlink('" + name + "')) and create it again");
-    default:
-      if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
-        throw_coded(env, "PoolError", "ERR_POOL_OUT_OF_MEMORY", "The system could not provide shared memory '" + name + "'" + sys);
-      }
-      throw_coded(env, "PoolError", "ERR_SHM_SYSTEM", "Shared memory '" + name + "': " + mempool::status_name(s) + sys);
+[[noreturn]] void throw_shm(Napi::Env env, Status s, const std::string& name, int err, uint64_t found, uint64_t asked) {
+  AddonData* d = data_of(env);
+  if (d != nullptr && !d->status_error_factory.IsEmpty()) {
+    Napi::Value e = d->status_error_factory.Call(
+        {status_number(env, s), Napi::String::New(env, name), Napi::Number::New(env, err),
+         Napi::Number::New(env, static_cast<double>(found)), Napi::Number::New(env, static_cast<double>(asked))});
+    throw Napi::Error(env, e);
   }
+  // Only before lib/ has handed over its table (never, when loaded through lib/).
+  throw_coded(env, "PoolError", "ERR_SHM_SYSTEM", "Shared memory '" + name + "': " + mempool::status_name(s));
 }
 
 // One pool region: the memory, the heap over it, the ArrayBuffer JavaScript sees.
@@ -828,9 +812,11 @@ Napi::Value ShmList(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// setErrorFactory(make, fromStatus): lib/errors.ts's makeError and its table of statuses.
 Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
-  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a function");
+  if (!info[0].IsFunction() || !info[1].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected two functions");
   data_of(info.Env())->error_factory = Napi::Persistent(info[0].As<Napi::Function>());
+  data_of(info.Env())->status_error_factory = Napi::Persistent(info[1].As<Napi::Function>());
   return info.Env().Undefined();
 }
 

@@ -66,6 +66,8 @@ struct ExternalMemory {
 
 struct AddonData {
   Napi::FunctionReference error_factory;  // (kind, code, message) => Error, from lib/errors.ts
+  // (negated status, name, errno, found, asked) => Error: lib/errors.ts's table of statuses
+  Napi::FunctionReference status_error_factory;
   // Fallback allocations from the system allocator, by address. Weak: the ArrayBuffer's finalizer owns
   // the memory, so teardown may run the finalizers and delete this in either order.
   std::unordered_map<void*, std::weak_ptr<ExternalMemory>> system_blocks;
@@ -94,8 +96,11 @@ void check_region_size(Napi::Env env, const std::string& name, uint64_t size);
 // An ArrayBuffer over `memory` that holds a reference to it until collected (or until memory->release(),
 // after which the caller detaches it). Throws ERR_OUT_OF_RANGE when the engine refuses it (releasing memory).
 Napi::ArrayBuffer external_array_buffer(Napi::Env env, const std::shared_ptr<ExternalMemory>& memory);
-// The coded error of a Status from creating, opening or unlinking shared memory `name` (err: its errno).
-[[noreturn]] void throw_shm(Napi::Env env, mempool::Status s, const std::string& name, int err);
+// The coded error of a Status from creating, opening or unlinking shared memory `name` (err: its errno;
+// found and asked: the sizes of a size_mismatch), made by lib/errors.ts's table of statuses, the one
+// place where statuses get codes and messages.
+[[noreturn]] void throw_shm(Napi::Env env, mempool::Status s, const std::string& name, int err, uint64_t found = 0,
+                            uint64_t asked = 0);
 inline Napi::Number status_number(Napi::Env env, mempool::Status s) {
   return Napi::Number::New(env, -static_cast<double>(s));
 }

@@ -44,11 +44,7 @@ class NativeSegment : public Napi::ObjectWrap<NativeSegment> {
         throw_coded(env, "RangeError", "ERR_OUT_OF_RANGE",
                     "Expected a size of 1 to " + std::to_string(kMaxRegionBytes) + " bytes for options.size but received " + std::to_string(size));
       }
-      if (s == Status::size_mismatch) {
-        throw_coded(env, "PoolError", "ERR_SHM_MISMATCH",
-                    "Shared memory '" + name + "' exists with " + std::to_string(found) + " bytes, not the " + std::to_string(size) +
-                        " asked for: pass size " + std::to_string(found) + ", open it with SharedMemory.open(), or unlink it first");
-      }
+      if (s == Status::size_mismatch) throw_shm(env, s, name, err, found, size);
     } else if (kind == "open") {
       s = RawSegment::open(name, info[2].ToBoolean(), &segment, &err);
     } else {
