@@ -22,9 +22,16 @@ export interface SharedPoolCreateOptions extends HeapOptions {
   mode?: number;
   /**
    * Fail with ERR_SHM_EXISTS when the name exists (default true). false opens the existing segment
-   * instead, and then its own size, algorithm and other settings apply, not these options.
+   * instead, after checking that it has every setting given here (size, algorithm, debug, trackOwners,
+   * maxKeys, blockSize, minBlock, maxBlock; those left out are not compared): a difference throws
+   * ERR_SHM_MISMATCH and leaves the segment as it was.
    */
   exclusive?: boolean;
+  /**
+   * With `exclusive: false`: take an existing segment as it is, whatever its size and other settings
+   * (its own apply, not these options). Default false. Only valid with `exclusive: false`.
+   */
+  acceptExisting?: boolean;
   /**
    * Capacity of the directory of named allocations, at most 2^20 (default: one key per 8 KiB of segment,
    * at least 256). A set() of a new key into a full directory fails with ERR_SHM_DIRECTORY_FULL.
@@ -122,6 +129,31 @@ function processAlive(pid: number): boolean {
 }
 const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
+/**
+ * The settings given to create() that the segment does not have, as 'size: asked 1048576, segment has
+ * 2097152'. Settings left out (undefined, or a null algorithm: the default) are not compared. A segment is exactly `size` bytes (no rounding), and
+ * pool.size reports that, so the two compare directly.
+ */
+function settingDifferences(native: NativePool, options: SharedPoolCreateOptions): string[] {
+  const info = native.segmentInfo()!;
+  const segment: Record<string, unknown> = {
+    size: native.buffer.byteLength,
+    algorithm: native.algorithm,
+    debug: native.debug,
+    trackOwners: info[6] === 1,
+    maxKeys: info[4],
+    blockSize: info[9],
+    minBlock: info[10],
+    maxBlock: info[11],
+  };
+  const differences: string[] = [];
+  for (const [setting, has] of Object.entries(segment)) {
+    const asked = (options as unknown as Record<string, unknown>)[setting];
+    if (asked !== undefined && asked !== null && asked !== has) differences.push(`${setting}: asked ${String(asked)}, segment has ${String(has)}`);
+  }
+  return differences;
+}
+
 function checkName(name: unknown): string {
   if (typeof name !== 'string') throw invalidArgType('name', 'a string', name);
   return name;
@@ -181,14 +213,16 @@ export class SharedPool extends HeapPool {
    * Creates /dev/shm/<name> of `options.size` bytes, formats it and maps it (or, with `exclusive:
    * false`, opens it when it exists). The segment outlives every process until unlinked.
    *
-   * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_INVALID_NAME for a
+   * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_MISMATCH when, with
+   *   exclusive: false, the existing segment differs from a setting given (unless acceptExisting: true);
+   *   ERR_SHM_INVALID_NAME for a
    *   name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
    *   ERR_POOL_OUT_OF_MEMORY when the system has no room; ERR_SHM_SYSTEM for another system error;
    *   ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE for bad options (e.g. a size too small); with exclusive:
    *   false also the errors of open().
    */
   static create(name: string, options: SharedPoolCreateOptions): SharedPool {
-    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'maxKeys', 'lockTimeoutMs', 'debug', 'trackOwners', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
+    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'acceptExisting', 'maxKeys', 'lockTimeoutMs', 'debug', 'trackOwners', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
     checkName(name);
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
@@ -196,10 +230,24 @@ export class SharedPool extends HeapPool {
     const mode = options.mode === undefined ? 0o600 : checkSize(options.mode, 'options.mode', 0);
     if (mode > 0o777) throw outOfRange('options.mode', 'permission bits from 0 to 0o777', mode);
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
+    const acceptExisting = checkBoolean(options.acceptExisting, 'options.acceptExisting');
+    // An exclusive create never takes an existing segment, so acceptExisting there is a mistake, not a no-op.
+    if (acceptExisting && exclusive) throw invalidArgValue('options.acceptExisting: true is only valid with exclusive: false');
     const maxKeys = options.maxKeys === undefined ? 0 : checkSize(options.maxKeys, 'options.maxKeys'); // 0: sized from `size`
     const debug = checkBoolean(options.debug, 'options.debug');
     const trackOwners = checkBoolean(options.trackOwners, 'options.trackOwners');
     const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug, trackOwners);
+    if (!exclusive && !acceptExisting) {
+      // The segment may be one that existed: the caller asked for these settings and must not get others
+      // silently. A fresh segment has them all, so this only ever refuses an existing one.
+      const differences = settingDifferences(native, options);
+      if (differences.length > 0) {
+        native.close(); // detach again: the refused call leaves no attachment and the segment untouched
+        throw new PoolError('ERR_SHM_MISMATCH',
+          `Shared memory '${name}' exists with other settings (${differences.join('; ')}): open it as it is with ` +
+          `SharedPool.open('${name}'), pass acceptExisting: true, or unlink it first`);
+      }
+    }
     return new SharedPool(native, name);
   }
 
