@@ -2,7 +2,7 @@
 export { Pool } from './pool';
 export type { GrowOptions, PoolOptions } from './pool';
 export { SharedPool } from './shared-pool';
-export type { AttachedProcess, SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
+export type { AttachedProcess, SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedPoolUnlinkOptions, SharedSegmentInfo } from './shared-pool';
 export { SharedMutex, SharedSemaphore } from './sync';
 export type { Acquired, WaitResult } from './sync';
 export { SharedQueue } from './shared-queue';

@@ -1,6 +1,7 @@
 // SharedPool: a heap inside a named POSIX shared-memory segment (/dev/shm/<name>) that other processes,
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
+import * as fs from 'node:fs';
 import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkObject, checkOffset, checkSize } from './args';
 import { invalidArgType, invalidArgValue, outOfRange, PoolError } from './errors';
 import { closedError, HeapPool, statusError } from './heap-pool';
@@ -63,6 +64,15 @@ export interface SharedPoolOpenOptions {
    * this process only. Exceeded: ERR_SHM_LOCK_TIMEOUT.
    */
   lockTimeoutMs?: number;
+}
+
+/** Options of `SharedPool.unlink(name, options)`. */
+export interface SharedPoolUnlinkOptions {
+  /**
+   * Remove the file even when it is not a mempool segment (default false: a file whose first 8 bytes
+   * are not mempool's magic, such as another program's shared memory, is refused).
+   */
+  force?: boolean;
 }
 
 /**
@@ -157,6 +167,38 @@ function settingDifferences(native: NativePool, options: SharedPoolCreateOptions
 function checkName(name: unknown): string {
   if (typeof name !== 'string') throw invalidArgType('name', 'a string', name);
   return name;
+}
+
+// What every mempool segment starts with (native/core/segment.h kSegmentMagic, "MMPPSEG1").
+const SEGMENT_MAGIC = Buffer.from('MMPPSEG1', 'latin1');
+
+/**
+ * The first 8 bytes of /dev/shm/<name> (fewer when the file is shorter), or undefined when there is no
+ * such file. The name is checked first (native/core/segment.cc valid_name's rules), as it becomes a path.
+ */
+function segmentHead(name: string): Buffer | undefined {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 250) {
+    throw new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name`);
+  }
+  let fd: number;
+  try {
+    fd = fs.openSync(`/dev/shm/${name}`, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new PoolError('ERR_SHM_PERMISSION', `Cannot read shared memory '${name}' to check it is a mempool segment; pass { force: true } to remove it anyway`);
+    }
+    throw new PoolError('ERR_SHM_SYSTEM', `Shared memory '${name}': ${(e as Error).message}`);
+  }
+  try {
+    const head = Buffer.alloc(SEGMENT_MAGIC.length);
+    return head.subarray(0, fs.readSync(fd, head, 0, head.length, 0));
+  } catch (e) {
+    throw new PoolError('ERR_SHM_SYSTEM', `Shared memory '${name}': ${(e as Error).message}`);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function checkKey(key: unknown): string {
@@ -269,11 +311,31 @@ export class SharedPool extends HeapPool {
 
   /**
    * Removes the name; processes attached keep their mapping until they close, and no one can open it
-   * any more. True when removed, false when there was no such name. Throws ERR_SHM_INVALID_NAME,
-   * ERR_SHM_PERMISSION or ERR_SHM_SYSTEM.
+   * any more. True when removed, false when there was no such name. A file that is not a mempool
+   * segment (its first 8 bytes are not the magic) is refused unless `force: true`: /dev/shm is shared
+   * with every other program, and a typo must not delete their memory. That includes an empty file, which
+   * is most likely a segment whose creator was killed before sizing it: force removes it.
+   *
+   * @throws ERR_SHM_INCOMPATIBLE for a file that is not a mempool segment (without force; nothing is
+   *   removed); ERR_SHM_INVALID_NAME; ERR_SHM_PERMISSION (also when the file cannot be read to check it);
+   *   ERR_SHM_SYSTEM.
    */
-  static unlink(name: string): boolean {
-    return addon.shmUnlink(checkName(name));
+  static unlink(name: string, options?: SharedPoolUnlinkOptions): boolean {
+    checkKnownOptions(options, ['force'], 'SharedPool.unlink()');
+    checkName(name);
+    const force = checkBoolean(checkObject<SharedPoolUnlinkOptions>(options, 'options').force, 'options.force');
+    if (!force) {
+      // Checked, then unlinked: a file swapped in between is removed unchecked, as with rm after ls.
+      const head = segmentHead(name);
+      if (head === undefined) return false;
+      if (head.length === 0) {
+        throw new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${name}' is empty (0 bytes): most likely a mempool segment whose creator died before sizing it, but not surely one; pass { force: true } to remove it`);
+      }
+      if (!head.equals(SEGMENT_MAGIC)) {
+        throw new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${name}' is not a mempool segment; pass { force: true } to remove it anyway`);
+      }
+    }
+    return addon.shmUnlink(name);
   }
 
   /** The mempool segments under /dev/shm that this process may read (others are skipped silently). */

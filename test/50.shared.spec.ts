@@ -44,7 +44,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 after(() => {
   for (const name of created) {
     try {
-      SharedPool.unlink(name);
+      SharedPool.unlink(name, { force: true }); // force: some are junk files the tests wrote
     } catch {
       // already gone
     }
@@ -298,6 +298,38 @@ describe('SharedPool basics', () => {
     created.push(long);
     SharedPool.create(long, { size: MiB }).close();
     expect(SharedPool.unlink(long)).to.equal(true);
+  });
+
+  it('unlink refuses a file that is not a mempool segment unless forced', () => {
+    const junk = uniqueName('unlink-junk');
+    fs.writeFileSync(`/dev/shm/${junk}`, Buffer.from('not a mempool segment, someone else\'s'), { mode: 0o600 });
+    const e = expectCode(() => SharedPool.unlink(junk), 'ERR_SHM_INCOMPATIBLE', PoolError);
+    expect(e.message).to.equal(`Shared memory '${junk}' is not a mempool segment; pass { force: true } to remove it anyway`);
+    expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(true);
+    expect(SharedPool.unlink(junk, { force: true })).to.equal(true);
+    expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(false);
+    expect(SharedPool.unlink(junk, { force: true })).to.equal(false);
+    expect(SharedPool.unlink(junk)).to.equal(false);
+
+    // An empty file (a creator killed before ftruncate) has no magic either: refused, and the message says so.
+    const empty = uniqueName('unlink-empty');
+    fs.writeFileSync(`/dev/shm/${empty}`, Buffer.alloc(0), { mode: 0o600 });
+    expect(expectCode(() => SharedPool.unlink(empty), 'ERR_SHM_INCOMPATIBLE', PoolError).message).to.include('is empty (0 bytes)');
+    expect(SharedPool.unlink(empty, { force: true })).to.equal(true);
+
+    // A real segment unlinks as before, through either call.
+    const real = uniqueName('unlink-real');
+    const pool = SharedPool.create(real, { size: MiB });
+    expect(pool.unlink()).to.equal(true);
+    pool.close();
+    SharedPool.create(real, { size: MiB }).close();
+    expect(SharedPool.unlink(real)).to.equal(true);
+
+    expectCode(() => SharedPool.unlink(real, { force: 1 as never }), 'ERR_INVALID_ARG_TYPE', TypeError);
+    expectCode(() => SharedPool.unlink(real, { froce: true } as never), 'ERR_INVALID_ARG_VALUE', TypeError);
+    for (const bad of ['../etc/passwd', 'a/b', '..']) {
+      expectCode(() => SharedPool.unlink(bad, { force: true }), 'ERR_SHM_INVALID_NAME', PoolError);
+    }
   });
 
   it('refuses junk, empty, truncated and damaged segments without crashing', () => {
