@@ -141,8 +141,8 @@ const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
 /**
  * The settings given to create() that the segment does not have, as 'size: asked 1048576, segment has
- * 2097152'. Settings left out (undefined, or a null algorithm: the default) are not compared. A segment is exactly `size` bytes (no rounding), and
- * pool.size reports that, so the two compare directly.
+ * 2097152'. Settings left out (undefined, or a null algorithm: the default) are not compared. A segment
+ * is exactly `size` bytes (no rounding) and pool.size reports that, so the two compare directly.
  */
 function settingDifferences(native: NativePool, options: SharedPoolCreateOptions): string[] {
   const info = native.segmentInfo()!;
@@ -180,9 +180,11 @@ function segmentHead(name: string): Buffer | undefined {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 250) {
     throw new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name`);
   }
-  let fd: number;
+  let fd: number | undefined;
   try {
     fd = fs.openSync(`/dev/shm/${name}`, 'r');
+    const head = Buffer.alloc(SEGMENT_MAGIC.length);
+    return head.subarray(0, fs.readSync(fd, head, 0, head.length, 0));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return undefined;
@@ -190,14 +192,8 @@ function segmentHead(name: string): Buffer | undefined {
       throw new PoolError('ERR_SHM_PERMISSION', `Cannot read shared memory '${name}' to check it is a mempool segment; pass { force: true } to remove it anyway`);
     }
     throw new PoolError('ERR_SHM_SYSTEM', `Shared memory '${name}': ${(e as Error).message}`);
-  }
-  try {
-    const head = Buffer.alloc(SEGMENT_MAGIC.length);
-    return head.subarray(0, fs.readSync(fd, head, 0, head.length, 0));
-  } catch (e) {
-    throw new PoolError('ERR_SHM_SYSTEM', `Shared memory '${name}': ${(e as Error).message}`);
   } finally {
-    fs.closeSync(fd);
+    if (fd !== undefined) fs.closeSync(fd);
   }
 }
 
@@ -257,8 +253,7 @@ export class SharedPool extends HeapPool {
    *
    * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_MISMATCH when, with
    *   exclusive: false, the existing segment differs from a setting given (unless acceptExisting: true);
-   *   ERR_SHM_INVALID_NAME for a
-   *   name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
+   *   ERR_SHM_INVALID_NAME for a name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
    *   ERR_POOL_OUT_OF_MEMORY when the system has no room; ERR_SHM_SYSTEM for another system error;
    *   ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE for bad options (e.g. a size too small); with exclusive:
    *   false also the errors of open().
