@@ -2,7 +2,7 @@
 export { Pool } from './pool';
 export type { GrowOptions, PoolOptions } from './pool';
 export { SharedPool } from './shared-pool';
-export type { AttachedProcess, SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedSegmentInfo } from './shared-pool';
+export type { AttachedProcess, SharedPoolCreateOptions, SharedPoolOpenOptions, SharedPoolStats, SharedPoolUnlinkOptions, SharedSegmentInfo } from './shared-pool';
 export { SharedMemory } from './shared-memory';
 export type { SharedMemoryCreateOptions, SharedMemoryOpenOptions } from './shared-memory';
 export { SharedMutex, SharedSemaphore } from './sync';

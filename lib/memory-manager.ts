@@ -28,12 +28,20 @@ export interface InitSharedOptions extends HeapOptions {
   /** The segment's name (/dev/shm/<name>): 1 to 250 bytes, no '/' or NUL. */
   name: string;
   /**
-   * Bytes of the whole segment when it is created. Needed only to create; when the segment exists its
-   * own size applies (getMemorySizeBytes() tells which).
+   * Bytes of the whole segment when it is created. Needed only to create; a segment that exists must
+   * have this size (ERR_SHM_MISMATCH otherwise, unless acceptExisting: true).
    */
   memorySizeBytes?: number;
-  /** The heap when the segment is created: 'tlsf' (default), 'buddy' or 'bitmap'. Ignored when attaching. */
+  /**
+   * The heap when the segment is created: 'tlsf' (default), 'buddy' or 'bitmap'; when given, a segment
+   * that exists must have it (as every setting given: see SharedPool.create's exclusive: false).
+   */
   algorithm?: Algorithm;
+  /**
+   * When creating finds the segment already there: take it as it is, whatever its size and other
+   * settings (default false: a setting given that it lacks throws ERR_SHM_MISMATCH). As SharedPool's.
+   */
+  acceptExisting?: boolean;
   /** Create the segment when it does not exist (default true); false only attaches. */
   create?: boolean;
   /** Longest wait for the segment's lock, in ms (default 5000). */
@@ -51,7 +59,7 @@ export interface InitSharedOptions extends HeapOptions {
 /** Every option of initNormal() / initShared(): any other name is refused (ERR_INVALID_ARG_VALUE). */
 const INIT_NORMAL_OPTION_NAMES: readonly (keyof InitNormalOptions)[] = ['memorySizeBytes', 'algorithm', 'grow', ...HEAP_OPTION_NAMES];
 const INIT_SHARED_OPTION_NAMES: readonly (keyof InitSharedOptions)[] = [
-  'name', 'memorySizeBytes', 'algorithm', 'create', 'lockTimeoutMs', 'maxKeys', 'debug', 'mode', 'trackOwners', ...HEAP_OPTION_NAMES,
+  'name', 'memorySizeBytes', 'algorithm', 'acceptExisting', 'create', 'lockTimeoutMs', 'maxKeys', 'debug', 'mode', 'trackOwners', ...HEAP_OPTION_NAMES,
 ];
 
 function notInitialized(what: string): PoolError {
@@ -108,12 +116,12 @@ export class MemoryManager {
   }
 
   /**
-   * Creates the named shared pool, or attaches to it when it exists (mode 0o600, not exclusive); with
-   * create: false only attaches. True when it is ready; false only when create is false and no segment
+   * Creates the named shared pool, or attaches to it when it exists (mode 0o600, not exclusive) and has
+   * the settings given (or whatever it has, with acceptExisting: true); with create: false only attaches. True when it is ready; false only when create is false and no segment
    * of that name exists yet. The segment stays after close(): unlink it with SharedPool.unlink(name).
    *
    * @throws ERR_MM_ALREADY_INITIALIZED when a shared pool is already set up (close() first);
-   *   ERR_INVALID_ARG_VALUE for an option name it does not know; the errors of SharedPool.create() / open().
+   *   ERR_SHM_MISMATCH when the existing segment lacks a setting given; ERR_INVALID_ARG_VALUE for an option name it does not know; the errors of SharedPool.create() / open().
    */
   initShared(options: InitSharedOptions): boolean {
     const o = checkObject<InitSharedOptions>(options, 'options');
@@ -125,6 +133,7 @@ export class MemoryManager {
       const { name, memorySizeBytes, create: _create, ...rest } = o;
       void _create;
       const size = checkSize(memorySizeBytes, 'options.memorySizeBytes');
+      // `rest` carries the segment settings and acceptExisting: an existing segment is checked against them.
       this.shared = SharedPool.create(name!, { ...rest, size, exclusive: false });
       return true;
     }

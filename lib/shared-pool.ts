@@ -1,6 +1,7 @@
 // SharedPool: a heap inside a named POSIX shared-memory segment (/dev/shm/<name>) that other processes,
 // worker threads and other languages open by name. Offsets are segment offsets: the same number in
 // every process and in the file under /dev/shm.
+import * as fs from 'node:fs';
 import { checkAlgorithm, checkBoolean, checkBuffer, checkHeapOptions, checkMode, checkObject, checkOffset, checkSize } from './args';
 import { closedError, invalidArgType, invalidArgValue, outOfRange, PoolError, Status, statusError } from './errors';
 import { HeapPool } from './heap-pool';
@@ -23,9 +24,16 @@ export interface SharedPoolCreateOptions extends HeapOptions {
   mode?: number;
   /**
    * Fail with ERR_SHM_EXISTS when the name exists (default true). false opens the existing segment
-   * instead, and then its own size, algorithm and other settings apply, not these options.
+   * instead, after checking that it has every setting given here (size, algorithm, debug, trackOwners,
+   * maxKeys, blockSize, minBlock, maxBlock; those left out are not compared): a difference throws
+   * ERR_SHM_MISMATCH and leaves the segment as it was.
    */
   exclusive?: boolean;
+  /**
+   * With `exclusive: false`: take an existing segment as it is, whatever its size and other settings
+   * (its own apply, not these options). Default false. Only valid with `exclusive: false`.
+   */
+  acceptExisting?: boolean;
   /**
    * Capacity of the directory of named allocations, at most 2^20 (default: one key per 8 KiB of segment,
    * at least 256). A set() of a new key into a full directory fails with ERR_SHM_DIRECTORY_FULL.
@@ -57,6 +65,15 @@ export interface SharedPoolOpenOptions {
    * this process only. Exceeded: ERR_SHM_LOCK_TIMEOUT.
    */
   lockTimeoutMs?: number;
+}
+
+/** Options of `SharedPool.unlink(name, options)`. */
+export interface SharedPoolUnlinkOptions {
+  /**
+   * Remove the file even when it is not a mempool segment (default false: a file whose first 8 bytes
+   * are not mempool's magic, such as another program's shared memory, is refused).
+   */
+  force?: boolean;
 }
 
 /**
@@ -123,10 +140,63 @@ function processAlive(pid: number): boolean {
 }
 const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 
+/**
+ * The settings given to create() that the segment does not have, as 'size: asked 1048576, segment has
+ * 2097152'. Settings left out (undefined, or a null algorithm: the default) are not compared. A segment
+ * is exactly `size` bytes (no rounding) and pool.size reports that, so the two compare directly.
+ */
+function settingDifferences(native: NativePool, options: SharedPoolCreateOptions): string[] {
+  const info = native.segmentInfo()!;
+  const segment: Record<string, unknown> = {
+    size: native.buffer.byteLength,
+    algorithm: native.algorithm,
+    debug: native.debug,
+    trackOwners: info[6] === 1,
+    maxKeys: info[4],
+    blockSize: info[9],
+    minBlock: info[10],
+    maxBlock: info[11],
+  };
+  const differences: string[] = [];
+  for (const [setting, has] of Object.entries(segment)) {
+    const asked = (options as unknown as Record<string, unknown>)[setting];
+    if (asked !== undefined && asked !== null && asked !== has) differences.push(`${setting}: asked ${String(asked)}, segment has ${String(has)}`);
+  }
+  return differences;
+}
+
 /** A shared memory name: a string (the addon checks it is plain, ERR_SHM_INVALID_NAME). */
 export function checkName(name: unknown): string {
   if (typeof name !== 'string') throw invalidArgType('name', 'a string', name);
   return name;
+}
+
+// What every mempool segment starts with (native/core/segment.h kSegmentMagic, "MMPPSEG1").
+const SEGMENT_MAGIC = Buffer.from('MMPPSEG1', 'latin1');
+
+/**
+ * The first 8 bytes of /dev/shm/<name> (fewer when the file is shorter), or undefined when there is no
+ * such file. The name is checked first (native/core/segment.cc valid_name's rules), as it becomes a path.
+ */
+function segmentHead(name: string): Buffer | undefined {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 250) {
+    throw new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name`);
+  }
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(`/dev/shm/${name}`, 'r');
+    const head = Buffer.alloc(SEGMENT_MAGIC.length);
+    return head.subarray(0, fs.readSync(fd, head, 0, head.length, 0));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new PoolError('ERR_SHM_PERMISSION', `Cannot read shared memory '${name}' to check it is a mempool segment; pass { force: true } to remove it anyway`);
+    }
+    throw new PoolError('ERR_SHM_SYSTEM', `Shared memory '${name}': ${(e as Error).message}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 function checkKey(key: unknown): string {
@@ -183,24 +253,39 @@ export class SharedPool extends HeapPool {
    * Creates /dev/shm/<name> of `options.size` bytes, formats it and maps it (or, with `exclusive:
    * false`, opens it when it exists). The segment outlives every process until unlinked.
    *
-   * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_INVALID_NAME for a
-   *   name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
+   * @throws ERR_SHM_EXISTS when the name exists (unless exclusive: false); ERR_SHM_MISMATCH when, with
+   *   exclusive: false, the existing segment differs from a setting given (unless acceptExisting: true);
+   *   ERR_SHM_INVALID_NAME for a name that is not plain (1 to 250 bytes, no '/' or NUL, not '.' or '..'); ERR_SHM_PERMISSION;
    *   ERR_POOL_OUT_OF_MEMORY when the system has no room; ERR_SHM_SYSTEM for another system error;
    *   ERR_OUT_OF_RANGE / ERR_INVALID_ARG_TYPE for bad options (e.g. a size too small); with exclusive:
    *   false also the errors of open().
    */
   static create(name: string, options: SharedPoolCreateOptions): SharedPool {
-    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'maxKeys', 'lockTimeoutMs', 'debug', 'trackOwners', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
+    checkKnownOptions(options, ['size', 'algorithm', 'mode', 'exclusive', 'acceptExisting', 'maxKeys', 'lockTimeoutMs', 'debug', 'trackOwners', 'blockSize', 'minBlock', 'maxBlock'], 'SharedPool.create()');
     checkName(name);
     if (typeof options !== 'object' || options === null) throw invalidArgType('options', 'an object', options);
     const size = checkSize(options.size, 'options.size');
     const algorithm = checkAlgorithm(options.algorithm);
     const mode = checkMode(options.mode);
     const exclusive = options.exclusive === undefined ? true : checkBoolean(options.exclusive, 'options.exclusive');
+    const acceptExisting = checkBoolean(options.acceptExisting, 'options.acceptExisting');
+    // An exclusive create never takes an existing segment, so acceptExisting there is a mistake, not a no-op.
+    if (acceptExisting && exclusive) throw invalidArgValue('options.acceptExisting: true is only valid with exclusive: false');
     const maxKeys = options.maxKeys === undefined ? 0 : checkSize(options.maxKeys, 'options.maxKeys'); // 0: sized from `size`
     const debug = checkBoolean(options.debug, 'options.debug');
     const trackOwners = checkBoolean(options.trackOwners, 'options.trackOwners');
     const native = new addon.NativePool('create', name, size, algorithm, ...checkHeapOptions(options), mode, exclusive, maxKeys, checkTimeout(options.lockTimeoutMs), debug, trackOwners);
+    if (!exclusive && !acceptExisting) {
+      // The segment may be one that existed: the caller asked for these settings and must not get others
+      // silently. A fresh segment has them all, so this only ever refuses an existing one.
+      const differences = settingDifferences(native, options);
+      if (differences.length > 0) {
+        native.close(); // detach again: the refused call leaves no attachment and the segment untouched
+        throw new PoolError('ERR_SHM_MISMATCH',
+          `Shared memory '${name}' exists with other settings (${differences.join('; ')}): open it as it is with ` +
+          `SharedPool.open('${name}'), pass acceptExisting: true, or unlink it first`);
+      }
+    }
     return new SharedPool(native, name);
   }
 
@@ -222,11 +307,31 @@ export class SharedPool extends HeapPool {
 
   /**
    * Removes the name; processes attached keep their mapping until they close, and no one can open it
-   * any more. True when removed, false when there was no such name. Throws ERR_SHM_INVALID_NAME,
-   * ERR_SHM_PERMISSION or ERR_SHM_SYSTEM.
+   * any more. True when removed, false when there was no such name. A file that is not a mempool
+   * segment (its first 8 bytes are not the magic) is refused unless `force: true`: /dev/shm is shared
+   * with every other program, and a typo must not delete their memory. That includes an empty file, which
+   * is most likely a segment whose creator was killed before sizing it: force removes it.
+   *
+   * @throws ERR_SHM_INCOMPATIBLE for a file that is not a mempool segment (without force; nothing is
+   *   removed); ERR_SHM_INVALID_NAME; ERR_SHM_PERMISSION (also when the file cannot be read to check it);
+   *   ERR_SHM_SYSTEM.
    */
-  static unlink(name: string): boolean {
-    return addon.shmUnlink(checkName(name));
+  static unlink(name: string, options?: SharedPoolUnlinkOptions): boolean {
+    checkKnownOptions(options, ['force'], 'SharedPool.unlink()');
+    checkName(name);
+    const force = checkBoolean(checkObject<SharedPoolUnlinkOptions>(options, 'options').force, 'options.force');
+    if (!force) {
+      // Checked, then unlinked: a file swapped in between is removed unchecked, as with rm after ls.
+      const head = segmentHead(name);
+      if (head === undefined) return false;
+      if (head.length === 0) {
+        throw new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${name}' is empty (0 bytes): most likely a mempool segment whose creator died before sizing it, but not surely one; pass { force: true } to remove it`);
+      }
+      if (!head.equals(SEGMENT_MAGIC)) {
+        throw new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${name}' is not a mempool segment; pass { force: true } to remove it anyway`);
+      }
+    }
+    return addon.shmUnlink(name);
   }
 
   /** The mempool segments under /dev/shm that this process may read (others are skipped silently). */

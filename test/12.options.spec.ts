@@ -99,7 +99,7 @@ describe('Option names', () => {
       const name = uniqueName('mm-ok');
       try {
         expect(
-          mm.initShared({ name, memorySizeBytes: MiB, algorithm: 'bitmap', create: true, lockTimeoutMs: 100, maxKeys: 4, debug: false, mode: 0o600, blockSize: 32, minBlock: 16, maxBlock: MiB }),
+          mm.initShared({ name, memorySizeBytes: MiB, algorithm: 'bitmap', acceptExisting: false, create: true, lockTimeoutMs: 100, maxKeys: 4, debug: false, mode: 0o600, blockSize: 32, minBlock: 16, maxBlock: MiB }),
         ).to.equal(true);
         expect(mm.memoryType(mm.allocateShared(64))).to.equal('shared');
       } finally {
@@ -114,7 +114,7 @@ describe('Option names', () => {
       const name = uniqueName('create');
       const message = expectUnknown(() => SharedPool.create(name, js({ size: MiB, exclusve: false })));
       expect(message).to.equal(
-        "Unknown option 'exclusve' for SharedPool.create(): expected one of size, algorithm, mode, exclusive, maxKeys, lockTimeoutMs, debug, trackOwners, blockSize, minBlock, maxBlock (did you mean 'exclusive'?)",
+        "Unknown option 'exclusve' for SharedPool.create(): expected one of size, algorithm, mode, exclusive, acceptExisting, maxKeys, lockTimeoutMs, debug, trackOwners, blockSize, minBlock, maxBlock (did you mean 'exclusive'?)",
       );
       expect(fs.existsSync(`/dev/shm/${name}`)).to.equal(false);
     });
@@ -132,6 +132,7 @@ describe('Option names', () => {
       try {
         const other = SharedPool.open(name, { lockTimeoutMs: 100 });
         other.close();
+        SharedPool.create(name, { size: 2 * MiB, exclusive: false, acceptExisting: true }).close();
       } finally {
         pool.close();
         SharedPool.unlink(name);

@@ -44,7 +44,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 after(() => {
   for (const name of created) {
     try {
-      SharedPool.unlink(name);
+      SharedPool.unlink(name, { force: true }); // force: some are junk files the tests wrote
     } catch {
       // already gone
     }
@@ -83,11 +83,90 @@ describe('SharedPool basics', () => {
     pattern(x, 8);
     a.set('x', x);
     expectCode(() => SharedPool.create(name, { size: MiB }), 'ERR_SHM_EXISTS', PoolError);
-    const b = SharedPool.create(name, { size: 4 * MiB, exclusive: false });
-    expect(b.size).to.equal(MiB); // the existing segment, not a new one
-    expect(hasPattern(b.get('x')!, 8)).to.equal(true);
+    const b = SharedPool.create(name, { size: MiB, exclusive: false });
+    expect(b.startAddress).to.not.equal(a.startAddress);
+    expect(hasPattern(b.get('x')!, 8)).to.equal(true); // the existing segment, not a new one
     a.close();
     b.close();
+  });
+
+  describe('create with exclusive: false of an existing segment', () => {
+    // Every setting the segment was made with, and a value of each that differs from it.
+    const made = { size: 2 * MiB, algorithm: 'bitmap', debug: false, trackOwners: true, maxKeys: 64, blockSize: 32 } as const;
+    const others: Array<[string, Record<string, unknown>, string]> = [
+      ['size', { size: MiB }, 'size: asked 1048576, segment has 2097152'],
+      ['algorithm', { algorithm: 'tlsf' }, 'algorithm: asked tlsf, segment has bitmap'],
+      ['debug', { debug: true }, 'debug: asked true, segment has false'],
+      ['trackOwners', { trackOwners: false }, 'trackOwners: asked false, segment has true'],
+      ['maxKeys', { maxKeys: 65 }, 'maxKeys: asked 65, segment has 64'],
+      ['blockSize', { blockSize: 64 }, 'blockSize: asked 64, segment has 32'],
+      ['minBlock', { minBlock: 32 }, 'minBlock: asked 32, segment has 16'],
+      ['maxBlock', { maxBlock: 4096 }, 'maxBlock: asked 4096, segment has 0'],
+    ];
+    let name: string;
+    let pool: SharedPool;
+    beforeEach(() => {
+      name = uniqueName('mismatch');
+      pool = SharedPool.create(name, made);
+      const kept = pool.alloc(16);
+      pattern(kept, 3);
+      pool.set('kept', kept);
+    });
+    afterEach(() => {
+      pool.close();
+      SharedPool.unlink(name);
+    });
+
+    for (const [setting, asked, difference] of others) {
+      it(`refuses another ${setting} with ERR_SHM_MISMATCH`, () => {
+        const e = expectCode(() => SharedPool.create(name, { size: made.size, ...asked, exclusive: false }), 'ERR_SHM_MISMATCH', PoolError);
+        expect(e.message).to.equal(
+          `Shared memory '${name}' exists with other settings (${difference}): open it as it is with ` +
+            `SharedPool.open('${name}'), pass acceptExisting: true, or unlink it first`,
+        );
+      });
+    }
+
+    it('names every difference in one message', () => {
+      const e = expectCode(() => SharedPool.create(name, { size: MiB, algorithm: 'buddy', exclusive: false }), 'ERR_SHM_MISMATCH', PoolError);
+      expect(e.message).to.include('(size: asked 1048576, segment has 2097152; algorithm: asked buddy, segment has bitmap)');
+    });
+
+    it('a refused create detaches again and leaves the segment as it was', () => {
+      expectCode(() => SharedPool.create(name, { size: MiB, exclusive: false }), 'ERR_SHM_MISMATCH', PoolError);
+      expect(pool.processes().map((p) => p.pid)).to.deep.equal([process.pid]); // no attachment left behind
+      const other = SharedPool.open(name);
+      expect(hasPattern(other.get('kept')!, 3)).to.equal(true);
+      expect(other.size).to.equal(made.size);
+      other.close();
+      pool.check(); // throws on damaged bookkeeping
+    });
+
+    it('accepts the same settings, given or left out', () => {
+      for (const options of [{ size: made.size }, made, { ...made, minBlock: 16 }]) {
+        const same = SharedPool.create(name, { ...options, exclusive: false });
+        expect(hasPattern(same.get('kept')!, 3)).to.equal(true);
+        same.close();
+      }
+    });
+
+    it('acceptExisting: true takes the segment as it is', () => {
+      const taken = SharedPool.create(name, { size: MiB, algorithm: 'tlsf', debug: true, exclusive: false, acceptExisting: true });
+      expect([taken.size, taken.algorithm, taken.debug]).to.deep.equal([made.size, 'bitmap', false]);
+      expect(hasPattern(taken.get('kept')!, 3)).to.equal(true);
+      taken.close();
+    });
+
+    it('acceptExisting without exclusive: false is refused', () => {
+      for (const exclusive of [undefined, true]) {
+        const e = expectCode(() => SharedPool.create(name, { size: made.size, exclusive, acceptExisting: true }), 'ERR_INVALID_ARG_VALUE', TypeError);
+        expect(e.message).to.include('acceptExisting');
+      }
+      const fresh = uniqueName('accept');
+      expectCode(() => SharedPool.create(fresh, { size: MiB, acceptExisting: true }), 'ERR_INVALID_ARG_VALUE', TypeError);
+      expect(fs.existsSync(`/dev/shm/${fresh}`)).to.equal(false); // refused before anything was created
+      expectCode(() => SharedPool.create(fresh, { size: MiB, exclusive: false, acceptExisting: 1 as never }), 'ERR_INVALID_ARG_TYPE', TypeError);
+    });
   });
 
   for (const algorithm of ALGORITHMS) {
@@ -219,6 +298,38 @@ describe('SharedPool basics', () => {
     created.push(long);
     SharedPool.create(long, { size: MiB }).close();
     expect(SharedPool.unlink(long)).to.equal(true);
+  });
+
+  it('unlink refuses a file that is not a mempool segment unless forced', () => {
+    const junk = uniqueName('unlink-junk');
+    fs.writeFileSync(`/dev/shm/${junk}`, Buffer.from('not a mempool segment, someone else\'s'), { mode: 0o600 });
+    const e = expectCode(() => SharedPool.unlink(junk), 'ERR_SHM_INCOMPATIBLE', PoolError);
+    expect(e.message).to.equal(`Shared memory '${junk}' is not a mempool segment; pass { force: true } to remove it anyway`);
+    expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(true);
+    expect(SharedPool.unlink(junk, { force: true })).to.equal(true);
+    expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(false);
+    expect(SharedPool.unlink(junk, { force: true })).to.equal(false);
+    expect(SharedPool.unlink(junk)).to.equal(false);
+
+    // An empty file (a creator killed before ftruncate) has no magic either: refused, and the message says so.
+    const empty = uniqueName('unlink-empty');
+    fs.writeFileSync(`/dev/shm/${empty}`, Buffer.alloc(0), { mode: 0o600 });
+    expect(expectCode(() => SharedPool.unlink(empty), 'ERR_SHM_INCOMPATIBLE', PoolError).message).to.include('is empty (0 bytes)');
+    expect(SharedPool.unlink(empty, { force: true })).to.equal(true);
+
+    // A real segment unlinks as before, through either call.
+    const real = uniqueName('unlink-real');
+    const pool = SharedPool.create(real, { size: MiB });
+    expect(pool.unlink()).to.equal(true);
+    pool.close();
+    SharedPool.create(real, { size: MiB }).close();
+    expect(SharedPool.unlink(real)).to.equal(true);
+
+    expectCode(() => SharedPool.unlink(real, { force: 1 as never }), 'ERR_INVALID_ARG_TYPE', TypeError);
+    expectCode(() => SharedPool.unlink(real, { froce: true } as never), 'ERR_INVALID_ARG_VALUE', TypeError);
+    for (const bad of ['../etc/passwd', 'a/b', '..']) {
+      expectCode(() => SharedPool.unlink(bad, { force: true }), 'ERR_SHM_INVALID_NAME', PoolError);
+    }
   });
 
   it('refuses junk, empty, truncated and damaged segments without crashing', () => {

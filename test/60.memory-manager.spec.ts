@@ -120,6 +120,24 @@ describe('MemoryManager', () => {
     }
   });
 
+  it('initShared refuses an existing segment of other settings unless acceptExisting: true', () => {
+    const name = `mempool-test-mm-existing-${process.pid}`;
+    const existing = SharedPool.create(name, { size: 2 * MiB, algorithm: 'buddy' });
+    try {
+      const e = expectCode(() => mm.initShared({ name, memorySizeBytes: MiB }), 'ERR_SHM_MISMATCH', PoolError);
+      expect(e.message).to.include('size: asked 1048576, segment has 2097152');
+      expectCode(() => mm.getMemorySizeBytes(), 'ERR_MM_NOT_INITIALIZED', PoolError); // nothing set up
+      expect(mm.initShared({ name, memorySizeBytes: 2 * MiB })).to.equal(true); // the same size: fine
+      mm.close();
+      expect(mm.initShared({ name, memorySizeBytes: MiB, algorithm: 'tlsf', acceptExisting: true })).to.equal(true);
+      expect(mm.getMemorySizeBytes()).to.equal(2 * MiB);
+    } finally {
+      mm.close();
+      existing.close();
+      SharedPool.unlink(name);
+    }
+  });
+
   it('checks its arguments', () => {
     const any = mm as unknown as Record<string, (...a: unknown[]) => unknown>;
     expectCode(() => any.allocate('1'), 'ERR_INVALID_ARG_TYPE', TypeError);

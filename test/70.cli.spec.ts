@@ -439,6 +439,13 @@ describe('mempool CLI: list, inspect, map, rm against real segments', () => {
     expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(true);
     expect(cli(['rm', junk, '--force']).status).to.equal(0);
     expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(false);
+    // an empty file (a creator killed before ftruncate) is refused too, with the hint in the CLI's words
+    fs.writeFileSync(`/dev/shm/${junk}`, Buffer.alloc(0), { mode: 0o600 });
+    const empty = cli(['rm', junk]);
+    expectFailure(empty, 'ERR_SHM_INCOMPATIBLE');
+    expect(empty.stderr).to.include('is empty (0 bytes)').and.to.include('use --force').and.not.include('{ force: true }');
+    expect(cli(['rm', junk, '--force']).status).to.equal(0);
+    expect(fs.existsSync(`/dev/shm/${junk}`)).to.equal(false);
   });
 
   it('hostile names exit 2 with ERR_SHM_INVALID_NAME', () => {

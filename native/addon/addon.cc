@@ -588,8 +588,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   }
 
   // segmentInfo() -> [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners,
-  // reclaimedAllocations, reclaimedBytes] (read without
-  // the lock: diagnostics only)
+  // reclaimedAllocations, reclaimedBytes, blockSize, minBlock, maxBlock] (read without the lock:
+  // diagnostics, and the heap options a non-exclusive create compares with the ones it was given)
   Napi::Value SegmentInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed() || shared_ == nullptr) return env.Null();
@@ -598,7 +598,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                              static_cast<double>(h->created_unix_ms), static_cast<double>(h->directory_live),
                              static_cast<double>(h->directory_capacity), static_cast<double>(bias_),
                              static_cast<double>(h->track_owners), static_cast<double>(h->reclaimed_blocks),
-                             static_cast<double>(h->reclaimed_bytes)};
+                             static_cast<double>(h->reclaimed_bytes), static_cast<double>(h->block_size),
+                             static_cast<double>(h->min_block), static_cast<double>(h->max_block)};
     Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
     for (size_t i = 0; i < std::size(fields); ++i) out[i] = fields[i];
     return out;
