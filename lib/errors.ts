@@ -245,9 +245,9 @@ const STATUS_ERRORS: Record<number, (c: StatusContext) => Error> = {
   [Status.Closed]: () => closedError(),
 };
 
-/** The pool (or segment) was closed: the one message for every call after close(). */
-export function closedError(): PoolError {
-  return new PoolError('ERR_POOL_CLOSED', 'The pool is closed');
+/** The pool was closed: the one message for every call after close() (`what`: the call, if known). */
+export function closedError(what?: string): PoolError {
+  return new PoolError('ERR_POOL_CLOSED', what === undefined ? 'The pool is closed' : `The pool is closed (${what})`);
 }
 
 /**

@@ -199,7 +199,7 @@ export abstract class HeapPool {
     if (this.closed) throw closedError();
     checkSize(size, 'size');
     const offset = this.allocate(size, options, false);
-    if (offset < 0) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes`);
+    if (offset < 0) throw statusError(Status.OutOfMemory, `cannot allocate ${size} bytes`);
     if (allocChannel.hasSubscribers) allocChannel.publish({ pool: this, offset, size });
     return offset;
   }

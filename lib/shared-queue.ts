@@ -1,6 +1,6 @@
 // SharedQueue: a bounded multi-producer multi-consumer queue of byte messages inside a shared segment,
 // found by name (native/core/shared_queue.h states its layout, invariants and crash rules).
-import { invalidArgType, PoolError } from './errors';
+import { closedError, invalidArgType, PoolError } from './errors';
 import type { NativeSync } from './native';
 import { QueueResult } from './native';
 import { checkTimeoutMs } from './sync';
@@ -325,7 +325,7 @@ function queueError(r: number, name: string, op: string): Error {
       return new PoolError('ERR_QUEUE_CLOSED', `Queue '${name}' is closed (${op}): no more messages can be pushed`);
     case QueueResult.PoolClosed:
     case QueueResult.Cancelled:
-      return new PoolError('ERR_POOL_CLOSED', `The pool is closed (${op} of queue '${name}')`);
+      return closedError(`${op} of queue '${name}'`);
     case QueueResult.TimedOut:
       return new PoolError('ERR_SYNC_TIMEOUT', `Timed out waiting for the lock of queue '${name}' (${op})`);
     case QueueResult.Corrupted:

@@ -25,7 +25,7 @@
 // the heap places higher is given back, and small requests there go to the heap.
 // Shared pools do not use this cache (other processes could not see its state): theirs is in the segment,
 // native/core/shared_cache.h.
-import { PoolError } from './errors';
+import { PoolError, Status, statusError } from './errors';
 import { Stamp } from './stamp';
 
 export const SMALL_MAX = 1024;
@@ -69,8 +69,8 @@ class ViewStamp extends Stamp {
   }
 }
 
-function foreign(offset: number): PoolError {
-  return new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of a live allocation of this pool: offset ${offset}`);
+function foreign(offset: number): Error {
+  return statusError(Status.Foreign, `offset ${offset}`);
 }
 
 export class SmallCache {
@@ -200,10 +200,10 @@ export class SmallCache {
   }
 
   /** Why the slab offset `offset` cannot be freed: not a slot's start, or a free slot. */
-  private refusal(offset: number): PoolError {
+  private refusal(offset: number): Error {
     const g = this.granuleOf(offset);
     if (this.state[g] === 0 || offset % 16 !== 0) return foreign(offset);
-    return new PoolError('ERR_POOL_DOUBLE_FREE', `Already freed: offset ${offset}`);
+    return statusError(Status.DoubleFree, `offset ${offset}`);
   }
 
   /** The slot size of a live slot at `offset`; -1 when the offset is not in a slab. Throws like free. */

@@ -5,7 +5,7 @@
 // not by an async task: any task of the holding thread may unlock it, and lock() by the holding thread is
 // refused (ERR_SYNC_DEADLOCK) because blocking it could never end. lockAsync() by the holding thread waits
 // for the other task instead.
-import { invalidArgType, outOfRange, PoolError } from './errors';
+import { closedError, invalidArgType, outOfRange, PoolError } from './errors';
 import type { NativeSync } from './native';
 import { SyncResult } from './native';
 
@@ -48,7 +48,7 @@ export function syncError(r: number, what: string): Error {
       return new PoolError('ERR_SYNC_NOT_OWNER', `${what}: this thread does not hold it (only the thread that locked or acquired it may release it)`);
     case SyncResult.Closed:
     case SyncResult.Cancelled:
-      return new PoolError('ERR_POOL_CLOSED', `The pool is closed (${what})`);
+      return closedError(what);
     default:
       return new PoolError('ERR_POOL_CORRUPTED', `Unexpected result ${r} (${what})`);
   }

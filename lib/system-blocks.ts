@@ -1,6 +1,6 @@
 // Blocks from the system allocator (malloc), one external ArrayBuffer each: the fallback of a Pool and
 // the MemoryManager's memory before initNormal. memoryType() of their views is 'other'.
-import { PoolError } from './errors';
+import { Status, statusError } from './errors';
 import { addon } from './native';
 
 export class SystemBlocks {
@@ -13,7 +13,7 @@ export class SystemBlocks {
 
   alloc(size: number, zero: boolean): Buffer {
     const ab = addon.systemAlloc(size);
-    if (ab === null) throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: the system allocator refused ${size} bytes`);
+    if (ab === null) throw statusError(Status.OutOfMemory, `the system allocator refused ${size} bytes`);
     this.live.add(ab);
     const buffer = Buffer.from(ab, 0, size);
     if (zero) buffer.fill(0);
@@ -35,9 +35,9 @@ export class SystemBlocks {
   }
 
   /** The error for a buffer that is not a live block here. */
-  refusal(buffer: Uint8Array): PoolError {
-    if (this.freed.has(buffer.buffer as ArrayBuffer)) return new PoolError('ERR_POOL_DOUBLE_FREE', 'Already freed: a system allocation');
-    return new PoolError('ERR_POOL_FOREIGN_BUFFER', 'The buffer is not a live allocation of this pool');
+  refusal(buffer: Uint8Array): Error {
+    if (this.freed.has(buffer.buffer as ArrayBuffer)) return statusError(Status.DoubleFree, 'a system allocation');
+    return statusError(Status.Foreign, 'a buffer that is no system allocation of this pool');
   }
 
   releaseAll(): void {
