@@ -7,6 +7,7 @@ export type PoolErrorCode =
   | 'ERR_POOL_OUT_OF_MEMORY'
   | 'ERR_POOL_FOREIGN_BUFFER'
   | 'ERR_POOL_DOUBLE_FREE'
+  | 'ERR_POOL_BLOCK_FREED'
   | 'ERR_POOL_SIZE_MISMATCH'
   | 'ERR_POOL_CLOSED'
   | 'ERR_POOL_CORRUPTED'
@@ -197,7 +198,7 @@ const STATUS_ERRORS: Record<number, (c: StatusContext) => Error> = {
     c.detail
       ? new PoolError('ERR_POOL_CORRUPTED', `${c.detail} (found while ${where(c)})`)
       : c.what === undefined && c.name !== undefined
-        ? new PoolError('ERR_POOL_CORRUPTED', `Shared memory '${c.name}' has a damaged header or heap: copy out what you need with getCopy(), then unlink it and create it again`)
+        ? new PoolError('ERR_POOL_CORRUPTED', `Shared memory '${c.name}' is a mempool segment with a damaged header or heap, or a file shorter than its header says (truncated): it cannot be opened; unlink it and create it again`)
         : new PoolError('ERR_POOL_CORRUPTED', `The pool's bookkeeping is damaged (found while ${where(c)}); run check() for details`),
   [Status.Incompatible]: (c) =>
     new PoolError('ERR_SHM_INCOMPATIBLE', `Shared memory '${c.name}' is not a mempool segment of a known version (too short, another program's, or made by another mempool version): open it with the version that made it, or unlink it`),
@@ -266,3 +267,11 @@ export function shmStatusError(status: number, name: string, errno: number, foun
   return statusError(status, { name, errno, found, asked });
 }
 
+/**
+ * A query (usableSize) of a block that is free is no double free: the same refusal under its own code.
+ * Other errors pass through.
+ */
+export function queryError(e: Error, what: string): Error {
+  if ((e as PoolError).code !== 'ERR_POOL_DOUBLE_FREE') return e;
+  return new PoolError('ERR_POOL_BLOCK_FREED', `The block was freed (${what}): ask about a live allocation, the Buffer or offset the last alloc returned`);
+}

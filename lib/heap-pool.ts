@@ -2,7 +2,7 @@
 // from JavaScript as one ArrayBuffer: allocations are Buffer views into it, or plain offsets.
 // Pool (malloc'd regions, grow, fallback) and SharedPool (a named segment) build on it.
 import { checkAlign, checkBoolean, checkBuffer, checkObject, checkOffset, checkSize } from './args';
-import { closedError, outOfRange, PoolError, Status, statusError } from './errors';
+import { closedError, outOfRange, PoolError, queryError, Status, statusError } from './errors';
 import { allocChannel, freeChannel, outOfMemoryChannel } from './events';
 import { NativePool } from './native';
 import { SiteTable } from './sites';
@@ -385,10 +385,19 @@ export abstract class HeapPool {
 
   /**
    * Bytes the allocation may use: at least what was asked, rounded up by the algorithm (exactly what
-   * was asked in debug mode). Throws ERR_POOL_FOREIGN_BUFFER when it is not the start of a live
-   * allocation, ERR_POOL_CLOSED after close().
+   * was asked in debug mode). Throws ERR_POOL_BLOCK_FREED when the block was freed,
+   * ERR_POOL_FOREIGN_BUFFER when it is not the start of an allocation of this pool, ERR_POOL_CLOSED
+   * after close().
    */
   usableSize(bufferOrOffset: Uint8Array | number): number {
+    try {
+      return this.usableSizeOf(bufferOrOffset);
+    } catch (e) {
+      throw queryError(e as Error, `usableSize() of ${typeof bufferOrOffset === 'number' ? `offset ${bufferOrOffset}` : 'a Buffer'}`);
+    }
+  }
+
+  private usableSizeOf(bufferOrOffset: Uint8Array | number): number {
     if (this.closed) throw closedError();
     let chunk: Chunk | undefined;
     let local: number;

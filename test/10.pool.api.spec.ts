@@ -299,3 +299,24 @@ describe('Pool options', () => {
     expect(out.trim()).to.equal('ERR_POOL_OUT_OF_MEMORY');
   });
 });
+
+describe('usableSize() of a freed block: its own code, not a double free', () => {
+  for (const algorithm of ALGORITHMS) {
+    it(`${algorithm}: ERR_POOL_BLOCK_FREED by Buffer and by offset, small and large blocks; a free of it is still a double free`, () => {
+      const pool = new Pool({ size: MiB, algorithm });
+      try {
+        for (const size of [24, 5000]) {
+          const b = pool.alloc(size);
+          const at = pool.offsetOf(b);
+          pool.free(b);
+          const e = expectCode(() => pool.usableSize(at), 'ERR_POOL_BLOCK_FREED', PoolError);
+          expect(e.message).to.include(`offset ${at}`);
+          expectCode(() => pool.usableSize(b), 'ERR_POOL_BLOCK_FREED', PoolError);
+          expectCode(() => pool.free(at), 'ERR_POOL_DOUBLE_FREE', PoolError);
+        }
+      } finally {
+        pool.close();
+      }
+    });
+  }
+});
