@@ -190,10 +190,10 @@ function osErrno(): Record<string, number> {
  * row; the message names the input and says what to do.
  */
 const STATUS_ERRORS: Record<number, (c: StatusContext) => Error> = {
-  [Status.OutOfMemory]: (c) => new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: ${where(c)}`),
+  [Status.OutOfMemory]: (c) => new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory (${where(c)}): free blocks, or make the pool larger (or let it grow)`),
   [Status.InvalidArgument]: (c) => outOfRange('size or align', 'a size the heap can represent', where(c)),
-  [Status.Foreign]: (c) => new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of a live allocation of this pool: ${where(c)}`),
-  [Status.DoubleFree]: (c) => new PoolError('ERR_POOL_DOUBLE_FREE', `Already freed: ${where(c)}`),
+  [Status.Foreign]: (c) => new PoolError('ERR_POOL_FOREIGN_BUFFER', `Not the start of an allocation of this pool (${where(c)}): pass the Buffer or offset alloc returned, to the pool that made it`),
+  [Status.DoubleFree]: (c) => new PoolError('ERR_POOL_DOUBLE_FREE', `The block was already freed (${where(c)}); nothing was changed`),
   [Status.Corrupted]: (c) =>
     c.detail
       ? new PoolError('ERR_POOL_CORRUPTED', `${c.detail} (found while ${where(c)})`)

@@ -246,7 +246,7 @@ export abstract class HeapPool {
           throw new PoolError('ERR_POOL_SIZE_MISMATCH', `Size ${size} does not fit the allocation at offset ${bufferOrOffset} (${usable} usable bytes)`);
         }
       }
-      return this.freeBlock(chunk, bufferOrOffset, 'offset', -1);
+      return this.freeBlock(chunk, bufferOrOffset, 'freeing offset', -1);
     }
     const buffer = checkBuffer(bufferOrOffset);
     if (size !== undefined && checkSize(size, 'size') !== buffer.length) {
@@ -264,13 +264,13 @@ export abstract class HeapPool {
         if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
         return;
       }
-      return this.freeBlock(chunk, offset, 'buffer at offset', this.genOf(buffer));
+      return this.freeBlock(chunk, offset, 'freeing the Buffer at offset', this.genOf(buffer));
     }
     this.fallbackBlocks.free(buffer);
   }
 
   /** Frees the heap block at pool offset `offset` of `chunk`; `what` names it in the error (built only then). */
-  private freeBlock(chunk: Chunk, offset: number, what: 'offset' | 'buffer at offset', gen: number): void {
+  private freeBlock(chunk: Chunk, offset: number, what: 'freeing offset' | 'freeing the Buffer at offset', gen: number): void {
     const status = fastFree(chunk.native, offset - chunk.base, gen);
     if (status !== 0) throw this.error(status, `${what} ${offset}`);
     if (freeChannel.hasSubscribers) freeChannel.publish({ pool: this, offset });
@@ -284,8 +284,8 @@ export abstract class HeapPool {
   /** Frees the allocation a view allocSlow() made (its offset read from the view's stamp), keeping the view. */
   private freeStamped(views: ViewKeeper, view: Buffer, offset: number): void {
     const chunk = this.chunkAt(offset);
-    if (chunk === undefined) throw this.error(Status.Foreign, `buffer at offset ${offset}`);
-    this.freeBlock(chunk, offset, 'buffer at offset', views.genOf(view));
+    if (chunk === undefined) throw this.error(Status.Foreign, `freeing the Buffer at offset ${offset}`);
+    this.freeBlock(chunk, offset, 'freeing the Buffer at offset', views.genOf(view));
     views.keep(view, offset);
   }
 
@@ -677,7 +677,7 @@ export abstract class HeapPool {
     this.failed++;
     if (outOfMemoryChannel.hasSubscribers) outOfMemoryChannel.publish({ pool: this, size });
     if (mayFallBack && this.fallback) return -1;
-    throw new PoolError('ERR_POOL_OUT_OF_MEMORY', `Out of memory: cannot allocate ${size} bytes (largest free block ${this.stats().largestFreeBlock})`);
+    throw statusError(Status.OutOfMemory, `cannot allocate ${size} bytes; the largest free block is ${this.stats().largestFreeBlock}`);
   }
 
   /** A slab for the small-object cache: any region, growing if allowed; undefined when full. */
