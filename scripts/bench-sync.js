@@ -11,6 +11,8 @@
 //   worker postMessage    the same messages parent -> worker thread (structured clone)
 //   mutex                 lock+unlock ns, one process alone, then two processes fighting for it
 //   ping-pong             round trip ns: wait/notify on two words of the segment, against process.send
+//   wake latency          one-way: the parent notifies a child blocked in waitAsync() (or wait()) and the
+//                         child reads the clock when it wakes; p50/p90/p99/max of 2,000 wakes
 //
 // Children are this script run with a role (argv[2] === 'child'); a start word in the segment, woken
 // by pool.notify, starts them together; each reports its monotonic end time (process.hrtime is
@@ -106,6 +108,24 @@ function child([role, name, startOffset, n, bytes, extra]) {
       pool.notify(start + 8, 1);
     }
     finish({});
+  } else if (role === 'wake' || role === 'wake-async') {
+    // Words: [armed, go] at start+4; the parent's notify time (BigInt ns) at start+16. Each round we arm,
+    // block until go reaches i, and note how long after the parent's clock reading we woke.
+    const words = pool.atomics(start + 4, 2);
+    const sentAt = pool.atomics64(start + 16, 1);
+    const latencies = [];
+    ready();
+    (async () => {
+      for (let i = 1; i <= n; i++) {
+        Atomics.store(words, 0, i);
+        while (Atomics.load(words, 1) < i) {
+          if (role === 'wake-async') await pool.waitAsync(start + 8, i - 1, 1000);
+          else pool.wait(start + 8, i - 1, 1000);
+        }
+        latencies.push(Number(process.hrtime.bigint() - sentAt[0]));
+      }
+      finish({ latencies });
+    })();
   } else if (role === 'send-sink') {
     let count = 0;
     let sum = 0;
@@ -304,6 +324,58 @@ async function pingPongCases() {
   return { futex, send };
 }
 
+// One-way wake-up latency of a child blocked on a word: the parent waits until the child armed round i
+// and has had 2 ms to fall asleep (past the spin of any waiter), reads the clock, stores it, bumps the
+// word and notifies. The child's clock reading on waking minus the parent's is the latency.
+async function wakeCase(role, rounds) {
+  const name = `mempool-bench-wake-${process.pid}`;
+  SharedPool.unlink(name);
+  const pool = SharedPool.create(name, { size: 8 << 20, algorithm: 'tlsf' });
+  try {
+    const start = pool.allocOffset(64);
+    pool.atomics(start, 16).fill(0);
+    const words = pool.atomics(start + 4, 2);
+    const sentAt = pool.atomics64(start + 16, 1);
+    const k = spawnChild([role, name, start, rounds, 0]);
+    await k.ready;
+    for (let i = 1; i <= rounds; i++) {
+      while (Atomics.load(words, 0) < i) await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, 2));
+      sentAt[0] = process.hrtime.bigint();
+      Atomics.store(words, 1, i);
+      pool.notify(start + 8, 1);
+    }
+    const { latencies } = await k.done;
+    const sorted = latencies.sort((a, b) => a - b);
+    const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+    return { p50: at(0.5), p90: at(0.9), p99: at(0.99), max: sorted[sorted.length - 1], histogram: histogram(sorted) };
+  } finally {
+    pool.unlink();
+    pool.close();
+  }
+}
+
+// Counts per power-of-two bucket of microseconds: { '<8': n, '8-16': n, ... }.
+function histogram(sortedNs) {
+  const out = {};
+  for (const ns of sortedNs) {
+    const us = ns / 1000;
+    const lo = us < 8 ? 0 : 2 ** Math.floor(Math.log2(us));
+    const key = lo === 0 ? '<8' : `${lo}-${lo * 2}`;
+    out[key] = (out[key] || 0) + 1;
+  }
+  return out;
+}
+
+// One no-op native call from JS, the floor the mutex target is measured against.
+function noopNs() {
+  const addon = require('node-gyp-build')(path.join(__dirname, '..'));
+  const n = 5000000;
+  const t = process.hrtime.bigint();
+  for (let i = 0; i < n; i++) addon.noop();
+  return Number(process.hrtime.bigint() - t) / n;
+}
+
 async function main() {
   const opts = parseArgs();
   const runs = { q11: [], q11async: [], q44: [], send: [], post: [] };
@@ -321,12 +393,17 @@ async function main() {
   const post = median(runs.post);
   const mutex = await mutexCases(opts);
   const pong = await pingPongCases();
+  const wakeAsync = await wakeCase('wake-async', 2000);
+  const wakeSync = await wakeCase('wake', 2000);
+  const noop = noopNs();
   const result = {
     bytes: opts.bytes,
     messages: opts.messages,
     messagesPerSecond: { queue1x1: q11, queue1x1Async: q11async, queue4x4: q44, processSend: send, workerPostMessage: post },
     mutexNs: mutex,
     pingPongNs: pong,
+    wakeNs: { waitAsync: wakeAsync, wait: wakeSync },
+    noopNs: noop,
   };
   if (opts.json) {
     console.log(JSON.stringify(result, null, 2));
@@ -351,4 +428,12 @@ async function main() {
   console.log('ping-pong round trip between two processes (ns)');
   console.log(`  pool.wait/notify                  ${pong.futex.toFixed(0)} ns`);
   console.log(`  process.send                      ${pong.send.toFixed(0)} ns  (${(pong.send / pong.futex).toFixed(1)}x slower)`);
+  const us = (ns) => `${(ns / 1000).toFixed(1)} us`;
+  for (const [label, w] of [['waitAsync()', wakeAsync], ['wait()     ', wakeSync]]) {
+    console.log(`wake-up latency of a child blocked in ${label}: p50 ${us(w.p50)}  p90 ${us(w.p90)}  p99 ${us(w.p99)}  max ${us(w.max)}`);
+    console.log(`  histogram (us): ${Object.entries(w.histogram).map(([k, v]) => `${k}: ${v}`).join('  ')}`);
+  }
+  console.log(`  waitAsync p50 <= 20 us             ${us(wakeAsync.p50)}  ${met(wakeAsync.p50 <= 20000)}`);
+  console.log(`  waitAsync p99 <= 200 us            ${us(wakeAsync.p99)}  ${met(wakeAsync.p99 <= 200000)}`);
+  console.log(`  mutex pair <= 2x a no-op call      ${mutex.alone.toFixed(1)} ns vs ${noop.toFixed(1)} ns: ${(mutex.alone / noop).toFixed(2)}x  ${met(mutex.alone <= 2 * noop)}`);
 }
