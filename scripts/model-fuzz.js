@@ -127,6 +127,11 @@ class Child {
     });
     this.proc.on('exit', (code, signal) => {
       this.exited = { code, signal };
+    });
+    // Pending requests fail on 'close', not 'exit': 'exit' can come before the last messages the child sent
+    // (its reply to 'close', just before it exits) are delivered; 'close' comes after its IPC channel ends.
+    this.proc.on('close', (code, signal) => {
+      this.exited = { code, signal };
       for (const p of this.pending.values()) p.reject(new Error(`child ${index} exited (code ${code}, signal ${signal})`));
       this.pending.clear();
     });
