@@ -13,14 +13,15 @@
 //
 // Why in TypeScript over SharedPool, not native: the pool already gives atomic naming, pinned reads,
 // deferred frees, dead-owner reclaim and lock recovery; a get is 2 native calls (pin, unpin) and a set 5
-// (lock, alloc, set, unlock, plus a lookup), against one for a native index. A first version that is
+// (alloc, then lock, lookup, name, unlock), against one each for a native index. A first version that is
 // correct; docs/benchmarks.md measures what it costs.
 //
 // Crash rules (kill -9 at any instruction):
 // - Outside the mutex a process changes only atomic words (an entry's visited and readers words, the
-//   counters) and the pool's own state (pins, allocations), which the pool recovers: a dead reader's pin is
-//   dropped by the next process that meets it; a block a dead setter allocated but never named is freed by
-//   trackOwners reclaim (the segment is always made with trackOwners).
+//   counters), a block it allocated and has not named yet (set() writes the entry there), and the pool's
+//   own state (pins, allocations), which the pool recovers: a dead reader's pin is dropped by the next
+//   process that meets it; a block a dead setter allocated but never named is freed by trackOwners
+//   reclaim (the segment is always made with trackOwners).
 // - Inside the mutex the index may be half changed at any point. The next locker is told 'owner-died' and
 //   rebuilds the index from the directory (rebuild()), which is the truth: every named block is a complete
 //   entry, because its header, key and value are written before it is named. So each change below is
@@ -272,7 +273,7 @@ export class SharedCache {
 
   /** A copy of the value of `key`, or undefined when it is missing or expired. */
   get(key: string): Buffer | undefined {
-    return this.lookup(key, true, (view) => Buffer.from(view));
+    return this.lookup(key, true, copyOut);
   }
 
   /**
@@ -282,11 +283,11 @@ export class SharedCache {
    */
   read<T>(key: string, fn: (view: Buffer) => T): T | undefined {
     if (typeof fn !== 'function') throw invalidArgType('fn', 'a function', fn);
-    return this.lookup(key, true, (view, entry) => {
+    return this.lookup(key, true, (block, start, entry) => {
       const readers = (entry + E_READERS) / 4;
       Atomics.add(this.i32, readers, 1);
       try {
-        return fn(view);
+        return fn(block.subarray(start));
       } finally {
         Atomics.sub(this.i32, readers, 1);
       }
@@ -299,10 +300,10 @@ export class SharedCache {
   }
 
   /**
-   * The one read path: pins the entry, and when it is live calls use(value view, entry offset) inside the
-   * pin. An expired entry is a miss and is removed. `counted`: a get (hits, misses, visited) or a peek.
+   * The one read path: pins the entry, and when it is live calls use(block, where its value starts in it,
+   * the entry's segment offset) inside the pin. An expired entry is a miss and is removed. `counted`: a get (hits, misses, visited) or a peek.
    */
-  private lookup<T>(key: string, counted: boolean, use: (view: Buffer, entry: number) => T): T | undefined {
+  private lookup<T>(key: string, counted: boolean, use: (block: Buffer, start: number, entry: number) => T): T | undefined {
     if (this.closed) throw closedError();
     checkCacheKey(key);
     let expired = -1;
@@ -314,7 +315,7 @@ export class SharedCache {
         return undefined;
       }
       if (counted) Atomics.store(this.i32, entry / 4, 1); // visited: the hand gives it another round
-      return { value: use(block.subarray(E_KEY + this.u32[(entry + E_KEY_BYTES) / 4]), entry) };
+      return { value: use(block, E_KEY + this.u32[(entry + E_KEY_BYTES) / 4], entry) };
     });
     if (expired >= 0) this.withLock(() => this.removeIfNamed(key, expired, I_EXPIRATIONS));
     if (counted) Atomics.add(this.u32, ((result === undefined ? this.index + I_MISSES : this.index + I_HITS) / 4), 1);
@@ -343,33 +344,48 @@ export class SharedCache {
     if (keyBytes < 1 || keyBytes > MAX_KEY_BYTES) throw outOfRange('key', `1 to ${MAX_KEY_BYTES} UTF-8 bytes`, key);
     const ttlMs = ttl < 0 ? this.defaultTtlMs : ttl;
     const expires = ttlMs === 0 ? 0 : this.now() + ttlMs;
-    this.withLock(() => this.store(key, keyBytes, bytes, valueBytes, expires));
-  }
-
-  /** set() under the mutex. */
-  private store(key: string, keyBytes: number, value: Buffer | string, valueBytes: number, expires: number): void {
-    let old = this.pool.get(key); // under the mutex no one frees a named block
-    // By count: a new key needs a free slot.
-    while (old === undefined && this.entries() >= this.maxEntries) this.evictOne();
-    // By bytes: the heap is full, evict and try again, until nothing is left to evict.
-    let block: Buffer | undefined;
-    while (block === undefined) {
-      try {
-        block = this.pool.alloc(E_KEY + keyBytes + valueBytes);
-      } catch (e) {
-        if ((e as PoolError).code !== 'ERR_POOL_OUT_OF_MEMORY' || this.entries() === 0) throw e;
-        if (this.evictOne() === old?.byteOffset) old = undefined; // this key's old entry: its slot went with it
-      }
-    }
-    // Killed from here to pool.set: the block is unnamed and ours; trackOwners frees it, the index is untouched.
+    // The block is made and written outside the mutex (it is this process's until it is named), so the
+    // mutex is held only to name it and update the index: sets from many processes queue for less time.
+    const block = this.allocEntry(E_KEY + keyBytes + valueBytes);
+    // Killed from here until publish() names it: the block is unnamed and ours; trackOwners frees it.
     const entry = block.byteOffset;
     this.i32[(entry + E_VISITED) / 4] = 0; // new entries start unvisited (as in CLOCK and SIEVE)
     this.i32[(entry + E_READERS) / 4] = 0;
     this.u32[(entry + E_KEY_BYTES) / 4] = keyBytes;
     this.f64[(entry + E_EXPIRES) / 8] = expires;
     block.write(key, E_KEY, 'utf8');
-    if (typeof value === 'string') block.write(value, E_KEY + keyBytes, 'utf8');
-    else value.copy(block, E_KEY + keyBytes);
+    if (typeof bytes === 'string') block.write(bytes, E_KEY + keyBytes, 'utf8');
+    else bytes.copy(block, E_KEY + keyBytes);
+    try {
+      this.withLock(() => this.publish(key, block, valueBytes));
+    } catch (e) {
+      if (this.pool.get(key)?.byteOffset !== entry) this.pool.free(block); // not named: still ours
+      throw e;
+    }
+  }
+
+  /**
+   * A block of `bytes` for a new entry. When the heap is full it evicts one entry (under the mutex) and
+   * tries again, until nothing is left to evict: eviction by bytes.
+   */
+  private allocEntry(bytes: number): Buffer {
+    for (;;) {
+      try {
+        return this.pool.alloc(bytes);
+      } catch (e) {
+        if ((e as PoolError).code !== 'ERR_POOL_OUT_OF_MEMORY') throw e;
+        const evicted = this.withLock(() => (this.entries() === 0 ? false : (this.evictOne(), true)));
+        if (!evicted) throw e;
+      }
+    }
+  }
+
+  /** Names the written entry `block` (set()), under the mutex: its slot, the ring, the counts. */
+  private publish(key: string, block: Buffer, valueBytes: number): void {
+    const old = this.pool.get(key); // under the mutex no one frees a named block
+    // By count: a new key needs a free slot.
+    while (old === undefined && this.entries() >= this.maxEntries) this.evictOne();
+    const entry = block.byteOffset;
     const slot = old !== undefined ? this.i32[(old.byteOffset + E_SLOT) / 4] : this.popFreeSlot();
     this.i32[(entry + E_SLOT) / 4] = slot;
     const oldBytes = old === undefined ? 0 : this.valueBytesOf(old.byteOffset, old.length); // read before the free
@@ -432,7 +448,7 @@ export class SharedCache {
     const mutex = this.compute[stripeOf(key)];
     await mutex.lockAsync(); // 'owner-died' needs nothing: the mutex guards a computation, not data
     try {
-      const computed = this.lookup(key, false, (view) => Buffer.from(view)); // another process's, maybe
+      const computed = this.lookup(key, false, copyOut); // another process's, maybe
       if (computed !== undefined) return computed;
       const value = checkValue(await compute());
       this.set(key, value, options);
@@ -616,6 +632,13 @@ export class SharedCache {
     this.u32[(this.index + I_HAND) / 4] = 0;
     this.f64[(this.index + I_BYTES) / 8] = bytes;
   }
+}
+
+/** A copy of the value, in process memory: one allocation and one memcpy, no intermediate view. */
+function copyOut(block: Buffer, start: number): Buffer {
+  const copy = Buffer.allocUnsafe(block.length - start);
+  block.copy(copy, 0, start);
+  return copy;
 }
 
 /** Which of getOrSet's mutexes guards key (FNV-1a over its UTF-16 code units). */
