@@ -317,7 +317,7 @@ export class SharedCache {
       if (counted) Atomics.store(this.i32, entry / 4, 1); // visited: the hand gives it another round
       return { value: use(block, E_KEY + this.u32[(entry + E_KEY_BYTES) / 4], entry) };
     });
-    if (expired >= 0) this.withLock(() => this.removeIfNamed(key, expired, I_EXPIRATIONS));
+    if (expired >= 0) this.withLock(() => this.expireIfStill(key, expired));
     if (counted) Atomics.add(this.u32, ((result === undefined ? this.index + I_MISSES : this.index + I_HITS) / 4), 1);
     return result?.value;
   }
@@ -572,11 +572,19 @@ export class SharedCache {
     this.addBytes(-valueBytes);
   }
 
-  /** remove() of key when it still names the block at `entry` (a lazy expiry another process may have done). */
-  private removeIfNamed(key: string, entry: number, counter: number): void {
-    if (this.entryOf(key) !== entry) return;
+  /** remove(), counted as an eviction or an expiration. */
+  private removeCounted(entry: number, key: string, counter: number): void {
     this.remove(entry, key);
     Atomics.add(this.u32, (this.index + counter) / 4, 1);
+  }
+
+  /**
+   * A get found `entry` expired without the mutex: removes it if key still names it and it is still
+   * expired. Both are checked again because meanwhile another process may have removed it, and a new set
+   * of the key may have been given the very same block (its offset proves nothing alone).
+   */
+  private expireIfStill(key: string, entry: number): void {
+    if (this.entryOf(key) === entry && this.expiredAt(entry, this.now())) this.removeCounted(entry, key, I_EXPIRATIONS);
   }
 
   /**
@@ -594,12 +602,12 @@ export class SharedCache {
       if (entry === 0) continue;
       const key = this.keyOf(entry);
       if (this.expiredAt(entry, now)) {
-        this.removeIfNamed(key, entry, I_EXPIRATIONS);
+        this.removeCounted(entry, key, I_EXPIRATIONS);
         return entry;
       }
       if (Atomics.load(this.i32, (entry + E_READERS) / 4) > 0 && step < 3 * this.maxEntries) continue;
       if (Atomics.exchange(this.i32, (entry + E_VISITED) / 4, 0) === 1 && step < 3 * this.maxEntries) continue;
-      this.removeIfNamed(key, entry, I_EVICTIONS);
+      this.removeCounted(entry, key, I_EVICTIONS);
       return entry;
     }
   }
