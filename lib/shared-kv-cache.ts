@@ -72,6 +72,8 @@ export interface SharedCacheStats {
   bytes: number;
   entries: number;
   maxEntries: number;
+  /** Times a process took the cache's mutex over from a dead holder and rebuilt the index. */
+  recoveries: number;
 }
 
 export type CacheValue = Buffer | Uint8Array | string;
@@ -90,6 +92,7 @@ const I_FREE_TOP = 20; // slots on the free stack (under the mutex)
 const I_BYTES = 24; // f64: value bytes held (under the mutex)
 const I_MAX_VALUE = 32; // f64, fixed at creation
 const I_DEFAULT_TTL = 40; // f64, fixed at creation
+const I_RECOVERIES = 48; // times the index was rebuilt after a holder of the mutex died
 // Counters, one per cache line so that processes counting hits do not share a line with misses.
 const I_HITS = 64;
 const I_MISSES = 128;
@@ -470,6 +473,7 @@ export class SharedCache {
       bytes: this.f64[(this.index + I_BYTES) / 8],
       entries: word(I_ENTRIES),
       maxEntries: this.maxEntries,
+      recoveries: word(I_RECOVERIES),
     };
   }
 
@@ -639,6 +643,7 @@ export class SharedCache {
     this.u32[(this.index + I_ENTRIES) / 4] = entries;
     this.u32[(this.index + I_HAND) / 4] = 0;
     this.f64[(this.index + I_BYTES) / 8] = bytes;
+    this.u32[(this.index + I_RECOVERIES) / 4] += 1;
   }
 }
 

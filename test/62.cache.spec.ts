@@ -316,6 +316,39 @@ describe('SharedCache', function () {
       });
     }
 
+    it('a process killed holding the mutex with the index half changed: the next one rebuilds it from the directory', async function () {
+      const name = uniqueName('rebuild');
+      const cache = SharedCache.create(name, { size: MiB, maxEntries: 16 });
+      try {
+        for (let i = 0; i < 10; i++) cache.set(`k${i}`, `value ${i}`);
+        // The child takes the cache's mutex as a set would, scribbles over the index (the counts, the ring,
+        // the free stack) and dies with -9 holding it.
+        const script = `const { SharedPool } = require(${JSON.stringify(root)});
+          const pool = SharedPool.open(${JSON.stringify(name)});
+          pool.mutex('cache.index').lock();
+          const index = pool.getReserved('cache:index');
+          index.fill(0x5a, 12, 32); // hand, entries, free stack top, bytes
+          index.fill(0x5a, 320);
+          process.stdout.write('scribbled');
+          setInterval(() => {}, 1000);`;
+        const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+        await new Promise<void>((resolve) => c.stdout!.once('data', () => resolve()));
+        await new Promise<void>((resolve) => {
+          c.once('exit', () => resolve());
+          c.kill('SIGKILL');
+        });
+        cache.set('k10', 'value 10'); // takes the mutex over, rebuilds, then sets
+        cache.check();
+        expect(cache.stats()).to.include({ recoveries: 1, entries: 11, bytes: 7 * 10 + 8 });
+        for (let i = 0; i <= 10; i++) expect(cache.get(`k${i}`)!.toString()).to.equal(`value ${i}`);
+        for (let i = 11; i < 30; i++) cache.set(`k${i}`, 'more'); // evicting works on the rebuilt ring
+        expect(cache.size).to.equal(16);
+        cache.check();
+      } finally {
+        cache.close();
+      }
+    });
+
     it('kill -9 of writers and readers mid-operation (30+ kills): check() holds, it still works, no memory lost', async function () {
       const name = uniqueName('kill');
       const cache = SharedCache.create(name, { size: 4 * MiB, maxEntries: 60 });
