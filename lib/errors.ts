@@ -37,7 +37,9 @@ export type PoolErrorCode =
   | 'ERR_QUEUE_FULL'
   | 'ERR_QUEUE_CLOSED'
   | 'ERR_QUEUE_MESSAGE_TOO_LARGE'
-  | 'ERR_QUEUE_NOT_LEASED';
+  | 'ERR_QUEUE_NOT_LEASED'
+  | 'ERR_CACHE_VALUE_TOO_LARGE'
+  | 'ERR_CACHE_INCOMPATIBLE';
 
 /**
  * Every `code` mempool's errors carry: PoolError's, plus Node's ERR_INVALID_ARG_TYPE (a TypeError: an

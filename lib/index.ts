@@ -9,6 +9,8 @@ export { SharedMutex, SharedSemaphore } from './sync';
 export type { Acquired, WaitResult } from './sync';
 export { SharedQueue } from './shared-queue';
 export type { ReceivedMessage, SharedQueueStats } from './shared-queue';
+export { SharedCache } from './shared-kv-cache';
+export type { CacheValue, SharedCacheCreateOptions, SharedCacheOpenOptions, SharedCacheSetOptions, SharedCacheStats } from './shared-kv-cache';
 export { MemoryManager } from './memory-manager';
 export type { InitNormalOptions, InitSharedOptions } from './memory-manager';
 export { ALGORITHMS } from './types';

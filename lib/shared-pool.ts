@@ -490,6 +490,25 @@ export class SharedPool extends HeapPool {
     return r.filter((k) => k.charCodeAt(0) !== 0);  // mempool's own objects are not keys
   }
 
+  /**
+   * @internal mempool's own blocks (SharedCache's index), named under a reserved key "\0mempool:<name>"
+   * that no user call can reach and keys() leaves out (native/core/objects.h). Names `block` as set() does.
+   */
+  setReserved(name: string, block: Buffer): void {
+    if (this.closed) throw closedError();
+    const status = this.native.setKey(`\0mempool:${name}`, this.offsetOf(block), block.length, this.genOf(block));
+    if (status !== 0) throw this.keyError(status, 'set', name);
+  }
+
+  /** @internal A raw view of the reserved block `name` (setReserved), or undefined. */
+  getReserved(name: string): Buffer | undefined {
+    if (this.closed) throw closedError();
+    const found = this.native.getKey(`\0mempool:${name}`);
+    if (found === null) return undefined;
+    if (typeof found === 'number') throw this.keyError(found, 'get', name);
+    return this.handleView(found[0], found[1], found[2]);
+  }
+
   // ---- coordination between processes (lib/sync.ts, lib/shared-queue.ts) ----
 
   /**
