@@ -518,9 +518,11 @@ Status BuddyHeap::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* 
     }
     if (target != rel) set_tag(target, used_tag(k));
     commit_tag(rel, rel_tag);
-    if (pushed != Status::ok) {  // the allocation is made (and leaked), but a free list is damaged
+    if (pushed != Status::ok) {  // the allocation is made, but a free list is damaged (Heap::damage())
       sub_free_bytes(pow2(k));
       count_alloc(pow2(k));
+      damage_ |= kDamageMet | kDamageMade;
+      *offset = area_off_ + target;  // a caller that rebuilds may keep it; others see corrupted (a leak)
       return pushed;
     }
   }
@@ -558,6 +560,7 @@ Status BuddyHeap::free(uint64_t offset) {
   // Frees the block when it merged with nothing; otherwise rewrites the byte the last merge wrote.
   commit_tag(rel, free_tag(o));
   s = push(rel, o);
+  if (merged != Status::ok || s != Status::ok) damage_ |= kDamageMet | kDamageMade;  // freed; a list is damaged
   return merged != Status::ok ? merged : s;
 }
 
@@ -579,7 +582,10 @@ Status BuddyHeap::resize_in_place(uint64_t offset, uint64_t size) {
     count_resize(pow2(o), pow2(k));
     for (uint32_t x = k; x < o; ++x) {
       s = push(rel + pow2(x), x);
-      if (s != Status::ok) return s;
+      if (s != Status::ok) {
+        damage_ |= kDamageMet | kDamageMade;  // shrunk; a list is damaged
+        return s;
+      }
     }
     return Status::ok;
   }

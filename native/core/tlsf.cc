@@ -848,6 +848,7 @@ class TlsfHeap final : public Heap {
       // The list head was overwritten. Linking to it would write where it points: drop the list
       // instead (its blocks leak, memory stays safe) and remember, so check() reports it.
       h->damaged = 1;
+      damage_ |= kDamageMet;
       head = 0;
     }
     store(b + 16, head);
