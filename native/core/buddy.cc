@@ -81,6 +81,13 @@
 //   kept). Its own merges follow the free() rule (lower byte first, then the upper cleared), so a
 //   rebuild that is itself killed can simply be run again. Cost O(table units), no allocation.
 //
+// * Stray writes (issue 15, item 6). A process writing through a view of a block it freed reaches only
+//   free blocks' links (derived) and data: the side table is out of band. An operation that meets a
+//   damaged list refuses before any change, or (alloc's spares, free's merges, a shrink's halves) makes its
+//   table change and reports the list (Heap::damage(): kDamageMade); a shared segment then rebuilds
+//   (Segment::heal) and retries or keeps the result. Lists truncated by a write that happens to look valid
+//   (zero links) strand memory silently until the next rebuild or check().
+//
 // * Bounds. Split, coalesce, resize and the containing-block search loop at most (max_order - min_order)
 //   times; hint scans are bounded by kHintScan per order; check() bounds every list traversal by the
 //   number of blocks of that order the table holds. Geometry is validated once (format/attach) and then

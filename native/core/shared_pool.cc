@@ -691,9 +691,13 @@ Status SharedPool::check(CheckResult* r) {
   // rebuilt heap still shows; a damaged primary record (heal fails) is reported as the heap's check saw it.
   CheckResult heap_r;
   seg_->heap().check(&heap_r);
-  if (heap_r.violations != 0 && !debug_ && seg_->heal() == Status::ok) {
-    heap_r = CheckResult();
-    seg_->heap().check(&heap_r);
+  if (heap_r.violations != 0 && !debug_) {
+    if (seg_->heal() == Status::ok) {
+      heap_r = CheckResult();
+      seg_->heap().check(&heap_r);
+    } else {
+      heap_r.first = std::string("heap: the primary record is damaged (rebuild refused it); first finding: ") + heap_r.first;
+    }
   }
   if (heap_r.violations != 0) {
     r->report(heap_r.first);
