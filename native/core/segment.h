@@ -276,29 +276,17 @@ class Segment {
   Status heap_alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
     Status s = heap_->alloc(size, align, hint, off);
     if (__builtin_expect((s == Status::ok || s == Status::out_of_memory) && heap_->damage() == 0, 1)) return s;
-    if (heal_after(&s)) {
-      s = heap_->alloc(size, align, hint, off);
-      heal_after(&s);  // no second retry
-    }
-    return s;
+    return heap_alloc_healed(s, size, align, hint, off);
   }
   Status heap_free(uint64_t off) {
     Status s = heap_->free(off);
     if (__builtin_expect(s != Status::corrupted && heap_->damage() == 0, 1)) return s;
-    if (heal_after(&s)) {
-      s = heap_->free(off);
-      heal_after(&s);
-    }
-    return s;
+    return heap_free_healed(s, off);
   }
   Status heap_resize(uint64_t off, uint64_t size) {
     Status s = heap_->resize_in_place(off, size);
     if (__builtin_expect(s != Status::corrupted && heap_->damage() == 0, 1)) return s;
-    if (heal_after(&s)) {
-      s = heap_->resize_in_place(off, size);
-      heal_after(&s);
-    }
-    return s;
+    return heap_resize_healed(s, off, size);
   }
   // Rebuilds the heap's derived structures (free lists, summaries, counters) from its primary record, under
   // the lock, and counts it in heap_repairs. ok when the primary record held (then nothing else needs
@@ -336,6 +324,11 @@ class Segment {
   // and the heal worked, so the caller should retry it; *s becomes ok when the call's change was made and
   // only a list was damaged, corrupted when the heal failed.
   bool heal_after(Status* s);
+  // The failure paths of heap_alloc, heap_free, heap_resize (out of line: the callers stay small): heal,
+  // and retry once when heal_after says so.
+  Status heap_alloc_healed(Status s, uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
+  Status heap_free_healed(Status s, uint64_t off);
+  Status heap_resize_healed(Status s, uint64_t off, uint64_t size);
   void register_attach();
   void unregister_attach();
   DirEntry* entry(uint32_t i) const;

@@ -104,6 +104,30 @@ bool Segment::heal_after(Status* s) {
   return *s == Status::corrupted || *s == Status::out_of_memory;
 }
 
+__attribute__((noinline)) Status Segment::heap_alloc_healed(Status s, uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
+  if (heal_after(&s)) {
+    s = heap_->alloc(size, align, hint, off);
+    heal_after(&s);  // healed again if it must be, but no second retry
+  }
+  return s;
+}
+
+__attribute__((noinline)) Status Segment::heap_free_healed(Status s, uint64_t off) {
+  if (heal_after(&s)) {
+    s = heap_->free(off);
+    heal_after(&s);
+  }
+  return s;
+}
+
+__attribute__((noinline)) Status Segment::heap_resize_healed(Status s, uint64_t off, uint64_t size) {
+  if (heal_after(&s)) {
+    s = heap_->resize_in_place(off, size);
+    heal_after(&s);
+  }
+  return s;
+}
+
 Status Segment::repair() {
   Status s = heap_->rebuild();
   if (s != Status::ok) return s;
