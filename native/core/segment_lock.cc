@@ -77,6 +77,7 @@ void Segment::unlock() { mutex_unlock(&header()->lock, my_tid()); }
 // the counts move, the primary record was damaged (a live block turned free), and that is reported.
 Status Segment::heal() {
   SegmentHeader* h = header();
+  // Counted first: a heal killed midway is still counted (the next locker's repair() finishes it).
   if (h->heap_repairs != UINT64_MAX) h->heap_repairs += 1;
   HeapStats before;
   heap_->stats(&before);
