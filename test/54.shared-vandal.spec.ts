@@ -14,11 +14,12 @@
 //     outside the blocks records that size yet (tlsf.cc's header comment; measured: with whole-view writes,
 //     `--raw`, every run; with these writes, none in 10 runs). Then check() must say the primary record is
 //     damaged: damaged lists alone never make an operation or check() fail.
-//   - slabs: a late write may land on a slab header carved there meanwhile (bitmap, which reuses memory
-//     first-fit at once: about 1 run in 10); check() then reports the slabs, and a worker's fresh slot may
-//     be refused (foreign, stale). Allowed only after late writes. bitmap needs no heal: this test does
-//     not fail without it (buddy and tlsf do: checked with Segment::heal_after disabled).
-//   - buddy and bitmap: nothing else. Never ERR_POOL_CORRUPTED from any process.
+//   - slabs: a late write may land on a slab carved there meanwhile (measured over 10 runs each on a busy
+//     machine: buddy 3, bitmap 2, tlsf 1); check() then names the slabs, and slot operations may be refused
+//     (ERR_POOL_CORRUPTED for a slot whose state byte was written, foreign, stale). Allowed only after late
+//     writes and with nothing found in the heap. bitmap needs no heal, so its test does not fail without
+//     it; buddy's and tlsf's do (checked with Segment::heal_after disabled).
+//   - buddy and bitmap: nothing else.
 import { expect } from 'chai';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -36,18 +37,25 @@ interface VandalResult {
   problems: string[];
 }
 
+// What a late write may do to a slab carved where it landed (the slab's header, slot states and words live
+// in its heap block): check() names the slabs, and a slot operation is refused (corrupted: "someone wrote
+// the state byte", foreign, stale). Allowed only after late writes, and only when check() found nothing in
+// the heap (it checks the heap first, and names its first finding).
+const slabProblem = /ERR_POOL_(CORRUPTED|FOREIGN_BUFFER|STALE_HANDLE)|check\(\) failed after the storm: ERR_POOL_CORRUPTED: .*the first: slabs: /;
+function slabDamageOnly(r: VandalResult): boolean {
+  return r.late > 0 && (r.checkError === null || /the first: slabs: /.test(r.checkError)) && r.problems.every((p) => slabProblem.test(p));
+}
+
 describe('SharedPool: a vandal writing through freed Buffers (scripts/race.js --vandal)', () => {
   for (const heap of ['buddy', 'bitmap'] as const) {
-    it(`${heap}: 3 workers + 1 vandal x 2 s: no ERR_POOL_CORRUPTED anywhere, the heap's check() clean, lists healed`, async function () {
+    it(`${heap}: 3 workers + 1 vandal x 2 s: no ERR_POOL_CORRUPTED from the heap, the heap's check() clean, lists healed`, async function () {
       this.timeout(120000);
       const r: VandalResult = await race.runVandal({ heap, procs: 3, seconds: 2 });
-      expect(r.corrupted).to.equal(0);
-      // A late write may land on a slab carved there meanwhile (its header and slot states live in its heap
-      // block): the slab's damage, not the heap's (check() names the slabs; a worker's fresh slot is then
-      // refused as foreign or stale), allowed only after late writes (docs/reliability.md, what is left).
-      const slabOnly = (p: string) => r.late > 0 && /slabs: |ERR_POOL_FOREIGN_BUFFER|ERR_POOL_STALE_HANDLE/.test(p);
-      expect(r.problems.filter((p) => !slabOnly(p))).to.deep.equal([]);
-      if (r.checkError !== null) expect(slabOnly(r.checkError), r.checkError).to.equal(true);
+      if (!slabDamageOnly(r)) {
+        expect(r.problems).to.deep.equal([]);
+        expect(r.corrupted).to.equal(0);
+        expect(r.checkError).to.equal(null);
+      }
       expect(r.ops).to.be.greaterThan(1000);
       expect(r.scribbles).to.be.greaterThan(100);
       // buddy keeps its links in free blocks: the vandal damaged some and they were healed; bitmap keeps
@@ -63,11 +71,12 @@ describe('SharedPool: a vandal writing through freed Buffers (scripts/race.js --
     expect(r.ops).to.be.greaterThan(1000);
     expect(r.scribbles).to.be.greaterThan(100);
     expect(r.heapRepairs).to.be.greaterThan(0);
-    if (r.corrupted === 0 && r.checkError === null) {
-      expect(r.problems).to.deep.equal([]);
-    } else {
-      expect(r.checkError).to.match(/primary record is damaged/);
+    if (r.checkError !== null && /primary record is damaged/.test(r.checkError)) {
       for (const p of r.problems) expect(p).to.match(/ERR_POOL_CORRUPTED|check\(\) failed/);
+    } else if (!slabDamageOnly(r)) {
+      expect(r.problems).to.deep.equal([]);
+      expect(r.corrupted).to.equal(0);
+      expect(r.checkError).to.equal(null);
     }
   });
 });
