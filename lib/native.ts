@@ -36,7 +36,7 @@ export interface NativePool {
   unpinKey(pin: number, offset: number): number;
   deleteKey(key: string): boolean | number;
   keys(): string[] | number;
-  /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners, reclaimedAllocations, reclaimedBytes, blockSize, minBlock, maxBlock] */
+  /** [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners, reclaimedAllocations, reclaimedBytes, blockSize, minBlock, maxBlock, heapRepairs] */
   segmentInfo(): Float64Array | null;
   /** (pid, startUnixMs) pairs of the processes attached to a shared segment, or a negative Status */
   processes(): Float64Array | number;

@@ -100,6 +100,12 @@ export interface SharedSegmentInfo {
 export interface SharedPoolStats extends PoolStats {
   /** Times a process found the lock held by a dead process and repaired the heap. */
   recoveries: number;
+  /**
+   * Times a heap operation (or check()) met heap metadata a stray write had damaged (free lists kept in
+   * free blocks, written through a view of a block its process had freed) and rebuilt the heap under the
+   * lock instead of failing.
+   */
+  heapRepairs: number;
   /** Whether the segment records owners (trackOwners), and what it freed of dead processes, ever. */
   trackOwners: boolean;
   reclaimedAllocations: number;
@@ -620,6 +626,7 @@ export class SharedPool extends HeapPool {
     return {
       ...base,
       recoveries: info[0],
+      heapRepairs: info[12] ?? 0,
       trackOwners: info[6] === 1,
       reclaimedAllocations: info[7],
       reclaimedBytes: info[8],

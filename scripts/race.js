@@ -5,6 +5,9 @@
 //   node scripts/race.js --seconds 2 --procs 8 --heaps tlsf,buddy --mode ownership
 //   node scripts/race.js --kill --kills 30    kill -9 a random worker at random times (30 kills per heap)
 //   node scripts/race.js --bench              replace+free/s and getCopy/s with 1, 2 and 4 processes
+//   node scripts/race.js --vandal --runs 10   3 workers + 1 vandal writing through freed Buffers (careful:
+//                                             only while its block is still free), per heap and run
+//   node scripts/race.js --vandal --raw       the vandal writes whatever happened to its freed memory
 //   --json                                    print the results as JSON (one object) instead of tables
 //
 // Workers are test/fixtures/race-worker.js. After each run the parent checks the segment:
@@ -38,7 +41,7 @@ function segmentName(tag) {
 }
 
 function parseArgs(argv) {
-  const o = { seconds: 10, procs: 4, heaps: ['tlsf', 'buddy', 'bitmap'], modes: ['ownership', 'legacy'], kill: false, kills: 30, json: false, bench: false };
+  const o = { seconds: 10, procs: 4, heaps: ['tlsf', 'buddy', 'bitmap'], modes: ['ownership', 'legacy'], kill: false, kills: 30, json: false, bench: false, vandal: false, raw: false, runs: 1 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -56,6 +59,9 @@ function parseArgs(argv) {
     else if (a === '--kills') o.kills = Number(next());
     else if (a === '--json') o.json = true;
     else if (a === '--bench') o.bench = true;
+    else if (a === '--vandal') o.vandal = true;
+    else if (a === '--raw') o.raw = true;
+    else if (a === '--runs') o.runs = Number(next());
     else throw new Error(`race.js: unknown argument ${a}`);
   }
   for (const h of o.heaps) if (!['tlsf', 'buddy', 'bitmap'].includes(h)) throw new Error(`race.js: unknown heap ${h}`);
@@ -201,6 +207,65 @@ async function runRace({ heap, mode, procs = 4, seconds = 10 }) {
       totals, keys: named.keys, live: st.liveAllocations, used: st.used, namedBytes: named.namedBytes,
       leaked, leakedBytes: st.used - named.namedBytes, recoveries: st.recoveries, problems,
     };
+  } finally {
+    pool.close();
+    SharedPool.unlink(name);
+  }
+}
+
+// ---- vandal mode -------------------------------------------------------------------------------------
+
+/**
+ * P ownership workers plus one vandal (race-worker.js mode 'vandal': writes random bytes through Buffers of
+ * blocks it freed) for `seconds` on a fresh segment of `heap`. What must hold (issue 15, item 6): no process
+ * meets ERR_POOL_CORRUPTED or any other error of the pool, check() holds, and the heap was healed
+ * (stats().heapRepairs) where the vandal damaged its lists. What the vandal may damage is data: values
+ * in blocks that reused its freed memory (careful: only when its write overlapped such a reuse). Those are
+ * counted (dataDamage: inconsistent values workers saw, named entries whose checksum fails), not failures.
+ * Returns { heap, procs, seconds, ops, scribbles, late, heapRepairs, corrupted, dataDamage, problems }.
+ */
+async function runVandal({ heap, procs = 3, seconds = 3, careful = true }) {
+  const name = segmentName(`${heap}-vandal`);
+  const pool = SharedPool.create(name, { size: SEGMENT, algorithm: heap });
+  const problems = [];
+  try {
+    const workers = Array.from({ length: procs }, () => startWorker({ name, mode: 'ownership', ms: seconds * 1000, seed: seed(), keys: KEYS }));
+    const vandal = startWorker({ name, mode: 'vandal', ms: seconds * 1000, seed: seed(), keys: KEYS, careful, minSize: 256 });
+    const results = await Promise.all([...workers, vandal].map((w) => w.done));
+    let corrupted = 0;
+    let dataDamage = 0;
+    for (const r of results) {
+      if (r.code !== 0 || r.summary === undefined) problems.push(`worker ${r.pid} exited with ${r.code ?? r.signal}${r.stderr ? ': ' + r.stderr.slice(0, 2000) : ''}`);
+      for (const f of r.fails) {
+        // A value that fails its checksum is data the vandal's write hit; anything else is the pool's failure.
+        if (/^(replace: the old block handed back|take|getCopy|read|scratch)$/.test(f.what) && /checksum|header/.test(f.detail)) dataDamage++;
+        else problems.push(`worker ${r.pid}: ${f.what}: ${f.detail}`);
+      }
+      if (r.summary) corrupted += r.summary.errors.ERR_POOL_CORRUPTED || 0;
+    }
+    const v = results[results.length - 1].summary || {};
+    // check() heals damaged lists first; what it still reports is damage to the primary record.
+    let checkError = null;
+    try {
+      pool.check();
+    } catch (e) {
+      checkError = `${e.code}: ${e.message}`;
+      problems.push(`check() failed after the storm: ${checkError}`);
+    }
+    if (checkError === null) {
+      const named = checkNamed(pool);
+      for (const p of named.problems) {
+        if (/checksum|header/.test(p)) dataDamage++;
+        else problems.push(p);
+      }
+      for (const k of pool.keys()) pool.delete(k);
+      tryCheck(pool, problems);
+    }
+    const st = pool.stats();
+    const ops = results.slice(0, procs).reduce((a, r) => a + (r.summary ? r.summary.ops : 0), 0);
+    if (ops === 0) problems.push('no operations were done');
+    if (!(v.scribbles > 0)) problems.push('the vandal wrote nothing');
+    return { heap, procs, seconds, careful, ops, scribbles: v.scribbles || 0, late: v.late || 0, heapRepairs: st.heapRepairs, corrupted, dataDamage, checkError, problems: problems.slice(0, 50) };
   } finally {
     pool.close();
     SharedPool.unlink(name);
@@ -356,6 +421,16 @@ async function main() {
       for (const [minSize, maxSize] of [[64, 64], [16, MAX_VALUE]]) out.bench.push(...(await runBench({ heap, seconds: Math.min(o.seconds, 3), minSize, maxSize })));
     }
     log(table(out.bench, [['heap', (r) => r.heap], ['op', (r) => r.mode], ['value bytes', (r) => (r.minSize === r.maxSize ? r.minSize : `${r.minSize}..${r.maxSize}`)], ['procs', (r) => r.procs], ['ops/s total', (r) => r.opsPerSecond], ['ops/s per proc', (r) => r.perProcess]]));
+  } else if (o.vandal) {
+    for (const heap of o.heaps) {
+      for (let run = 0; run < o.runs; run++) {
+        const r = await runVandal({ heap, procs: Math.max(1, o.procs - 1), seconds: o.seconds, careful: !o.raw });
+        out.races.push(r);
+        log(`vandal ${heap}${o.raw ? ' (raw)' : ''} run ${run + 1}: ${r.ops} ops, ${r.scribbles} scribbles (${r.late} late), heapRepairs ${r.heapRepairs}, ERR_POOL_CORRUPTED ${r.corrupted}, data damage ${r.dataDamage}${r.problems.length ? '' : ', ok'}`);
+        if (r.checkError) log(`  check: ${r.checkError}`);
+        for (const p of r.problems.slice(0, o.json ? 50 : 3)) log(`  FAIL ${p}`);
+      }
+    }
   } else if (o.kill) {
     for (const heap of o.heaps) {
       const r = await runKill({ heap, procs: o.procs, kills: o.kills });
@@ -385,7 +460,7 @@ async function main() {
   process.exitCode = failed ? 1 : 0;
 }
 
-module.exports = { runRace, runKill, runBench, checkNamed, parseArgs, KEYS, MAX_VALUE, SEGMENT };
+module.exports = { runRace, runKill, runVandal, runBench, checkNamed, parseArgs, KEYS, MAX_VALUE, SEGMENT };
 
 if (require.main === module) {
   main().catch((e) => {

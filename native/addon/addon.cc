@@ -588,7 +588,7 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
   }
 
   // segmentInfo() -> [recoveries, creatorPid, createdUnixMs, keys, maxKeys, heapOffset, trackOwners,
-  // reclaimedAllocations, reclaimedBytes, blockSize, minBlock, maxBlock] (read without the lock:
+  // reclaimedAllocations, reclaimedBytes, blockSize, minBlock, maxBlock, heapRepairs] (read without the lock:
   // diagnostics, and the heap options a non-exclusive create compares with the ones it was given)
   Napi::Value SegmentInfo(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -599,7 +599,8 @@ class NativePool : public Napi::ObjectWrap<NativePool> {
                              static_cast<double>(h->directory_capacity), static_cast<double>(bias_),
                              static_cast<double>(h->track_owners), static_cast<double>(h->reclaimed_blocks),
                              static_cast<double>(h->reclaimed_bytes), static_cast<double>(h->block_size),
-                             static_cast<double>(h->min_block), static_cast<double>(h->max_block)};
+                             static_cast<double>(h->min_block), static_cast<double>(h->max_block),
+                             static_cast<double>(h->heap_repairs)};
     Napi::Float64Array out = Napi::Float64Array::New(env, std::size(fields));
     for (size_t i = 0; i < std::size(fields); ++i) out[i] = fields[i];
     return out;

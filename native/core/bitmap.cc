@@ -1,6 +1,8 @@
 // Bitmap heap: fixed-size blocks, a "used" and a "start" bitmap (the primary record), a tree of
 // {start, max, end} summaries for large first-fit searches and a byte-max run index for small ones. See
 // bitmap.h for the layout and for the store order that lets rebuild() repair a heap whose writer died.
+// Every byte of metadata is out of band (bitmaps, tree, run index in the header area): a stray write through
+// a view of a freed block (issue 15, item 6) can damage only data, and a shared segment never needs to heal.
 #include "bitmap.h"
 
 #include <atomic>

@@ -81,6 +81,13 @@
 //   kept). Its own merges follow the free() rule (lower byte first, then the upper cleared), so a
 //   rebuild that is itself killed can simply be run again. Cost O(table units), no allocation.
 //
+// * Stray writes (issue 15, item 6). A process writing through a view of a block it freed reaches only
+//   free blocks' links (derived) and data: the side table is out of band. An operation that meets a
+//   damaged list refuses before any change, or (alloc's spares, free's merges, a shrink's halves) makes its
+//   table change and reports the list (Heap::damage(): kDamageMade); a shared segment then rebuilds
+//   (Segment::heal) and retries or keeps the result. Lists truncated by a write that happens to look valid
+//   (zero links) strand memory silently until the next rebuild or check().
+//
 // * Bounds. Split, coalesce, resize and the containing-block search loop at most (max_order - min_order)
 //   times; hint scans are bounded by kHintScan per order; check() bounds every list traversal by the
 //   number of blocks of that order the table holds. Geometry is validated once (format/attach) and then
@@ -518,9 +525,11 @@ Status BuddyHeap::alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* 
     }
     if (target != rel) set_tag(target, used_tag(k));
     commit_tag(rel, rel_tag);
-    if (pushed != Status::ok) {  // the allocation is made (and leaked), but a free list is damaged
+    if (pushed != Status::ok) {  // the allocation is made, but a free list is damaged (Heap::damage())
       sub_free_bytes(pow2(k));
       count_alloc(pow2(k));
+      damage_ |= kDamageMet | kDamageMade;
+      *offset = area_off_ + target;  // a caller that rebuilds may keep it; others see corrupted (a leak)
       return pushed;
     }
   }
@@ -558,6 +567,7 @@ Status BuddyHeap::free(uint64_t offset) {
   // Frees the block when it merged with nothing; otherwise rewrites the byte the last merge wrote.
   commit_tag(rel, free_tag(o));
   s = push(rel, o);
+  if (merged != Status::ok || s != Status::ok) damage_ |= kDamageMet | kDamageMade;  // freed; a list is damaged
   return merged != Status::ok ? merged : s;
 }
 
@@ -579,7 +589,10 @@ Status BuddyHeap::resize_in_place(uint64_t offset, uint64_t size) {
     count_resize(pow2(o), pow2(k));
     for (uint32_t x = k; x < o; ++x) {
       s = push(rel + pow2(x), x);
-      if (s != Status::ok) return s;
+      if (s != Status::ok) {
+        damage_ |= kDamageMet | kDamageMade;  // shrunk; a list is damaged
+        return s;
+      }
     }
     return Status::ok;
   }

@@ -169,6 +169,15 @@ class Heap {
   // Returns corrupted when the primary record itself is damaged.
   virtual Status rebuild() { return Status::corrupted; }
 
+  // What the calls since clear_damage() met in derived metadata (a free list whose links a stray write
+  // changed): kDamageMet, the heap went on without a list it could not trust (memory may be stranded until
+  // rebuild()); kDamageMade, a call returned corrupted although its change to the primary record was made
+  // (an alloc's *offset is set), so it must not be retried. A shared segment rebuilds then (Segment::heal,
+  // segment_lock.cc). A byte of this process, not of the region: testing it after every call costs one load.
+  static constexpr uint8_t kDamageMet = 1, kDamageMade = 2;
+  uint8_t damage() const { return damage_; }
+  void clear_damage() { damage_ = 0; }
+
   // The debug-mode calls when this heap is in debug mode (debug_heap.h), else null.
   virtual DebugHeapApi* debug() { return nullptr; }
 
@@ -192,6 +201,7 @@ class Heap {
 
   uint8_t* const base_;
   const uint64_t size_;
+  uint8_t damage_ = 0;  // see damage()
 };
 
 // Counters live in memory others can write: they saturate instead of wrapping.

@@ -117,7 +117,11 @@ struct SegmentHeader {
   // inside the mutex and follow them on unlock, so a process scribbling on the segment could make
   // another write anywhere in its own memory. This word is only ever compared and swapped.
   RobustMutex lock;
-  uint32_t lock_reserved[12];
+  // 272: times a heap operation met derived metadata it could not trust (a free list a stray write
+  // changed) and the heap was rebuilt under the lock (Segment::heal, segment_lock.cc). Saturating. Was
+  // reserved (zero) before, so segments of layout 3 made earlier read 0: no version change.
+  uint64_t heap_repairs;
+  uint32_t lock_reserved[10];
 };
 constexpr uint32_t kLockWaiters = kSyncWaiters;
 
@@ -142,6 +146,7 @@ static_assert(offsetof(SegmentHeader, slab_frees) == 192, "segment layout");
 static_assert(offsetof(SegmentHeader, gen_shift) == 200 && offsetof(SegmentHeader, gen_table_offset) == 208, "segment layout");
 static_assert(offsetof(SegmentHeader, pins_active) == 224 && offsetof(SegmentHeader, orphan_epoch) == 232, "segment layout");
 static_assert(offsetof(SegmentHeader, lock) == 256, "segment layout");
+static_assert(offsetof(SegmentHeader, heap_repairs) == 272 && sizeof(SegmentHeader) == 320, "segment layout");
 static_assert(sizeof(SegmentHeader) <= kSegmentHeaderSize, "segment header fits its page");
 
 // A reader's pin on a block (pool.read()): while any pin names a block, its memory is not reused; a free
@@ -262,6 +267,32 @@ class Segment {
   void attach();
   void attached(std::vector<AttachedProcess>* out);
 
+  // The heap's mutating calls for the layers above, under the lock. A stray write (a process writing
+  // through a view of a block it freed) can change the free lists kept inside free blocks, and a heap that
+  // meets such a list either refuses (corrupted, changing nothing) or goes on without it (Heap::damage()).
+  // Either way these rebuild the heap from its primary record (heal()) and retry a refused call once; only
+  // when the primary record itself is damaged do they return corrupted. Debug heaps are not healed: their
+  // poison reports such writes. The common case costs one test of a process-local byte.
+  Status heap_alloc(uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
+    Status s = heap_->alloc(size, align, hint, off);
+    if (__builtin_expect((s == Status::ok || s == Status::out_of_memory) && heap_->damage() == 0, 1)) return s;
+    return heap_alloc_healed(s, size, align, hint, off);
+  }
+  Status heap_free(uint64_t off) {
+    Status s = heap_->free(off);
+    if (__builtin_expect(s != Status::corrupted && heap_->damage() == 0, 1)) return s;
+    return heap_free_healed(s, off);
+  }
+  Status heap_resize(uint64_t off, uint64_t size) {
+    Status s = heap_->resize_in_place(off, size);
+    if (__builtin_expect(s != Status::corrupted && heap_->damage() == 0, 1)) return s;
+    return heap_resize_healed(s, off, size);
+  }
+  // Rebuilds the heap's derived structures (free lists, summaries, counters) from its primary record, under
+  // the lock, and counts it in heap_repairs. ok when the primary record held (then nothing else needs
+  // repair: a rebuild changes no used block, so slabs, names and generation words stay as they are).
+  Status heal();
+
   // Like lock(), but waits at most `ms` (for finalizers and close paths that must not hang).
   Status lock_within(uint32_t ms, bool* recovered);
 
@@ -289,6 +320,15 @@ class Segment {
   Segment(std::string name, uint8_t* base, uint64_t size, uint64_t heap_offset, uint32_t capacity,
           Algorithm algorithm, uint32_t lock_timeout_ms, uint32_t gen_shift, uint64_t gen_table_offset);
   Status repair();
+  // After a heap call that returned *s: heals when the call met damage. True when the call changed nothing
+  // and the heal worked, so the caller should retry it; *s becomes ok when the call's change was made and
+  // only a list was damaged, corrupted when the heal failed.
+  bool heal_after(Status* s);
+  // The failure paths of heap_alloc, heap_free, heap_resize (out of line: the callers stay small): heal,
+  // and retry once when heal_after says so.
+  Status heap_alloc_healed(Status s, uint64_t size, uint64_t align, uint64_t hint, uint64_t* off);
+  Status heap_free_healed(Status s, uint64_t off);
+  Status heap_resize_healed(Status s, uint64_t off, uint64_t size);
   void register_attach();
   void unregister_attach();
   DirEntry* entry(uint32_t i) const;

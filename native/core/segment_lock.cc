@@ -61,6 +61,74 @@ Status Segment::lock(bool* recovered) {
 // scribbler changed stays as it is.
 void Segment::unlock() { mutex_unlock(&header()->lock, my_tid()); }
 
+// Healing (issue 15, item 6: a stray write cannot take the segment down for everyone). A process that writes
+// through a view of a block it freed writes into a free block's payload, where tlsf and buddy keep their
+// free-list links (and tlsf the next block's prev_phys word): derived metadata, which rebuild() recomputes
+// from the primary record (tlsf: the chain of size words between payloads and the live/freed maps; buddy:
+// the side table; bitmap keeps nothing inside blocks). So the heap is rebuilt under the lock and the call
+// retried, instead of every process meeting corrupted from then on. What a stray write can still damage:
+// a tlsf size word, when the freed memory was reused by blocks of other sizes and the old view's range now
+// covers a block header (tlsf.cc's header comment); that, and the user's own bytes of whatever block lives
+// there now.
+// Killed with -9 inside heal(): the lock names a dead thread and the next process runs repair(), whose
+// first step is the same rebuild (a rebuild that dies is simply run again, each heap's crash rules).
+// The heap's counters of live blocks and used bytes are kept in its header, out of a stray write's reach,
+// by the operations alone, and a rebuild that only fixes derived structures keeps every used block: if
+// the counts move, the primary record was damaged (a live block turned free), and that is reported.
+Status Segment::heal() {
+  SegmentHeader* h = header();
+  // Counted first: a heal killed midway is still counted (the next locker's repair() finishes it).
+  if (h->heap_repairs != UINT64_MAX) h->heap_repairs += 1;
+  HeapStats before;
+  heap_->stats(&before);
+  Status s = heap_->rebuild();
+  if (s != Status::ok) return s;
+  HeapStats after;
+  heap_->stats(&after);
+  return after.live_allocations == before.live_allocations && after.used == before.used ? Status::ok : Status::corrupted;
+}
+
+bool Segment::heal_after(Status* s) {
+  const uint8_t damage = heap_->damage();
+  if (*s != Status::corrupted && damage == 0) return false;
+  heap_->clear_damage();
+  if (heap_->debug() != nullptr) return false;  // debug mode reports stray writes (its poison) instead
+  // The primary record is damaged: the status stands (a call that succeeded did its work; the next one
+  // meets the damage and reports it).
+  if (heal() != Status::ok) return false;
+  if (*s == Status::corrupted && (damage & Heap::kDamageMade)) {
+    *s = Status::ok;  // the call's change was made; only a list it met was damaged, and it is rebuilt
+    return false;
+  }
+  // Refused before changing anything, or out of memory while lists were dropped (their memory is back
+  // now): retry on the rebuilt heap.
+  return *s == Status::corrupted || *s == Status::out_of_memory;
+}
+
+__attribute__((noinline)) Status Segment::heap_alloc_healed(Status s, uint64_t size, uint64_t align, uint64_t hint, uint64_t* off) {
+  if (heal_after(&s)) {
+    s = heap_->alloc(size, align, hint, off);
+    heal_after(&s);  // healed again if it must be, but no second retry
+  }
+  return s;
+}
+
+__attribute__((noinline)) Status Segment::heap_free_healed(Status s, uint64_t off) {
+  if (heal_after(&s)) {
+    s = heap_->free(off);
+    heal_after(&s);
+  }
+  return s;
+}
+
+__attribute__((noinline)) Status Segment::heap_resize_healed(Status s, uint64_t off, uint64_t size) {
+  if (heal_after(&s)) {
+    s = heap_->resize_in_place(off, size);
+    heal_after(&s);
+  }
+  return s;
+}
+
 Status Segment::repair() {
   Status s = heap_->rebuild();
   if (s != Status::ok) return s;

@@ -92,7 +92,7 @@ void release_slab(Segment& seg, uint64_t off, uint64_t usable) {
   // Crash between the magic and the free: a used heap block that is no slab, unnamed, its word still
   // kOwnerFree (a slab's own word is never handed out): repair frees it.
   __atomic_store_n(&reinterpret_cast<SlabHeader*>(heap_base(seg) + off)->magic, uint64_t(0), __ATOMIC_RELEASE);
-  seg.heap().free(off);
+  seg.heap_free(off);
 }
 
 uint8_t* states_of(const Segment& seg, uint64_t off) { return heap_base(seg) + off + sizeof(SlabHeader); }
@@ -650,21 +650,20 @@ Status SharedCache::alloc_locked(uint64_t size, uint64_t align, uint64_t hint, u
       return Status::ok;
     }
   }
-  Heap& heap = seg_->heap();
   uint64_t a = heap_align(*seg_, align);
   // Crash from here to the word's store below: the heap has the block used, and its word still says
   // kOwnerFree (every free and the format leave that): the next process to take the lock repairs, and
   // repair frees such a block (shared_pool.cc, repair_names_and_pins). Nobody held it.
-  Status s = heap.alloc(size, a, hint, off);
+  Status s = seg_->heap_alloc(size, a, hint, off);
   if (s == Status::out_of_memory && size <= kMaxRequest) {
     // Memory parked in slabs may be what is missing: give back what is free, and what dead caches hold.
     uint64_t given = trim_locked();
-    if (shared_collect_dead(*seg_) > 0 || given > 0) s = heap.alloc(size, a, hint, off);
+    if (shared_collect_dead(*seg_) > 0 || given > 0) s = seg_->heap_alloc(size, a, hint, off);
   }
   if (s == Status::ok) {
     uint32_t* w = seg_->gen_word(*off);
     if (w == nullptr) {  // the heap ignored the granule: never hand out a block no generation covers
-      heap.free(*off);
+      seg_->heap_free(*off);
       return Status::corrupted;
     }
     // A free block's word is unnamed and records no owner; stored whole anyway, so that a word a crash left
@@ -704,7 +703,7 @@ Status shared_free_locked(Segment& seg, uint64_t off) {
   uint64_t usable_bytes = 0;
   if (heap.usable_size(off, &usable_bytes) == Status::ok) {
     if (shared_is_slab(*seg_, off)) return Status::foreign;  // a slab is not the user's allocation
-    Status s = heap.free(off);
+    Status s = seg_->heap_free(off);
     if (s == Status::ok) {
       // Crash between the free and the bump: the block is free; its old word can only free a block that
       // starts here again, and every such block is handed out with the word as it is then: the old holder
@@ -717,7 +716,7 @@ Status shared_free_locked(Segment& seg, uint64_t off) {
   }
   SlotRef ref;
   if (shared_find_slot(*seg_, off, &ref)) return free_foreign_slot(*seg_, ref, off);
-  return heap.free(off);  // not live: the heap says which code (and changes nothing)
+  return seg_->heap_free(off);  // not live: the heap says which code (and changes nothing)
 }
 
 bool SharedCache::refill(uint32_t cls) { return take_back_remote(cls) || adopt_slab(cls) || new_slab(cls); }
@@ -818,14 +817,14 @@ bool SharedCache::new_slab(uint32_t cls) {
   // Crash from the alloc until the magic's store below: a used block that is no slab, with its word
   // kOwnerFree (a slab's word is never stored): repair frees it. After the magic it is a slab of ours, and
   // collecting a dead cache retires it.
-  if (heap.alloc(slab_size_, kMinSlabSize, kNoHint, &off) != Status::ok) {
+  if (seg_->heap_alloc(slab_size_, kMinSlabSize, kNoHint, &off) != Status::ok) {
     slab_backoff_ = 256;
     return false;
   }
   uint64_t usable = 0;
   if (off % kMinSlabSize != 0 || heap.usable_size(off, &usable) != Status::ok || usable < slab_size_ ||
       heap_bytes(*seg_) - off < slab_size_) {
-    heap.free(off);
+    seg_->heap_free(off);
     slab_backoff_ = 256;
     return false;
   }

@@ -299,7 +299,7 @@ Status SharedPool::realloc(uint64_t off, uint32_t gen, uint64_t size, uint64_t a
   // pins it: a shrink would hand its tail to someone else under the reader.
   // The handle moves on either way: the old Buffer (of the old length) is stale, as after any realloc.
   uint32_t next = ((seen + 1) & kGenCount) | (seen & kGenOwnerMask);
-  if (!pinned && hoff % align == 0 && ((slot && size <= usable) || (!slot && !debug_ && seg_->heap().resize_in_place(hoff, size) == Status::ok))) {
+  if (!pinned && hoff % align == 0 && ((slot && size <= usable) || (!slot && !debug_ && seg_->heap_resize(hoff, size) == Status::ok))) {
     if (!__atomic_compare_exchange_n(word, &seen, next, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
       return Status::stale;  // only a slot's owner races here, freeing it: a heap resize cannot have happened then
     }
@@ -686,7 +686,23 @@ Status SharedPool::stats(HeapStats* out) {
 Status SharedPool::check(CheckResult* r) {
   Locked l(*seg_);
   if (l.status() != Status::ok) return l.status();
-  seg_->heap().check(r);
+  // A stray write may have left free lists damaged that no operation has met yet: derived structures,
+  // which the next operation would heal (Segment::heal). check() heals them first, then reports what the
+  // rebuilt heap still shows; a damaged primary record (heal fails) is reported as the heap's check saw it.
+  CheckResult heap_r;
+  seg_->heap().check(&heap_r);
+  if (heap_r.violations != 0 && !debug_) {
+    if (seg_->heal() == Status::ok) {
+      heap_r = CheckResult();
+      seg_->heap().check(&heap_r);
+    } else {
+      heap_r.first = std::string("heap: the primary record is damaged (rebuild refused it); first finding: ") + heap_r.first;
+    }
+  }
+  if (heap_r.violations != 0) {
+    r->report(heap_r.first);
+    r->violations += heap_r.violations - 1;
+  }
   shared_check(*seg_, r);
   seg_->dir_check(r);
   // Names and words agree (O3: a queue's block record names its block as a key would), and pins name live

@@ -44,6 +44,19 @@
 //     everywhere else inside a used or quick block (take() and resize clear it);
 //   - the quick stacks hold exactly the quick blocks, each on the stack of its size.
 // Nothing read from the region is followed before it is bounds-checked (see the class comment in heap.h).
+//
+// Stray writes (a process writing through a view of a block it freed; issue 15, item 6). What such a write
+// can reach and what becomes of it:
+//   - a free block's links (next_free, prev_free) and the prev_phys word in its last 8 bytes: derived.
+//     An operation that meets them refuses (corrupted, before any store) or drops the list (insert_free:
+//     `damaged`, Heap::damage()); a shared segment then rebuilds (Segment::heal) and retries.
+//   - a quick block's payload: nothing; quick blocks are known from the maps and the stacks in the header.
+//   - a size word: the primary record. It sits between payloads, so a write within one block's old range
+//     reaches it only after that memory was coalesced and split again, which places new headers anywhere
+//     in the old range (measured: a vandal writing whole old views hit one within 2 s, every run). Then
+//     rebuild() refuses and the heap reports corrupted for every process. Not solved: the remedy is an end
+//     mark for every used block (today only small ones), so that rebuild() can recompute sizes from the
+//     maps alone; the crash-prefix rule below would then have to hold for the maps as the record.
 #include "tlsf.h"
 
 #include <algorithm>
@@ -848,6 +861,7 @@ class TlsfHeap final : public Heap {
       // The list head was overwritten. Linking to it would write where it points: drop the list
       // instead (its blocks leak, memory stays safe) and remember, so check() reports it.
       h->damaged = 1;
+      damage_ |= kDamageMet;
       head = 0;
     }
     store(b + 16, head);

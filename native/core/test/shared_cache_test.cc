@@ -569,7 +569,9 @@ TEST("cache: stats of a small segment whose heap header was scribbled still add 
   HeapStats st = pool_stats(c);
   EXPECT(st.free <= st.capacity);
   EXPECT(st.used + st.free + st.overhead == st.capacity);
-  EXPECT(violations(c) >= 1);
-  std::memset(counts, 0, 64 * 4);
+  // The counts are derived (rebuild() recomputes the stacks): check() heals them and counts the repair.
+  uint64_t repairs = c.segment().header()->heap_repairs;
+  EXPECT(violations(c) == 0);
+  EXPECT(c.segment().header()->heap_repairs == repairs + 1);
   EXPECT(c.free(x.off, x.gen) == Status::ok);
 }
