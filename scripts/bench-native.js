@@ -18,9 +18,10 @@ const { spawnSync } = require('child_process');
 const root = path.resolve(__dirname, '..');
 const core = path.join(root, 'native', 'core');
 const out = path.join(root, 'build', 'bench', 'native');
+// Every core source: a hand-kept list went stale as the core was split (it stopped linking).
 const sources = [
   path.join(__dirname, 'bench', 'native.cc'),
-  ...['heap', 'tlsf', 'buddy', 'bitmap', 'debug_heap', 'segment', 'shared_cache'].map((n) => path.join(core, `${n}.cc`)),
+  ...fs.readdirSync(core).filter((f) => f.endsWith('.cc')).sort().map((f) => path.join(core, f)),
 ];
 const headers = fs.readdirSync(core).filter((f) => f.endsWith('.h')).map((f) => path.join(core, f));
 
