@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PoolError, SharedMemory, SharedPool } from '../lib';
-import { expectCode, JsonChild, runJsonChild } from './helpers';
+import { expectCode, JsonChild, runJsonChild, skipBecause } from './helpers';
 
 const child = path.join(__dirname, 'fixtures', 'raw-child.js');
 let counter = 0;
@@ -291,8 +291,7 @@ describe('SharedMemory: raw named segments', function () {
       try {
         execFileSync('python3', ['-c', 'from multiprocessing import shared_memory'], { stdio: 'ignore' });
       } catch {
-        console.log('      (skipped: python3 with multiprocessing.shared_memory is missing)');
-        this.skip();
+        skipBecause(this, 'python3 with multiprocessing.shared_memory is missing');
       }
     });
 
@@ -339,8 +338,7 @@ shm.close()
       try {
         execFileSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' });
       } catch {
-        console.log('      (skipped: numpy is missing: python3 -m pip install numpy)');
-        this.skip();
+        skipBecause(this, 'numpy is missing: python3 -m pip install numpy');
       }
       const name = newName('numpy');
       const shm = SharedMemory.create(name, { size: 4096 });
