@@ -2,6 +2,8 @@
 // classes (TypeError ERR_INVALID_ARG_TYPE, RangeError ERR_OUT_OF_RANGE); everything about the memory
 // itself is a PoolError.
 
+import { constants as osConstants } from 'node:os';
+
 /** The `code` of a PoolError: see README "Errors" for when each is thrown. */
 export type PoolErrorCode =
   | 'ERR_POOL_OUT_OF_MEMORY'
@@ -176,15 +178,13 @@ function where(c: StatusContext): string {
   return c.what ?? (c.name !== undefined ? `shared memory '${c.name}'` : 'an operation');
 }
 
+const ERRNO = osConstants.errno as Record<string, number>;
+
+/** " (ENOSPC)" for the errno behind a status, or nothing. */
 function systemMessage(c: StatusContext): string {
   if (!c.errno) return '';
-  const name = Object.entries(osErrno()).find(([, v]) => v === c.errno)?.[0];
+  const name = Object.entries(ERRNO).find(([, v]) => v === c.errno)?.[0];
   return ` (${name ?? `errno ${c.errno}`})`;
-}
-
-function osErrno(): Record<string, number> {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (require('node:os') as typeof import('node:os')).constants.errno as Record<string, number>;
 }
 
 /**
@@ -212,8 +212,7 @@ const STATUS_ERRORS: Record<number, (c: StatusContext) => Error> = {
     new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name but received '${c.name ?? ''}'`),
   [Status.LockTimeout]: (c) => new PoolError('ERR_SHM_LOCK_TIMEOUT', `Timed out waiting for the shared pool's lock (${where(c)}): another process holds it; raise lockTimeoutMs, or find the holder`),
   [Status.SystemError]: (c) => {
-    const e = osErrno();
-    if (c.errno === e.ENOSPC || c.errno === e.ENOMEM || c.errno === e.EFBIG) {
+    if (c.errno === ERRNO.ENOSPC || c.errno === ERRNO.ENOMEM || c.errno === ERRNO.EFBIG) {
       return new PoolError('ERR_POOL_OUT_OF_MEMORY', `The system could not provide ${where(c)}${systemMessage(c)}: free space in /dev/shm, or ask for less`);
     }
     return new PoolError('ERR_SHM_SYSTEM', `The system refused ${where(c)}${systemMessage(c)}`);

@@ -186,7 +186,7 @@ const SEGMENT_MAGIC = Buffer.from('MMPPSEG1', 'latin1');
  */
 function segmentHead(name: string): Buffer | undefined {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 250) {
-    throw new PoolError('ERR_SHM_INVALID_NAME', `Expected a plain name of 1 to 250 bytes without '/' or NUL for the shared memory name`);
+    throw statusError(Status.InvalidName, { name });
   }
   let fd: number | undefined;
   try {
