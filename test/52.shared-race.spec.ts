@@ -4,6 +4,7 @@
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
+import { segmentNames } from './helpers';
 import { SharedPool } from '../lib';
 
 // Plain JavaScript modules (scripts/ and fixtures are not TypeScript): loaded with require.
@@ -15,14 +16,8 @@ const worker = require('./fixtures/race-worker.js');
 const root = path.join(__dirname, '..');
 const MiB = 1 << 20;
 const heaps = ['tlsf', 'buddy', 'bitmap'] as const;
-let counter = 0;
-const created: string[] = [];
-
-function uniqueName(tag: string): string {
-  const name = `mempool-test-${process.pid}-race-${tag}-${counter++}`;
-  created.push(name);
-  return name;
-}
+const names = segmentNames('race');
+const uniqueName = names.name;
 
 function refusals(r: { totals: { refusals: Record<string, number> } }): number {
   return Object.values(r.totals.refusals).reduce((a, n) => a + n, 0);
@@ -30,7 +25,7 @@ function refusals(r: { totals: { refusals: Record<string, number> } }): number {
 
 describe('SharedPool races across processes (scripts/race.js)', () => {
   after(() => {
-    for (const n of created) SharedPool.unlink(n);
+    for (const n of names.made()) SharedPool.unlink(n);
   });
 
   describe('the checks can fail', () => {

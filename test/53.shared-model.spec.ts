@@ -6,7 +6,7 @@
 // goes. The long run: `node scripts/model-fuzz.js --runs 20 --ops 3000`.
 import { expect } from 'chai';
 import { PoolError, SharedPool } from '../lib';
-import { expectCode } from './helpers';
+import { expectCode, segmentNames } from './helpers';
 
 interface FuzzResult {
   ok: boolean;
@@ -28,13 +28,8 @@ const OPS = 400;
 // Fixed seeds, so a failure here replays with the command in its message; MEMPOOL_MODEL_SEED adds one.
 const SEEDS = [53001, 53002, 53003, ...(process.env.MEMPOOL_MODEL_SEED ? [Number(process.env.MEMPOOL_MODEL_SEED)] : [])];
 
-let counter = 0;
-const created: string[] = [];
-function uniqueName(tag: string): string {
-  const name = `mempool-test-${process.pid}-model-${tag}-${counter++}`;
-  created.push(name);
-  return name;
-}
+const names = segmentNames('model');
+const uniqueName = names.name;
 
 async function expectAgrees(options: Parameters<FuzzModule['runOne']>[0]): Promise<void> {
   const r = await fuzz.runOne(options);
@@ -45,7 +40,7 @@ describe('SharedPool ownership: a cross-process model-based fuzz', function () {
   this.timeout(180000);
 
   after(() => {
-    for (const n of created) SharedPool.unlink(n);
+    for (const n of names.made()) SharedPool.unlink(n);
   });
 
   for (const heap of ['tlsf', 'buddy', 'bitmap', 'small']) {

@@ -5,18 +5,12 @@ import { expect } from 'chai';
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { PoolError, SharedPool } from '../lib';
-import { expectCode, hasPattern, pattern } from './helpers';
+import { expectCode, hasPattern, pattern, segmentNames } from './helpers';
 
 const root = path.join(__dirname, '..');
 const MiB = 1 << 20;
-let counter = 0;
-const created: string[] = [];
-
-function uniqueName(tag: string): string {
-  const name = `mempool-test-${process.pid}-cache-${tag}-${counter++}`;
-  created.push(name);
-  return name;
-}
+const names = segmentNames('cache');
+const uniqueName = names.name;
 
 // Runs `body` in a fresh node process with `pool` open on `name`; returns its stdout.
 function inChild(name: string, body: string): string {
@@ -31,7 +25,7 @@ function inChild(name: string, body: string): string {
 
 describe('SharedPool slab cache across processes', () => {
   after(() => {
-    for (const n of created) SharedPool.unlink(n);
+    for (const n of names.made()) SharedPool.unlink(n);
   });
 
   it('a small block allocated here is freed by another process; a second free anywhere is refused', () => {

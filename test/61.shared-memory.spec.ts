@@ -5,18 +5,11 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PoolError, SharedMemory, SharedPool } from '../lib';
-import { expectCode, JsonChild, runJsonChild, skipBecause } from './helpers';
+import { expectCode, JsonChild, runJsonChild, segmentNames, skipBecause } from './helpers';
 
 const child = path.join(__dirname, 'fixtures', 'raw-child.js');
-let counter = 0;
-const created: string[] = [];
-
-/** A name no other run or test uses; removed again after each test. */
-function newName(tag: string): string {
-  const name = `mempool-test-${process.pid}-raw-${tag}-${counter++}`;
-  created.push(name);
-  return name;
-}
+const names = segmentNames('raw');
+const newName = names.name;
 
 function run(...args: (string | number)[]): JsonChild {
   return runJsonChild(child, args);
@@ -44,7 +37,7 @@ describe('SharedMemory: raw named segments', function () {
   this.timeout(60000);
 
   afterEach(() => {
-    for (const name of created.splice(0)) {
+    for (const name of names.made()) {
       try {
         SharedMemory.unlink(name);
       } catch {

@@ -5,20 +5,14 @@ import { expect } from 'chai';
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { SharedCache, SharedPool } from '../lib';
-import { expectCode } from './helpers';
+import { expectCode, segmentNames } from './helpers';
 
 const root = path.join(__dirname, '..');
 const child = path.join(__dirname, 'fixtures', 'cache-child.js');
 const KiB = 1024;
 const MiB = 1 << 20;
-let counter = 0;
-const made: string[] = [];
-
-function uniqueName(tag: string): string {
-  const name = `mempool-test-${process.pid}-cache-${tag}-${counter++}`;
-  made.push(name);
-  return name;
-}
+const names = segmentNames('kvcache');
+const uniqueName = names.name;
 
 interface Counts {
   gets: number;
@@ -51,7 +45,7 @@ describe('SharedCache', function () {
   });
 
   afterEach(function () {
-    for (const name of made.splice(0)) SharedCache.unlink(name);
+    for (const name of names.made()) SharedCache.unlink(name);
   });
 
   describe('in one process, with a fake clock', function () {

@@ -25,6 +25,23 @@ export function hasPattern(buffer: Uint8Array, seed: number): boolean {
   return true;
 }
 
+/**
+ * Segment names for one spec file: name(tag) gives one that no other run or test uses and remembers it;
+ * made() hands back (and forgets) the names given since its last call, for the file's cleanup to unlink.
+ */
+export function segmentNames(spec: string): { name(tag: string): string; made(): string[] } {
+  let counter = 0;
+  const given: string[] = [];
+  return {
+    name(tag: string): string {
+      const name = `mempool-test-${process.pid}-${spec}-${tag}-${counter++}`;
+      given.push(name);
+      return name;
+    },
+    made: () => given.splice(0),
+  };
+}
+
 /** Skips the running test because this machine lacks something, and says what in mocha's output. */
 export function skipBecause(ctx: Mocha.Context, why: string): never {
   console.log(`      (skipped: ${why})`);
